@@ -1,0 +1,150 @@
+"""The one typed place for every tunable: windows, fusion thresholds, detectors, servers.
+
+A TOML file (``--config FILE``) may override any field, section by section,
+e.g. ``[fusion] alert_threshold = 0.8`` or ``[detectors.weights] temporal = 0.5``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monitor.errors import ConfigError
+
+
+@dataclass
+class WindowConfig:
+    """Sliding analysis windows over the media timeline (seconds)."""
+
+    window_s: float = 2.0
+    hop_s: float = 0.5
+    # Audio context kept on each side of a window so lags of +-max_lag_s can be searched.
+    max_lag_s: float = 0.6
+    # Fewer face frames than this fraction of the window -> insufficient evidence.
+    min_face_fraction: float = 0.6
+    # Less voiced audio than this fraction of the window -> insufficient evidence.
+    min_speech_fraction: float = 0.2
+
+
+@dataclass
+class AudioConfig:
+    sample_rate: int = 16000
+    n_mels: int = 80
+    hop_s: float = 0.010
+    win_s: float = 0.025
+
+
+@dataclass
+class FaceConfig:
+    mouth_crop_size: tuple[int, int] = (48, 96)  # height, width; lower face, as in Wav2Lip
+    face_crop_size: int = 112
+    min_detection_confidence: float = 0.5
+
+
+@dataclass
+class FusionConfig:
+    """Per-window evidence -> risk -> smoothed risk -> level with hysteresis."""
+
+    ewma_alpha: float = 0.5
+    suspicious_threshold: float = 0.5
+    alert_threshold: float = 0.7
+    # A level is left only when the smoothed risk falls this far below its entry threshold.
+    hysteresis: float = 0.1
+    # Consecutive windows needed to move up a level (down is immediate past hysteresis).
+    min_windows_to_raise: int = 2
+
+
+@dataclass
+class DetectorsConfig:
+    enabled: list[str] = field(default_factory=lambda: ["lip_sync", "temporal"])
+    disabled: list[str] = field(default_factory=list)
+    weights: dict[str, float] = field(default_factory=lambda: {"lip_sync": 1.0, "temporal": 1.0})
+    # A detector that takes longer than this for one window is disabled for the session.
+    time_budget_s: float = 2.0
+    plugin_dirs: list[str] = field(default_factory=lambda: ["plugins"])
+
+
+@dataclass
+class LipSyncConfig:
+    # "learned" (the trained model) or "baseline" (training-free cross-correlation).
+    model: str = "learned"
+    # "auto" | "tensorrt" | "torch-cuda" | "torch" | "onnx"
+    backend: str = "auto"
+
+
+@dataclass
+class AlertsConfig:
+    token: str | None = None
+    client_queue_size: int = 256
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+
+
+@dataclass
+class LiveConfig:
+    video_buffer_frames: int = 90
+    audio_buffer_frames: int = 150
+    # Windows waiting for inference beyond this many are dropped (oldest first).
+    max_pending_windows: int = 4
+
+
+@dataclass
+class MonitorConfig:
+    window: WindowConfig = field(default_factory=WindowConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    face: FaceConfig = field(default_factory=FaceConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    detectors: DetectorsConfig = field(default_factory=DetectorsConfig)
+    lip_sync: LipSyncConfig = field(default_factory=LipSyncConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    live: LiveConfig = field(default_factory=LiveConfig)
+
+    def validate(self) -> MonitorConfig:
+        w = self.window
+        if not (0 < w.hop_s <= w.window_s):
+            raise ConfigError(f"need 0 < hop ({w.hop_s}) <= window ({w.window_s})")
+        if w.window_s > 60:
+            raise ConfigError(f"window {w.window_s} s is too long (at most 60 s)")
+        f = self.fusion
+        if not (0 < f.suspicious_threshold < f.alert_threshold <= 1):
+            raise ConfigError("need 0 < suspicious_threshold < alert_threshold <= 1")
+        if not (0 < f.ewma_alpha <= 1):
+            raise ConfigError("ewma_alpha must be in (0, 1]")
+        return self
+
+
+def _merge(instance: Any, overrides: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(instance)}
+    for key, value in overrides.items():
+        if key not in known:
+            raise ConfigError(f"unknown config key {where}{key}")
+        current = getattr(instance, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config section {where}{key} must be a table")
+            _merge(current, value, f"{where}{key}.")
+        elif isinstance(current, dict) and isinstance(value, dict):
+            current.update(value)
+        else:
+            if isinstance(current, tuple) and isinstance(value, list):
+                value = tuple(value)
+            setattr(instance, key, value)
+    return instance
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> MonitorConfig:
+    """Defaults, then the TOML file, then keyword overrides as ``{"window": {"hop_s": 1}}``."""
+    config = MonitorConfig()
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        _merge(config, data, "")
+    _merge(config, overrides, "")
+    return config.validate()

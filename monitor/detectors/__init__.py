@@ -1,0 +1,1 @@
+"""Detectors: each turns one analysis window into evidence with a score and a rationale."""

@@ -1,0 +1,65 @@
+"""The detector plugin contract.
+
+A detector is created once per session (so it may keep per-session state) and is
+called with one :class:`~monitor.windows.AnalysisWindow` at a time. It returns
+:class:`Evidence`; ``score=None`` means "insufficient evidence" for this window and
+must never be read as "clear".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from monitor.config import MonitorConfig
+    from monitor.windows import AnalysisWindow
+
+
+@dataclass(slots=True)
+class Evidence:
+    detector: str
+    score: float | None  # in [0, 1]; None: insufficient evidence
+    rationale: str
+    spans: list[tuple[float, float]] = field(default_factory=list)  # media seconds
+    fields: dict[str, Any] = field(default_factory=dict)  # detector-specific numbers
+
+    def __post_init__(self) -> None:
+        if self.score is not None:
+            self.score = float(min(1.0, max(0.0, self.score)))
+
+    @property
+    def sufficient(self) -> bool:
+        return self.score is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "detector": self.detector,
+            "score": None if self.score is None else round(self.score, 4),
+            "rationale": self.rationale,
+            "spans": [[round(a, 3), round(b, 3)] for a, b in self.spans],
+            **self.fields,
+        }
+
+
+@runtime_checkable
+class Detector(Protocol):
+    name: ClassVar[str]
+    version: ClassVar[str]
+
+    def analyze(self, window: AnalysisWindow) -> Evidence: ...
+
+
+DetectorFactory = Callable[["MonitorConfig"], Detector]
+
+
+def format_media_time(t: float) -> str:
+    """00:41.5 style media time for rationales."""
+    t = max(0.0, t)
+    minutes, seconds = divmod(t, 60.0)
+    return f"{int(minutes):02d}:{seconds:04.1f}"
+
+
+def format_span(t_start: float, t_end: float) -> str:
+    return f"{format_media_time(t_start)}-{format_media_time(t_end)}"

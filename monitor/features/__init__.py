@@ -1,0 +1,1 @@
+"""Per-frame face and lip features, and audio features, on the media clock."""

@@ -1,0 +1,65 @@
+"""Timestamped media on one clock: what every source produces and every later stage consumes.
+
+Times are media seconds from the start of the call. Video keeps its native rate
+and per-frame timestamps (never assume 25 fps); audio is 16 kHz mono float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+AUDIO_RATE = 16000
+
+
+@dataclass(frozen=True, slots=True)
+class VideoFrame:
+    """One decoded picture. ``image`` is HxWx3 uint8 RGB."""
+
+    t: float
+    index: int
+    image: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """Contiguous mono float32 samples at 16 kHz; ``t`` is the time of the first sample."""
+
+    t: float
+    samples: np.ndarray
+
+    @property
+    def t_end(self) -> float:
+        return self.t + len(self.samples) / AUDIO_RATE
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """What a session's input is, as announced in ``session_started``."""
+
+    source: str
+    fps: float | None
+    width: int | None
+    height: int | None
+    sample_rate: int | None  # of the original audio, before resampling; None: no audio
+    duration_s: float | None
+    video_codec: str | None = None
+    audio_codec: str | None = None
+
+    @property
+    def has_audio(self) -> bool:
+        return self.sample_rate is not None
+
+    def as_event_fields(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "fps": self.fps,
+            "width": self.width,
+            "height": self.height,
+            "sample_rate": self.sample_rate,
+            "duration_s": self.duration_s,
+            "has_audio": self.has_audio,
+            "video_codec": self.video_codec,
+            "audio_codec": self.audio_codec,
+        }

@@ -1,0 +1,1 @@
+"""One session's pipeline: timestamped media in, events out. (Being written.)"""
