@@ -89,6 +89,12 @@ class LiveConfig:
     audio_buffer_frames: int = 150
     # Windows waiting for inference beyond this many are dropped (oldest first).
     max_pending_windows: int = 4
+    # Seconds of each track's arrivals used to estimate its clock offset (then frozen).
+    align_warmup_s: float = 1.0
+    # A session whose media stops for this long is ended (client vanished).
+    no_media_timeout_s: float = 5.0
+    # WHIP offers beyond this many open sessions get 503.
+    max_sessions: int = 16
 
 
 @dataclass

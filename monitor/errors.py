@@ -25,6 +25,10 @@ class MissingStreamError(InputError):
     """The input has no video stream, or no audio where audio is required."""
 
 
+class OutputError(InputError):
+    """An output path (events file, report) cannot be written."""
+
+
 class ConfigError(InputError):
     """A configuration value or command-line flag is invalid."""
 
@@ -43,3 +47,7 @@ class DetectorError(MonitorError):
 
 class BackendUnavailableError(MonitorError):
     """An inference backend (CUDA, TensorRT, onnxruntime) cannot be used here."""
+
+
+class SynthesisError(MonitorError):
+    """Speech synthesis (libespeak-ng) is unavailable or failed."""

@@ -1,1 +1,394 @@
-"""One session's pipeline: timestamped media in, events out. (Being written.)"""
+"""One session's pipeline: timestamped media in, explained events out.
+
+:class:`SessionAnalyzer` owns everything of one participant's session: the face tracker,
+the bounded frame and audio buffers that form windows, the detectors, the risk state.
+It is synchronous and not thread-safe on purpose: one thread drives one session, so
+file replay and live ingest share exactly the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from monitor.config import MonitorConfig
+from monitor.detectors.base import Detector, Evidence, format_span
+from monitor.events import EventFactory
+from monitor.features.audio import AudioFeatureExtractor
+from monitor.features.types import FrameFeatures
+from monitor.fusion import LEVEL_RANK, RiskState, fuse_evidence
+from monitor.media import AUDIO_RATE, AudioChunk, StreamInfo, VideoFrame
+from monitor.windows import AnalysisWindow
+
+log = logging.getLogger(__name__)
+
+EmitFn = Callable[[dict[str, Any]], None]
+# Live audio that stalls this far behind the video no longer holds windows back.
+AUDIO_STALL_S = 3.0
+
+
+class AudioBuffer:
+    """Mono 16 kHz samples placed by timestamp; gaps are zeros, old samples are trimmed."""
+
+    def __init__(self) -> None:
+        self.t0: float | None = None  # time of samples[0]
+        self.samples = np.zeros(0, dtype=np.float32)
+
+    @property
+    def t_end(self) -> float:
+        return -np.inf if self.t0 is None else self.t0 + len(self.samples) / AUDIO_RATE
+
+    def add(self, chunk: AudioChunk) -> None:
+        if self.t0 is None:
+            self.t0 = chunk.t
+        start = int(round((chunk.t - self.t0) * AUDIO_RATE))
+        data = chunk.samples.astype(np.float32, copy=False)
+        if start < 0:  # before the kept span: keep only what is new
+            data, start = data[-start:], 0
+        end = start + len(data)
+        if end > len(self.samples):
+            self.samples = np.concatenate([self.samples, np.zeros(end - len(self.samples), np.float32)])
+        self.samples[start:end] = data
+
+    def span(self, t_from: float, t_to: float) -> np.ndarray:
+        """Samples in [t_from, t_to), zero-filled where nothing was received."""
+        n = int(round((t_to - t_from) * AUDIO_RATE))
+        out = np.zeros(n, dtype=np.float32)
+        if self.t0 is None:
+            return out
+        src = int(round((t_from - self.t0) * AUDIO_RATE))
+        lo, hi = max(src, 0), min(src + n, len(self.samples))
+        if hi > lo:
+            out[lo - src : hi - src] = self.samples[lo:hi]
+        return out
+
+    def trim_before(self, t: float) -> None:
+        if self.t0 is None:
+            return
+        drop = int((t - self.t0) * AUDIO_RATE)
+        if drop > 0:
+            self.samples = self.samples[drop:]
+            self.t0 += drop / AUDIO_RATE
+
+
+@dataclass
+class SessionStats:
+    video_frames: int = 0
+    audio_seconds: float = 0.0
+    frames_with_face: int = 0
+    windows_scored: int = 0
+    windows_insufficient: int = 0
+    frames_dropped: dict[str, int] = field(default_factory=lambda: {"video": 0, "audio": 0})
+    alerts: int = 0
+    stage_seconds: dict[str, float] = field(
+        default_factory=lambda: {"landmarks": 0.0, "audio_features": 0.0, "detectors": 0.0, "fusion": 0.0}
+    )
+    detector_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.frames_dropped.values())
+
+
+class SessionAnalyzer:
+    """Source-agnostic analysis of one participant: feed media, get events through ``emit``."""
+
+    def __init__(
+        self,
+        config: MonitorConfig,
+        *,
+        session: str,
+        participant: str,
+        emit: EmitFn,
+        face_tracker: Any | None = None,
+        detectors: dict[str, Detector] | None = None,
+    ) -> None:
+        self.config = config
+        self.events = EventFactory(session, participant)
+        self.emit = emit
+        if face_tracker is None:
+            from monitor.features.face import create_face_tracker
+
+            face_tracker = create_face_tracker(config.face)
+        self.face_tracker = face_tracker
+        self.stats = SessionStats()
+        self.detectors: dict[str, Detector] = (
+            detectors if detectors is not None else self._create_detectors()
+        )
+        windows_per_unknown = max(1, round(2 * config.window.window_s / config.window.hop_s))
+        self.risk = RiskState(config.fusion, unknown_after_windows=windows_per_unknown)
+        self._frames: deque[FrameFeatures] = deque()
+        self._audio = AudioBuffer()
+        self._audio_features = AudioFeatureExtractor(config.audio)
+        self._has_audio = True
+        self._audio_ended = False
+        self._last_frame_t = -np.inf
+        self._frame_interval = 0.04
+        self._next_window = 0
+        self._first_clear_seen = False
+        self._started = False
+        self._finished = False
+
+    # ----- construction -------------------------------------------------------------------
+
+    def _create_detectors(self) -> dict[str, Detector]:
+        from monitor.detectors.registry import enabled_specs
+
+        detectors: dict[str, Detector] = {}
+        for spec in enabled_specs(self.config):
+            try:
+                detectors[spec.name] = spec.factory(self.config)
+            except Exception as exc:
+                log.exception("detector %s failed to start", spec.name)
+                self._error(f"detector {spec.name} failed to start: {exc}", detector=spec.name)
+        return detectors
+
+    # ----- input --------------------------------------------------------------------------
+
+    def start(self, info: StreamInfo) -> None:
+        self._has_audio = info.has_audio
+        self._started = True
+        self.emit(
+            self.events.make(
+                "session_started",
+                **info.as_event_fields(),
+                config={
+                    "window_s": self.config.window.window_s,
+                    "hop_s": self.config.window.hop_s,
+                    "detectors": {
+                        name: getattr(det, "version", "?") for name, det in self.detectors.items()
+                    },
+                },
+            )
+        )
+
+    def add_video(self, frame: VideoFrame) -> None:
+        started = time.perf_counter()
+        face = self.face_tracker.track(frame)
+        self.stats.stage_seconds["landmarks"] += time.perf_counter() - started
+        self.stats.video_frames += 1
+        self.stats.frames_with_face += face is not None
+        if frame.t > self._last_frame_t and np.isfinite(self._last_frame_t):
+            self._frame_interval = 0.9 * self._frame_interval + 0.1 * (frame.t - self._last_frame_t)
+        self._last_frame_t = max(self._last_frame_t, frame.t)
+        height, width = frame.image.shape[:2]
+        self._frames.append(FrameFeatures(frame.t, frame.index, (height, width), face))
+        self._pump()
+
+    def add_audio(self, chunk: AudioChunk) -> None:
+        self._audio.add(chunk)
+        self.stats.audio_seconds += len(chunk.samples) / AUDIO_RATE
+        self._pump()
+
+    def note_dropped(self, kind: str, count: int) -> None:
+        self.stats.frames_dropped[kind] = self.stats.frames_dropped.get(kind, 0) + count
+
+    def finish(self, reason: str | None = None) -> dict[str, Any]:
+        """Score what is left, then emit ``session_ended`` (when a reason is given) and ``summary``."""
+        if self._finished:
+            raise RuntimeError("session already finished")
+        self._finished = True
+        self._audio_ended = True
+        self._pump(final=True)
+        if reason is not None:
+            self.emit(self.events.make("session_ended", reason=reason))
+        summary = self._summary()
+        self.emit(summary)
+        close = getattr(self.face_tracker, "close", None)
+        if close is not None:
+            close()
+        return summary
+
+    # ----- windows ------------------------------------------------------------------------
+
+    def _window_bounds(self, index: int) -> tuple[float, float]:
+        start = index * self.config.window.hop_s
+        return start, start + self.config.window.window_s
+
+    def _ready(self, t_end: float, final: bool) -> bool:
+        video_done = self._last_frame_t + self._frame_interval >= t_end if final else (
+            self._last_frame_t >= t_end
+        )
+        if not video_done:
+            return False
+        if not self._has_audio or self._audio_ended:
+            return True
+        audio_needed = t_end + self.config.window.max_lag_s
+        return self._audio.t_end >= audio_needed or (
+            self._last_frame_t - self._audio.t_end > AUDIO_STALL_S
+        )
+
+    def _pump(self, final: bool = False) -> None:
+        while True:
+            t_start, t_end = self._window_bounds(self._next_window)
+            if not self._ready(t_end, final):
+                return
+            self._analyze(self._build_window(t_start, t_end))
+            self._next_window += 1
+            next_start, _ = self._window_bounds(self._next_window)
+            while self._frames and self._frames[0].t < next_start:
+                self._frames.popleft()
+            self._audio.trim_before(next_start - self.config.window.max_lag_s - 1.0)
+
+    def _build_window(self, t_start: float, t_end: float) -> AnalysisWindow:
+        context = self.config.window.max_lag_s
+        frames = tuple(f for f in self._frames if t_start <= f.t < t_end)
+        samples = self._audio.span(t_start - context, t_end + context)
+        started = time.perf_counter()
+        audio = self._audio_features.compute(samples, t_start - context)
+        self.stats.stage_seconds["audio_features"] += time.perf_counter() - started
+        return AnalysisWindow(
+            session=self.events.session,
+            index=self._next_window,
+            t_start=t_start,
+            t_end=t_end,
+            context_s=context,
+            frames=frames,
+            samples=samples,
+            audio=audio,
+            has_audio_stream=self._has_audio,
+        )
+
+    def _run_detectors(self, window: AnalysisWindow) -> list[Evidence]:
+        evidence = []
+        budget = self.config.detectors.time_budget_s
+        for name, detector in list(self.detectors.items()):
+            started = time.perf_counter()
+            try:
+                item = detector.analyze(window)
+            except Exception as exc:
+                log.exception("detector %s failed", name)
+                del self.detectors[name]
+                self._error(f"detector {name} raised {type(exc).__name__}: {exc}; disabled for this session", detector=name)
+                continue
+            elapsed = time.perf_counter() - started
+            self.stats.detector_seconds[name] = self.stats.detector_seconds.get(name, 0.0) + elapsed
+            if elapsed > budget:
+                del self.detectors[name]
+                self._error(
+                    f"detector {name} took {elapsed:.2f} s for one window (budget {budget:.2f} s); "
+                    "disabled for this session",
+                    detector=name,
+                )
+                continue
+            evidence.append(item)
+        return evidence
+
+    def _analyze(self, window: AnalysisWindow) -> None:
+        started = time.perf_counter()
+        evidence = self._run_detectors(window)
+        inference_s = time.perf_counter() - started
+        self.stats.stage_seconds["detectors"] += inference_s
+        started = time.perf_counter()
+        window_risk = fuse_evidence(evidence, self.config.detectors.weights)
+        change = self.risk.update(window_risk)
+        if window_risk is None:
+            self.stats.windows_insufficient += 1
+        else:
+            self.stats.windows_scored += 1
+        level = self.risk.level if window_risk is not None else "unknown"
+        risk = self.risk.smoothed_risk if self.risk.smoothed_risk is not None else 0.0
+        evidence_json = [item.to_json() for item in evidence]
+        rationale = self._window_rationale(window, evidence, window_risk)
+        self.stats.stage_seconds["fusion"] += time.perf_counter() - started
+        self.emit(
+            self.events.make(
+                "score",
+                window=window.index,
+                t_start=round(window.t_start, 3),
+                t_end=round(window.t_end, 3),
+                risk=round(risk, 4),
+                window_risk=None if window_risk is None else round(window_risk, 4),
+                level=level,
+                session_level=self.risk.level,
+                rationale=rationale,
+                evidence=evidence_json,
+                dropped_frames=self.stats.dropped_total,
+                inference_ms=round(inference_s * 1000, 2),
+            )
+        )
+        if change is None:
+            return
+        if change.previous_level == "unknown" and change.level == "clear" and not self._first_clear_seen:
+            self._first_clear_seen = True
+            return
+        self._first_clear_seen = True
+        self.stats.alerts += 1
+        self.emit(
+            self.events.make(
+                "alert",
+                level=change.level,
+                previous_level=change.previous_level,
+                risk=round(risk, 4),
+                t_start=round(window.t_start, 3),
+                t_end=round(window.t_end, 3),
+                rationale=f"level {change.previous_level} -> {change.level}: {rationale}",
+                evidence=evidence_json,
+            )
+        )
+
+    @staticmethod
+    def _window_rationale(
+        window: AnalysisWindow, evidence: list[Evidence], window_risk: float | None
+    ) -> str:
+        span = format_span(window.t_start, window.t_end)
+        if window_risk is None:
+            reasons = "; ".join(e.rationale for e in evidence) or "no detector ran"
+            return f"insufficient evidence over {span}: {reasons}"
+        ranked = sorted((e for e in evidence if e.score is not None), key=lambda e: -e.score)
+        return "; ".join(f"{e.detector} {e.score:.2f}: {e.rationale}" for e in ranked)
+
+    def _error(self, message: str, **fields: Any) -> None:
+        self.emit(self.events.make("error", message=message, **fields))
+
+    # ----- summary ------------------------------------------------------------------------
+
+    def _summary(self) -> dict[str, Any]:
+        session_evidence: list[Evidence] = []
+        for name, detector in self.detectors.items():
+            summarize = getattr(detector, "summarize", None)
+            if summarize is None:
+                continue
+            try:
+                item = summarize()
+            except Exception as exc:
+                log.exception("detector %s failed to summarize", name)
+                self._error(f"detector {name} failed to summarize: {exc}", detector=name)
+                continue
+            if item is not None:
+                session_evidence.append(item)
+        session_risk = fuse_evidence(session_evidence, self.config.detectors.weights)
+        mean_risk = self.risk.mean_window_risk
+        if session_risk is None:
+            session_risk = mean_risk
+        if session_risk is None:
+            risk, rationale = 0.0, "insufficient evidence: no window had both a face and speech"
+            level = "unknown"
+        else:
+            risk = session_risk
+            level = max(self.risk.peak_level, self.risk.level_for(risk), key=LEVEL_RANK.__getitem__)
+            parts = [f"{e.detector} {e.score:.2f}: {e.rationale}" for e in session_evidence if e.score is not None]
+            rationale = "; ".join(parts) or f"mean window risk {risk:.2f}"
+        return self.events.make(
+            "summary",
+            risk=round(float(risk), 4),
+            level=level,
+            final_level=self.risk.level,
+            peak_risk=round(self.risk.peak_risk, 4),
+            mean_window_risk=None if mean_risk is None else round(mean_risk, 4),
+            windows_scored=self.stats.windows_scored,
+            windows_insufficient=self.stats.windows_insufficient,
+            frames_dropped=self.stats.dropped_total,
+            dropped_by_kind=dict(self.stats.frames_dropped),
+            alerts=self.stats.alerts,
+            video_frames=self.stats.video_frames,
+            frames_with_face=self.stats.frames_with_face,
+            rationale=rationale,
+            evidence=[e.to_json() for e in session_evidence],
+        )

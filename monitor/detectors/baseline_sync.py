@@ -1,0 +1,204 @@
+"""Training-free lip-sync baseline: cross-correlate lip motion with the audio envelope.
+
+It is the floor the learned model must beat. Mouth opening against loudness correlates
+0.4-0.5 for some speakers and about 0 for others, so this detector is weak by nature;
+it reports its numbers so a reviewer can judge.
+
+Sign convention: ``offset_ms > 0`` means the audio arrives later than the lips.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from monitor.config import MonitorConfig
+from monitor.detectors.base import Evidence, format_span
+from monitor.windows import AnalysisWindow
+
+# Offsets genuine calls show (codec and jitter-buffer delays) stay well inside this band.
+GENUINE_OFFSET_MS = 120.0
+# Peak correlation above which lips and speech are clearly coupled.
+STRONG_COUPLING = 0.35
+# Aperture spread (fraction of face height) below which the lips count as still.
+STILL_LIPS_STD = 0.004
+MOVING_LIPS_STD = 0.02
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    std = x.std()
+    return (x - x.mean()) / std if std > 1e-9 else np.zeros_like(x)
+
+
+def _lagged_correlation(lips: np.ndarray, audio: np.ndarray, lag_steps: np.ndarray, lo: int) -> np.ndarray:
+    """corr(lips[t], audio[t + lag]) for each lag; ``lips`` covers audio[lo : lo + len(lips)]."""
+    n = len(lips)
+    out = np.empty(len(lag_steps))
+    for i, lag in enumerate(lag_steps):
+        seg = audio[lo + lag : lo + lag + n]
+        out[i] = float(np.dot(lips, _zscore(seg)) / n)
+    return out
+
+
+def lip_motion_on_audio_clock(window: AnalysisWindow) -> tuple[np.ndarray, np.ndarray] | None:
+    """Lip aperture resampled onto the audio-feature times inside the window, and a validity mask."""
+    faces = window.face_frames
+    if len(faces) < 2:
+        return None
+    times = np.array([f.t for f in faces])
+    aperture = np.array([f.face.aperture for f in faces])  # type: ignore[union-attr]
+    audio_times = window.audio.times
+    inside = (audio_times >= window.t_start) & (audio_times < window.t_end)
+    return np.interp(audio_times[inside], times, aperture), inside
+
+
+class BaselineSyncDetector:
+    """Training-free lip-sync detector (``lip_sync``, method ``baseline``)."""
+
+    name: ClassVar[str] = "lip_sync"
+    version: ClassVar[str] = "baseline-1"
+
+    def __init__(self, config: MonitorConfig) -> None:
+        self.window_config = config.window
+        self._curve_sum: np.ndarray | None = None
+        self._curve_windows = 0
+        self._lags_ms: np.ndarray | None = None
+        self._span: tuple[float, float] | None = None
+
+    def analyze(self, window: AnalysisWindow) -> Evidence:
+        span = format_span(window.t_start, window.t_end)
+        lacking = self._lacking(window)
+        if lacking:
+            return self._insufficient(f"insufficient evidence: {lacking} over {span}")
+        motion = lip_motion_on_audio_clock(window)
+        assert motion is not None
+        aperture, inside = motion
+        speech = window.speech_fraction()
+        aperture_std = float(aperture.std())
+        if aperture_std < STILL_LIPS_STD:
+            return Evidence(
+                self.name,
+                0.8,
+                f"speech without lip motion over {span}: {speech:.0%} voiced, lip aperture spread "
+                f"{aperture_std:.4f} of face height (moving lips exceed {STILL_LIPS_STD})",
+                spans=[(window.t_start, window.t_end)],
+                fields=self._fields(None, None, None, None, method_note="still lips"),
+            )
+        curve, lags_ms = self._correlation_curve(window, aperture, inside)
+        best = int(np.argmax(curve))
+        offset_ms = float(lags_ms[best])
+        peak = float(curve[best])
+        confidence = float(peak - np.median(curve))
+        self._accumulate(curve, lags_ms, window)
+        score = self._score(offset_ms, peak, confidence)
+        return Evidence(
+            self.name,
+            score,
+            self._rationale(offset_ms, peak, confidence, span),
+            spans=[(window.t_start, window.t_end)],
+            fields=self._fields(offset_ms, confidence, peak, (lags_ms, curve)),
+        )
+
+    def summarize(self) -> Evidence | None:
+        """Session-level evidence from the average correlation curve of all scored windows."""
+        if self._curve_sum is None or self._lags_ms is None or self._span is None:
+            return None
+        curve = self._curve_sum / self._curve_windows
+        best = int(np.argmax(curve))
+        offset_ms = float(self._lags_ms[best])
+        peak = float(curve[best])
+        confidence = float(peak - np.median(curve))
+        span = format_span(*self._span)
+        return Evidence(
+            self.name,
+            self._score(offset_ms, peak, confidence),
+            f"over {self._curve_windows} windows: "
+            + self._rationale(offset_ms, peak, confidence, span),
+            spans=[self._span],
+            fields=self._fields(offset_ms, confidence, peak, (self._lags_ms, curve)),
+        )
+
+    def _lacking(self, window: AnalysisWindow) -> str | None:
+        if not window.has_audio_stream:
+            return "the call has no audio"
+        if window.face_fraction < self.window_config.min_face_fraction:
+            return f"face visible in {window.face_fraction:.0%} of frames"
+        if window.speech_fraction() < self.window_config.min_speech_fraction:
+            return f"speech in {window.speech_fraction():.0%} of the window"
+        return None
+
+    def _insufficient(self, rationale: str) -> Evidence:
+        return Evidence(self.name, None, rationale, fields=self._fields(None, None, None, None))
+
+    def _correlation_curve(
+        self, window: AnalysisWindow, aperture: np.ndarray, inside: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        hop_s = window.audio.hop_s
+        max_lag = int(round(self.window_config.max_lag_s / hop_s))
+        lo = int(np.argmax(inside))
+        available = len(window.audio) - (lo + len(aperture))
+        max_lag = max(0, min(max_lag, lo, available))
+        lag_steps = np.arange(-max_lag, max_lag + 1)
+        envelope = np.maximum(window.audio.loudness_db, -60.0)
+        envelope = np.convolve(envelope, np.ones(5) / 5, mode="same")
+        onsets = np.maximum(np.gradient(envelope), 0.0)
+        opening = _zscore(aperture)
+        opening_speed = _zscore(np.maximum(np.gradient(aperture), 0.0))
+        level_curve = _lagged_correlation(opening, envelope, lag_steps, lo)
+        onset_curve = _lagged_correlation(opening_speed, onsets, lag_steps, lo)
+        return 0.5 * (level_curve + onset_curve), lag_steps * hop_s * 1000.0
+
+    def _accumulate(self, curve: np.ndarray, lags_ms: np.ndarray, window: AnalysisWindow) -> None:
+        if self._curve_sum is None or self._lags_ms is None or len(lags_ms) != len(self._lags_ms):
+            if self._curve_sum is not None and len(lags_ms) < len(self._lags_ms or []):
+                return  # a truncated edge window; keep the full-range curves
+            self._curve_sum, self._curve_windows, self._lags_ms = np.zeros_like(curve), 0, lags_ms
+        self._curve_sum += curve
+        self._curve_windows += 1
+        start = window.t_start if self._span is None else self._span[0]
+        self._span = (start, window.t_end)
+
+    @staticmethod
+    def _score(offset_ms: float, peak: float, confidence: float) -> float:
+        outside = float(np.clip((abs(offset_ms) - GENUINE_OFFSET_MS) / 200.0, 0.0, 1.0))
+        coupling = float(np.clip(peak / STRONG_COUPLING, 0.0, 1.0))
+        sharpness = float(np.clip(confidence / 0.3, 0.0, 1.0))
+        # A clear peak far from zero is strong evidence; weak coupling is mild evidence.
+        return 0.15 + 0.75 * outside * max(coupling, sharpness) + 0.25 * (1.0 - coupling)
+
+    @staticmethod
+    def _rationale(offset_ms: float, peak: float, confidence: float, span: str) -> str:
+        if abs(offset_ms) <= GENUINE_OFFSET_MS:
+            timing = f"lips and speech aligned within {abs(offset_ms):.0f} ms"
+        elif offset_ms > 0:
+            timing = f"audio lags lips by {offset_ms:.0f} ms"
+        else:
+            timing = f"speech leads lips by {-offset_ms:.0f} ms"
+        return (
+            f"{timing} over {span}; lip-audio correlation {peak:.2f} "
+            f"(sync confidence {confidence:.2f}; coupled speech gives > {STRONG_COUPLING})"
+        )
+
+    def _fields(
+        self,
+        offset_ms: float | None,
+        confidence: float | None,
+        peak: float | None,
+        curve: tuple[np.ndarray, np.ndarray] | None,
+        method_note: str | None = None,
+    ) -> dict[str, object]:
+        fields: dict[str, object] = {
+            "offset_ms": None if offset_ms is None else round(offset_ms, 1),
+            "confidence": None if confidence is None else round(confidence, 3),
+            "method": "baseline",
+        }
+        if peak is not None:
+            fields["correlation"] = round(peak, 3)
+        if curve is not None:
+            lags_ms, values = curve
+            fields["lag_curve_ms"] = [round(float(v), 1) for v in lags_ms[::4]]
+            fields["lag_curve"] = [round(1.0 - float(v), 4) for v in values[::4]]
+        if method_note:
+            fields["note"] = method_note
+        return fields

@@ -1,0 +1,123 @@
+"""Risk fusion: per-window evidence -> window risk -> smoothed risk -> level with hysteresis.
+
+Why a power mean: one detector that is sure (a seam around a regenerated mouth) must not be
+averaged away by another that sees nothing (a lip-sync fake is in sync by design), yet a
+single mildly unsure detector should not raise the level alone. The quadratic mean of the
+weighted scores sits between the mean and the max.
+
+Why hysteresis and a raise count: a level is entered after ``min_windows_to_raise``
+consecutive windows above its threshold and left only when the smoothed risk falls
+``hysteresis`` below that threshold, so levels do not flap on noisy windows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from monitor.config import FusionConfig
+from monitor.detectors.base import Evidence
+
+LEVELS = ("clear", "suspicious", "alert")
+LEVEL_RANK = {"unknown": -1, "clear": 0, "suspicious": 1, "alert": 2}
+
+
+def fuse_evidence(evidence: Sequence[Evidence], weights: dict[str, float]) -> float | None:
+    """Weighted quadratic mean of the sufficient scores; None when none is sufficient."""
+    total_weight = 0.0
+    total = 0.0
+    for item in evidence:
+        if item.score is None:
+            continue
+        weight = weights.get(item.detector, 1.0)
+        if weight <= 0:
+            continue
+        total_weight += weight
+        total += weight * item.score**2
+    if total_weight == 0:
+        return None
+    return math.sqrt(total / total_weight)
+
+
+@dataclass
+class LevelChange:
+    previous_level: str
+    level: str
+
+
+@dataclass
+class RiskState:
+    """Smoothed risk and level of one session; feed it one window at a time."""
+
+    config: FusionConfig
+    # Consecutive insufficient windows after which the session level becomes unknown.
+    unknown_after_windows: int = 8
+    smoothed_risk: float | None = None
+    level: str = "unknown"
+    peak_level: str = "unknown"
+    peak_risk: float = 0.0
+    window_risks: list[float] = field(default_factory=list)
+    _raise_streak: int = 0
+    _insufficient_streak: int = 0
+
+    def _threshold(self, level: str) -> float:
+        return {
+            "clear": 0.0,
+            "suspicious": self.config.suspicious_threshold,
+            "alert": self.config.alert_threshold,
+        }[level]
+
+    def level_for(self, risk: float) -> str:
+        if risk >= self.config.alert_threshold:
+            return "alert"
+        if risk >= self.config.suspicious_threshold:
+            return "suspicious"
+        return "clear"
+
+    def update(self, window_risk: float | None) -> LevelChange | None:
+        """Advance by one window; return the level change, if any."""
+        previous = self.level
+        if window_risk is None:
+            self._insufficient_streak += 1
+            self._raise_streak = 0
+            if self.level != "unknown" and self._insufficient_streak >= self.unknown_after_windows:
+                self.level = "unknown"
+                self.smoothed_risk = None
+        else:
+            self._insufficient_streak = 0
+            self.window_risks.append(window_risk)
+            alpha = self.config.ewma_alpha
+            if self.smoothed_risk is None:
+                self.smoothed_risk = window_risk
+            else:
+                self.smoothed_risk = alpha * window_risk + (1 - alpha) * self.smoothed_risk
+            self.peak_risk = max(self.peak_risk, self.smoothed_risk)
+            self._step_level(self.smoothed_risk)
+        if LEVEL_RANK[self.level] > LEVEL_RANK[self.peak_level]:
+            self.peak_level = self.level
+        if self.level == previous:
+            return None
+        return LevelChange(previous_level=previous, level=self.level)
+
+    def _step_level(self, risk: float) -> None:
+        target = self.level_for(risk)
+        if self.level == "unknown":
+            # First sufficient evidence: start clear, and climb like any other session.
+            self.level = "clear"
+        if LEVEL_RANK[target] > LEVEL_RANK[self.level]:
+            self._raise_streak += 1
+            if self._raise_streak >= self.config.min_windows_to_raise:
+                self.level = target
+                self._raise_streak = 0
+            return
+        self._raise_streak = 0
+        # Step down one level at a time, only past the hysteresis band.
+        while self.level != "clear" and risk < self._threshold(self.level) - self.config.hysteresis:
+            self.level = LEVELS[LEVELS.index(self.level) - 1]
+
+    @property
+    def mean_window_risk(self) -> float | None:
+        if not self.window_risks:
+            return None
+        return sum(self.window_risks) / len(self.window_risks)

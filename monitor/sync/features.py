@@ -1,0 +1,218 @@
+"""Turn an analysis window into the sync model's inputs, on a 25 fps grid.
+
+The model was trained at 25 fps (0.2 s = 5 frames = 20 log-mel frames), so every
+window is first put on a 25 fps grid anchored at ``t_start``: each grid step takes
+the frame nearest in time (a 30 fps call drops every sixth frame, a 15 fps call
+repeats frames). Feeding other rates unresampled shifts every lag (SyncNet issue #2).
+
+Training (tools/train_sync.py) calls :func:`build_inputs` on the same
+:class:`FrameTrack` data, so training and inference inputs are made by one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from monitor.features.types import AudioFeatures, FaceObservation, FrameFeatures
+from monitor.sync.model import LIP_FEATURES, MEL_FRAMES, STACK_FRAMES
+from monitor.windows import AnalysisWindow
+
+GRID_STEP_S = 0.04  # 25 fps
+MAX_LAG_FRAMES = 15  # +-600 ms, SyncNet's search range
+# A grid step whose nearest frame is further away than this has no frame (dropped frames).
+MAX_FRAME_DISTANCE_S = 0.07
+# Log-mel values more than this far (natural log units, about 43 dB) below the window's
+# peak are clamped: digital silence and the codec's noise floor look the same then.
+MEL_DYNAMIC_RANGE = 10.0
+# Crops with less contrast than this (grey levels) are not stretched further: noise.
+MIN_CROP_STD = 8.0
+
+# FaceMesh landmarks at the outer eye corners, to undo head roll in the lip geometry.
+_EYE_LEFT, _EYE_RIGHT = 33, 263
+
+
+@dataclass(frozen=True, slots=True)
+class FrameTrack:
+    """Per-frame visual features at the native frame rate (what windows and caches hold)."""
+
+    times: np.ndarray  # (n,) float64 media seconds
+    face: np.ndarray  # (n,) bool, a face was tracked
+    crops: np.ndarray  # (n, 48, 96) uint8 grayscale mouth crops (zeros without a face)
+    lips: np.ndarray  # (n, 82) float32 lip geometry (zeros without a face)
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def select(self, t_start: float, t_end: float) -> FrameTrack:
+        """Frames with ``t_start <= t < t_end``, as a window holds them."""
+        keep = (self.times >= t_start) & (self.times < t_end)
+        return FrameTrack(self.times[keep], self.face[keep], self.crops[keep], self.lips[keep])
+
+
+@dataclass(frozen=True, slots=True)
+class SyncInputs:
+    """Model inputs of one window and how to read the outputs back into a lag curve.
+
+    Video stack ``p`` covers grid frames ``starts[p] .. starts[p] + 4``; audio window
+    ``m`` starts at ``t_start + (m - max_lag) * 0.04`` s. Stack ``p`` at lag ``L``
+    frames compares with audio window ``starts[p] + L + max_lag``.
+    """
+
+    crops: np.ndarray  # (P, 5, 48, 96) float32, normalized per stack
+    lips: np.ndarray  # (P, 5, 82) float32
+    mel: np.ndarray  # (M, 20, 80) float32, normalized per window
+    starts: np.ndarray  # (P,) int, grid index of each stack's first frame
+    voiced: np.ndarray  # (M,) float32, voiced fraction of each audio window
+    max_lag: int
+    t_start: float
+
+    @property
+    def lags(self) -> np.ndarray:
+        return np.arange(-self.max_lag, self.max_lag + 1)
+
+    def audio_index(self) -> np.ndarray:
+        """(P, 2*max_lag+1) audio window index for each stack and lag."""
+        return self.starts[:, None] + self.lags[None, :] + self.max_lag
+
+
+def lip_geometry(face: FaceObservation) -> np.ndarray:
+    """(82,) lip shape: landmarks about their centroid, roll removed, in face heights.
+
+    Scaled so that values are of order one; aperture and mouth width are appended
+    because they are the tracker's cleanest measures of opening and spreading.
+    """
+    lips = face.lip_landmarks.astype(np.float64)
+    x0, y0, x1, y1 = face.face_box
+    face_height = max(y1 - y0, 1.0)
+    angle = 0.0
+    marks = face.landmarks
+    if marks.shape[0] > _EYE_RIGHT:
+        dx, dy = marks[_EYE_RIGHT] - marks[_EYE_LEFT]
+        if abs(dx) + abs(dy) > 1e-6:
+            angle = float(np.arctan2(dy, dx))
+    cos, sin = np.cos(angle), np.sin(angle)
+    rotation = np.array([[cos, -sin], [sin, cos]])  # row vectors times this undo the roll
+    centered = (lips - lips.mean(axis=0)) @ rotation / face_height
+    out = np.empty(LIP_FEATURES, np.float32)
+    out[:80] = (centered * 4.0).reshape(-1)
+    out[80] = face.aperture * 10.0
+    out[81] = (face.mouth_width - 0.4) * 5.0
+    return out
+
+
+def gray_crop(face: FaceObservation) -> np.ndarray:
+    return cv2.cvtColor(face.mouth_crop, cv2.COLOR_RGB2GRAY)
+
+
+def track_from_frames(frames: Sequence[FrameFeatures]) -> FrameTrack:
+    n = len(frames)
+    times = np.array([f.t for f in frames], dtype=np.float64)
+    face = np.array([f.face is not None for f in frames], dtype=bool)
+    crops = np.zeros((n, 48, 96), np.uint8)
+    lips = np.zeros((n, LIP_FEATURES), np.float32)
+    for i, frame in enumerate(frames):
+        if frame.face is not None:
+            crops[i] = gray_crop(frame.face)
+            lips[i] = lip_geometry(frame.face)
+    return FrameTrack(times, face, crops, lips)
+
+
+def grid_frames(times: np.ndarray, t_start: float, n_grid: int) -> np.ndarray:
+    """Index of the nearest frame for each 25 fps grid step, -1 where none is close."""
+    grid = t_start + np.arange(n_grid) * GRID_STEP_S
+    if len(times) == 0:
+        return np.full(n_grid, -1)
+    right = np.clip(np.searchsorted(times, grid), 1, max(len(times) - 1, 1))
+    left = right - 1
+    pick = np.where(np.abs(times[left] - grid) <= np.abs(times[right] - grid), left, right)
+    pick = np.clip(pick, 0, len(times) - 1)
+    pick[np.abs(times[pick] - grid) > MAX_FRAME_DISTANCE_S] = -1
+    return pick
+
+
+def normalize_mel(log_mel: np.ndarray) -> np.ndarray:
+    """Clamp the dynamic range, remove each band's mean, scale to unit variance."""
+    mel = np.asarray(log_mel, dtype=np.float32)
+    if mel.size == 0:
+        return mel
+    mel = np.maximum(mel, mel.max() - MEL_DYNAMIC_RANGE)
+    mel = mel - mel.mean(axis=0, keepdims=True)
+    return mel / max(float(mel.std()), 1e-3)
+
+
+def normalize_crops(stacks: np.ndarray) -> np.ndarray:
+    """(P, 5, H, W) uint8 -> float32 with zero mean and unit contrast per stack."""
+    x = stacks.astype(np.float32)
+    mean = x.mean(axis=(1, 2, 3), keepdims=True)
+    std = np.maximum(x.std(axis=(1, 2, 3), keepdims=True), MIN_CROP_STD)
+    return (x - mean) / std
+
+
+def build_inputs(
+    track: FrameTrack,
+    audio: AudioFeatures,
+    t_start: float,
+    t_end: float,
+    max_lag: int = MAX_LAG_FRAMES,
+) -> SyncInputs | None:
+    """Model inputs for the window ``[t_start, t_end)``; None when no 5-frame stack has faces.
+
+    ``audio`` must cover ``[t_start - max_lag * 0.04, t_end + max_lag * 0.04]``; rows
+    missing at either end are filled with the window's quietest level.
+    """
+    n_grid = int(round((t_end - t_start) / GRID_STEP_S))
+    if n_grid < STACK_FRAMES:
+        return None
+    pick = grid_frames(track.times, t_start, n_grid)
+    has_face = np.zeros(n_grid, bool)
+    has_face[pick >= 0] = track.face[pick[pick >= 0]]
+    n_stacks = n_grid - STACK_FRAMES + 1
+    window_ok = np.lib.stride_tricks.sliding_window_view(has_face, STACK_FRAMES).all(axis=1)
+    starts = np.flatnonzero(window_ok)
+    if len(starts) == 0:
+        return None
+    frame_index = pick[starts[:, None] + np.arange(STACK_FRAMES)[None, :]]  # (P, 5)
+    crops = normalize_crops(track.crops[frame_index])
+    lips = track.lips[frame_index].astype(np.float32)
+
+    # Audio windows: one per grid step from -max_lag to the last stack start + max_lag.
+    n_audio = n_stacks + 2 * max_lag
+    hop = audio.hop_s
+    mel = normalize_mel(audio.log_mel)
+    first_row = int(round((t_start - max_lag * GRID_STEP_S - audio.t0) / hop))
+    step_rows = GRID_STEP_S / hop
+    rows = first_row + np.round(np.arange(n_audio) * step_rows).astype(int)
+    row_index = rows[:, None] + np.arange(MEL_FRAMES)[None, :]  # (M, 20)
+    valid_rows = (row_index >= 0) & (row_index < len(mel))
+    floor_value = float(mel.min()) if mel.size else 0.0
+    gathered = np.full((n_audio, MEL_FRAMES, mel.shape[1] if mel.ndim == 2 else 80), floor_value)
+    gathered[valid_rows] = mel[row_index[valid_rows]]
+    voiced_rows = np.zeros(row_index.shape, np.float32)
+    voiced_rows[valid_rows] = audio.voiced[row_index[valid_rows]]
+    return SyncInputs(
+        crops=crops,
+        lips=lips,
+        mel=gathered.astype(np.float32),
+        starts=starts,
+        voiced=voiced_rows.mean(axis=1),
+        max_lag=max_lag,
+        t_start=t_start,
+    )
+
+
+def window_inputs(window: AnalysisWindow) -> SyncInputs | None:
+    """:func:`build_inputs` for a pipeline window; lags limited by its audio context."""
+    max_lag = min(MAX_LAG_FRAMES, int(np.floor(window.context_s / GRID_STEP_S + 1e-6)))
+    return build_inputs(
+        track_from_frames(window.frames), window.audio, window.t_start, window.t_end, max_lag
+    )
+
+
+def lag_distances(inputs: SyncInputs, video_emb: np.ndarray, audio_emb: np.ndarray) -> np.ndarray:
+    """(P, 2*max_lag+1) distance of each video stack to the audio at each lag."""
+    paired = audio_emb[inputs.audio_index()]  # (P, L, D)
+    return np.linalg.norm(paired - video_emb[:, None, :], axis=2)

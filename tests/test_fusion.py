@@ -1,0 +1,47 @@
+from monitor.config import FusionConfig
+from monitor.detectors.base import Evidence
+from monitor.fusion import RiskState, fuse_evidence
+
+
+def test_fuse_ignores_insufficient_and_weights_scores() -> None:
+    evidence = [Evidence("a", 0.9, "x"), Evidence("b", None, "y"), Evidence("c", 0.1, "z")]
+    risk = fuse_evidence(evidence, {"a": 1.0, "c": 1.0})
+    assert risk is not None
+    # quadratic mean of 0.9 and 0.1 lies between the mean and the max
+    assert 0.5 < risk < 0.9
+    assert fuse_evidence(evidence, {"a": 0.0, "c": 0.0}) is None
+    assert fuse_evidence([Evidence("b", None, "y")], {}) is None
+
+
+def test_levels_need_consecutive_windows_to_rise_and_hysteresis_to_fall() -> None:
+    state = RiskState(FusionConfig(ewma_alpha=1.0, min_windows_to_raise=2, hysteresis=0.1))
+    assert state.update(0.1) is not None  # unknown -> clear
+    assert state.level == "clear"
+    assert state.update(0.9) is None  # one window is not enough
+    change = state.update(0.9)
+    assert change is not None and (change.previous_level, change.level) == ("clear", "alert")
+    assert state.update(0.65) is None  # inside the hysteresis band of alert (0.7 - 0.1)
+    assert state.level == "alert"
+    change = state.update(0.55)
+    assert change is not None and change.level == "suspicious"
+    state.update(0.1)
+    assert state.level == "clear"
+    assert state.peak_level == "alert"
+
+
+def test_noisy_risk_around_threshold_does_not_flap() -> None:
+    state = RiskState(FusionConfig())
+    changes = [state.update(r) for r in [0.45, 0.55, 0.45, 0.55, 0.45, 0.55, 0.45, 0.55]]
+    assert sum(c is not None for c in changes) <= 2
+
+
+def test_insufficient_windows_lead_to_unknown_after_a_while() -> None:
+    state = RiskState(FusionConfig(), unknown_after_windows=3)
+    state.update(0.2)
+    assert state.level == "clear"
+    state.update(None)
+    state.update(None)
+    assert state.level == "clear"
+    change = state.update(None)
+    assert change is not None and change.level == "unknown"
+    assert state.window_risks == [0.2]
