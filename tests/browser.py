@@ -183,8 +183,11 @@ class CdpPage:
         from websockets.sync.client import connect
 
         # proxy=None: DevTools is on loopback; an HTTP(S)_PROXY from the CI must not apply.
-        self._ws = connect(
-            ws_url, max_size=64 * 2**20, open_timeout=timeout_s, proxy=None, ping_interval=None
+        self._stack = contextlib.ExitStack()
+        self._ws = self._stack.enter_context(
+            connect(
+                ws_url, max_size=64 * 2**20, open_timeout=timeout_s, proxy=None, ping_interval=None
+            )
         )
         self._ids = itertools.count(1)
         self.timeout_s = timeout_s
@@ -194,7 +197,7 @@ class CdpPage:
         self.send("Page.enable")
 
     def close(self) -> None:
-        self._ws.close()
+        self._stack.close()
 
     def _note_event(self, message: dict[str, Any]) -> None:
         method = message.get("method")
@@ -243,12 +246,19 @@ class CdpPage:
         return result.get("result", {}).get("value")
 
     def wait_for(self, expression: str, timeout_s: float | None = None, poll_s: float = 0.1) -> Any:
-        """Poll until the JS expression is truthy; return its value."""
+        """Poll until the JS expression is truthy (in JS); return its value.
+
+        A DOM node does not survive the trip as JSON, so a truthy node comes back as True.
+        """
+        probe = (
+            "((v) => v ? {ok: true, value: v instanceof Node ? true : v} : {ok: false})"
+            f"(({expression}))"
+        )
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         while True:
-            value = self.evaluate(expression)
-            if value:
-                return value
+            result = self.evaluate(probe)
+            if result["ok"]:
+                return result["value"]
             if time.monotonic() > deadline:
                 raise BrowserError(
                     f"timed out waiting for {expression!r}; exceptions: {self.exceptions}; "

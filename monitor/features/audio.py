@@ -4,8 +4,10 @@ Time convention: row ``i`` describes the 25 ms Hann window *centred* on sample
 ``i * hop`` of the span, i.e. media time ``t0 + i * hop_s`` where ``t0`` is the time of
 the span's first sample. A span of ``n`` samples gives ``ceil(n / hop)`` rows (rows at
 centres ``0, hop, ... <= n - 1``); the signal is reflected at both ends of the span so
-its edge rows are not dimmed by zero padding. Slicing rows by time therefore matches
-slicing samples by time, which is what the window code relies on.
+its edge rows are not dimmed by zero padding. Loudness of row ``i`` is the RMS of the
+10 ms hop centred there (rows tile the span); the mel spectrum uses the 25 ms window.
+Slicing rows by time therefore matches slicing samples by time, which is what the
+window code relies on.
 
 Pure numpy (rfft and a mel filterbank built here), so a 3.2 s span costs ~1-2 ms.
 """
@@ -121,7 +123,9 @@ def compute_audio_features(
         )
 
     frames = _frames(samples, win, hop)
-    mean_square = np.einsum("ij,ij->i", frames, frames, dtype=np.float64) / win
+    # Loudness is the RMS of the row's own hop (centred, hop samples), so rows tile time.
+    own = frames[:, win // 2 - hop // 2 : win // 2 - hop // 2 + hop]
+    mean_square = np.einsum("ij,ij->i", own, own, dtype=np.float64) / hop
     loudness = np.maximum(10.0 * np.log10(mean_square + 1e-30), SILENCE_DB).astype(np.float32)
 
     spectrum = np.fft.rfft(frames * _hann(win), n=n_fft, axis=1)
@@ -160,9 +164,7 @@ def _voice_activity(
 
     # Share of the strongest line: the peak bin and two neighbours on each side.
     peak = band_power.argmax(axis=1)
-    cumulative = np.concatenate(
-        [np.zeros((len(peak), 1)), np.cumsum(band_power, axis=1)], axis=1
-    )
+    cumulative = np.concatenate([np.zeros((len(peak), 1)), np.cumsum(band_power, axis=1)], axis=1)
     rows = np.arange(len(peak))
     upper = np.minimum(peak + 3, band_power.shape[1])
     lower = np.maximum(peak - 2, 0)

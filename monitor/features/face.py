@@ -9,7 +9,7 @@ each cut with one affine warp straight from the full frame (no intermediate copi
 from __future__ import annotations
 
 import math
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -159,10 +159,14 @@ class MediaPipeFaceTracker:
     """
 
     def __init__(self, config: FaceConfig | None = None) -> None:
+        self.config = config or FaceConfig()
+        self._mesh = self._new_mesh()
+        self._aspect: float | None = None
+
+    def _new_mesh(self) -> Any:  # mp.solutions.face_mesh.FaceMesh
         import mediapipe as mp
 
-        self.config = config or FaceConfig()
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
+        return mp.solutions.face_mesh.FaceMesh(
             static_image_mode=False,
             max_num_faces=1,
             refine_landmarks=True,
@@ -173,6 +177,13 @@ class MediaPipeFaceTracker:
     def track(self, frame: VideoFrame) -> FaceObservation | None:
         image = frame.image
         height, width = image.shape[:2]
+        aspect = width / max(height, 1)
+        if self._aspect is not None and abs(aspect / self._aspect - 1.0) > 0.01:
+            # The tracked region is kept in normalized coordinates, which a new aspect
+            # ratio (a resolution switch mid-call) would distort for a frame: start over.
+            self._mesh.close()
+            self._mesh = self._new_mesh()
+        self._aspect = aspect
         tracked = image
         long_side = max(height, width)
         if long_side > MAX_TRACKING_SIDE:

@@ -81,7 +81,14 @@ class _AudioClock:
                     chunks.append(self._chunk(np.zeros(round(gap * AUDIO_RATE), np.float32)))
         if self._t0 is None:
             return chunks
-        for out in self._resampler.resample(frame):
+        try:
+            resampled = self._resampler.resample(frame)
+        except ValueError:
+            # The input's rate or layout changed mid-stream: drain, then start a new resampler.
+            resampled = self._resampler.resample(None)
+            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
+            resampled += self._resampler.resample(frame)
+        for out in resampled:
             samples = np.ascontiguousarray(out.to_ndarray().reshape(-1), dtype=np.float32)
             if len(samples):
                 chunks.append(self._chunk(samples.copy()))
@@ -107,7 +114,9 @@ class FileSource:
     Packets that fail to decode are skipped and counted in ``decode_errors``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], audio_path: str | os.PathLike[str] | None = None):
+    def __init__(
+        self, path: str | os.PathLike[str], audio_path: str | os.PathLike[str] | None = None
+    ):
         self.path = Path(path)
         self.audio_path = Path(audio_path) if audio_path is not None else None
         self.decode_errors = 0
@@ -128,6 +137,10 @@ class FileSource:
 
     def _probe(self) -> None:
         container = self._container
+        if not container.streams.video and not container.streams.audio:
+            raise CorruptMediaError(
+                f"{self.path} has no audio or video stream (not a media file, or truncated)"
+            )
         if not container.streams.video:
             raise MissingStreamError(f"{self.path} has no video stream")
         video = container.streams.video[0]
@@ -148,7 +161,9 @@ class FileSource:
         sample_rate: int | None = None
         audio_codec: str | None = None
         if self._audio is not None:
-            sample_rate = int(self._audio.codec_context.sample_rate or self._audio.rate or 0) or None
+            sample_rate = (
+                int(self._audio.codec_context.sample_rate or self._audio.rate or 0) or None
+            )
             audio_codec = self._audio.codec_context.name
         elif self.audio_path is not None:
             sample_rate, audio_codec = self._probe_audio_file(self.audio_path)

@@ -34,7 +34,8 @@ def _check_alerts_url(alerts_url: str) -> None:
     parts = urlsplit(alerts_url)
     if parts.scheme not in ("ws", "wss", "http", "https") or not parts.netloc:
         raise ConfigError(
-            f"alerts URL {alerts_url!r} must be ws://HOST:PORT/PATH, wss://..., or a path like /alerts"
+            f"alerts URL {alerts_url!r} must be ws://HOST:PORT/PATH, wss://... "
+            "or a path such as /alerts"
         )
 
 

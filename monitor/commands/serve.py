@@ -1,0 +1,121 @@
+"""``dfmon serve``: live ingest over WebRTC (WHIP) with the websocket alert channel."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from typing import Any
+
+from monitor.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "serve",
+        help="accept live calls over WebRTC (WHIP) and broadcast events on a websocket",
+        description=(
+            "Serve POST /whip (RFC 9725) for each participant, /publish (a browser page "
+            "that publishes camera and microphone), /metrics and /healthz; events go to "
+            "ws://HOST:ALERTS_PORT/alerts."
+        ),
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="WHIP/HTTP port (default 8080)")
+    parser.add_argument(
+        "--alerts-port", type=int, default=8765, help="alert websocket port (default 8765)"
+    )
+    parser.add_argument(
+        "--token", help="bearer token for WHIP and the alert channel (or env DFMON_TOKEN)"
+    )
+    parser.add_argument("--out", metavar="EVENTS.jsonl", help="also append every event here")
+    parser.add_argument(
+        "--lip-sync", choices=["learned", "baseline"], help="lip-sync model (default: learned)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "tensorrt", "torch-cuda", "torch", "onnx"],
+        help="inference backend for the learned model (default: auto)",
+    )
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _check_port(value: int, flag: str) -> None:
+    if not 0 <= value < 65536:
+        raise ConfigError(f"{flag} must be a port number (0-65535), got {value}")
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    from monitor.config import load_config
+
+    token = args.token or os.environ.get("DFMON_TOKEN") or None
+    overrides: dict[str, Any] = {"alerts": {"token": token}}
+    lip_sync: dict[str, str] = {}
+    if args.lip_sync:
+        lip_sync["model"] = args.lip_sync
+    if args.backend:
+        lip_sync["backend"] = args.backend
+    if lip_sync:
+        overrides["lip_sync"] = lip_sync
+    return load_config(args.config, **overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_port(args.port, "--port")
+    _check_port(args.alerts_port, "--alerts-port")
+    config = build_config(args)
+    asyncio.run(serve(config, args.host, args.port, args.alerts_port, out=args.out))
+    return 0
+
+
+async def serve(
+    config: Any, host: str, port: int, alerts_port: int, *, out: str | None = None
+) -> None:
+    """Run until SIGINT/SIGTERM; every open session then ends with ``server_shutdown``."""
+    from monitor.live.whip import LiveServer
+    from monitor.sinks.websocket import AlertServer
+
+    token = config.alerts.token
+    sink = None
+    if out:
+        from monitor.sinks.jsonl import JsonlSink
+
+        sink = JsonlSink(out, append=True)
+    alerts = AlertServer(host, alerts_port, token=token, config=config.alerts)
+    try:
+        await alerts.start()
+    except OSError as exc:
+        raise ConfigError(f"cannot serve alerts on {host}:{alerts_port}: {exc.strerror}") from exc
+    server = LiveServer(
+        config,
+        token=token,
+        sinks=[alerts.publish, *([sink.write] if sink else [])],
+        alerts_port=alerts.port,
+    )
+    try:
+        await server.start(host, port)
+    except OSError as exc:
+        await alerts.stop()
+        raise ConfigError(f"cannot serve WHIP on {host}:{port}: {exc.strerror}") from exc
+    log.info(
+        "publish page http://%s:%s/publish, dashboard http://%s:%s/, alerts %s",
+        host, server.port, host, server.port, alerts.url,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: ending %d session(s)", len(server.sessions))
+        await server.stop()
+        await alerts.drain(2.0)
+        await alerts.stop()
+        if sink is not None:
+            sink.close()

@@ -1,0 +1,381 @@
+"""Inference backends for the sync model, chosen automatically, shared across sessions.
+
+Every backend answers one call, ``embed(crops, lips, mel) -> (video_emb, audio_emb)``,
+on numpy arrays; the video and audio batches have independent sizes.
+
+* ``torch``: the PyTorch module from ``sync_v1.pt`` on CPU; ``torch-cuda`` on a GPU.
+* ``onnx``: onnxruntime on ``sync_v1.onnx`` (CPU provider); faster than torch on CPU
+  for this small net (see tools/bench_sync.py), so it is the CPU default.
+* ``tensorrt``: an engine built from the ONNX (monitor/sync/engine.py), run with
+  ``execute_async_v3`` on torch CUDA buffers or, without torch CUDA, pycuda buffers.
+
+``auto`` tries tensorrt, then torch-cuda, then onnx, then torch. All inference runs on
+one thread per process (:class:`BatchingRunner`): pycuda contexts belong to the thread
+that made them, and windows that several sessions submit at the same moment are run as
+one batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from monitor.errors import BackendUnavailableError, ConfigError
+
+log = logging.getLogger(__name__)
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+WEIGHTS_PATH = MODELS_DIR / "sync_v1.pt"
+ONNX_PATH = MODELS_DIR / "sync_v1.onnx"
+INPUT_NAMES = ("crops", "lips", "mel")
+OUTPUT_NAMES = ("video_embedding", "audio_embedding")
+BACKEND_NAMES = ("auto", "tensorrt", "torch-cuda", "torch", "onnx")
+AUTO_ORDER = ("tensorrt", "torch-cuda", "onnx", "torch")
+CPU_THREADS = int(os.environ.get("DFMON_SYNC_THREADS", "2"))
+
+
+class SyncBackend(Protocol):
+    name: str
+
+    def embed(
+        self, crops: np.ndarray, lips: np.ndarray, mel: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Logistic in-sync probability from lag-curve features, fit on held-out clips."""
+
+    weights: tuple[float, ...]
+    bias: float
+    # Sync confidence that 95 % of genuine calibration windows exceed (for rationales).
+    genuine_confidence: float
+    feature_names: tuple[str, ...] = ("confidence", "near_zero_confidence", "offset_frames")
+
+    def probability(self, features: np.ndarray) -> float:
+        z = float(np.dot(self.weights, features) + self.bias)
+        return float(1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "weights": list(self.weights),
+            "bias": self.bias,
+            "genuine_confidence": self.genuine_confidence,
+            "feature_names": list(self.feature_names),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        return cls(
+            weights=tuple(float(w) for w in data["weights"]),
+            bias=float(data["bias"]),
+            genuine_confidence=float(data["genuine_confidence"]),
+            feature_names=tuple(data.get("feature_names", cls.feature_names)),
+        )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the checkpoint says about itself: layer config, calibration, training record."""
+
+    config: dict[str, Any]
+    calibration: Calibration | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def load_checkpoint(path: Path = WEIGHTS_PATH) -> tuple[Any, ModelInfo]:
+    """(SyncNetLite in eval mode, ModelInfo); BackendUnavailableError if missing or broken."""
+    import torch
+
+    from monitor.sync.model import SyncModelConfig, SyncNetLite
+
+    if not path.exists():
+        raise BackendUnavailableError(f"sync model weights not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        config = SyncModelConfig.from_dict(checkpoint["config"])
+        model = SyncNetLite(config)
+        state = {k: v.float() for k, v in checkpoint["state_dict"].items()}
+        model.load_state_dict(state)
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise BackendUnavailableError(f"sync model weights {path} are unusable: {exc}") from exc
+    model.eval()
+    calibration = checkpoint.get("calibration")
+    info = ModelInfo(
+        config=checkpoint["config"],
+        calibration=Calibration.from_dict(calibration) if calibration else None,
+        meta=json.loads(checkpoint.get("meta", "{}")),
+    )
+    return model, info
+
+
+class TorchBackend:
+    """The PyTorch module; CPU or CUDA."""
+
+    def __init__(self, device: str = "cpu", weights: Path = WEIGHTS_PATH) -> None:
+        import torch
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailableError("torch has no CUDA device here")
+        self.name = "torch-cuda" if device == "cuda" else "torch"
+        self._torch = torch
+        self.device = torch.device(device)
+        model, self.info = load_checkpoint(weights)
+        self.model = model.to(self.device)
+        if device == "cpu" and torch.get_num_threads() > CPU_THREADS:
+            torch.set_num_threads(CPU_THREADS)
+
+    def embed(
+        self, crops: np.ndarray, lips: np.ndarray, mel: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            inputs = [
+                torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+                for x in (crops, lips, mel)
+            ]
+            video, audio = self.model(*inputs)
+            return video.float().cpu().numpy(), audio.float().cpu().numpy()
+
+
+class OnnxBackend:
+    """onnxruntime on the exported graph (dynamic batch on both inputs)."""
+
+    name = "onnx"
+
+    def __init__(self, path: Path = ONNX_PATH, providers: list[str] | None = None) -> None:
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise BackendUnavailableError(f"onnxruntime cannot be imported: {exc}") from exc
+        if not path.exists():
+            raise BackendUnavailableError(f"sync model ONNX not found: {path}")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = CPU_THREADS
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(path), options, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise BackendUnavailableError(f"onnxruntime cannot load {path}: {exc}") from exc
+
+    def embed(
+        self, crops: np.ndarray, lips: np.ndarray, mel: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        feeds = {
+            name: np.ascontiguousarray(x, dtype=np.float32)
+            for name, x in zip(INPUT_NAMES, (crops, lips, mel), strict=True)
+        }
+        video, audio = self.session.run(list(OUTPUT_NAMES), feeds)
+        return video, audio
+
+
+def create_backend(name: str = "auto") -> SyncBackend:
+    """The named backend, or for ``auto`` the first that works in :data:`AUTO_ORDER`."""
+    if name not in BACKEND_NAMES:
+        raise ConfigError(
+            f"unknown lip_sync backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}"
+        )
+    if name != "auto":
+        return _create_one(name)
+    reasons = []
+    for candidate in AUTO_ORDER:
+        try:
+            return _create_one(candidate)
+        except BackendUnavailableError as exc:
+            reasons.append(f"{candidate}: {exc}")
+            log.debug("sync backend %s unavailable: %s", candidate, exc)
+    raise BackendUnavailableError("no sync backend works here: " + "; ".join(reasons))
+
+
+def _create_one(name: str) -> SyncBackend:
+    if name == "torch":
+        return TorchBackend("cpu")
+    if name == "torch-cuda":
+        return TorchBackend("cuda")
+    if name == "onnx":
+        return OnnxBackend()
+    if name == "tensorrt":
+        from monitor.sync.engine import TensorRTBackend
+
+        return TensorRTBackend.from_model()
+    raise ConfigError(f"unknown lip_sync backend {name!r}")
+
+
+@dataclass
+class _Request:
+    crops: np.ndarray
+    lips: np.ndarray
+    mel: np.ndarray
+    future: Future
+
+
+class BatchingRunner:
+    """One inference thread for a backend; concurrent callers' requests run as one batch.
+
+    The backend is created on the worker thread (TensorRT/pycuda contexts must stay on
+    the thread that made them). ``embed`` blocks until its own slice of the batch is back.
+    """
+
+    def __init__(
+        self,
+        backend_name: str = "auto",
+        *,
+        max_video_batch: int = 1024,
+        max_audio_batch: int = 2048,
+        gather_s: float = 0.002,
+    ) -> None:
+        self.requested = backend_name
+        self.max_video_batch = max_video_batch
+        self.max_audio_batch = max_audio_batch
+        self.gather_s = gather_s
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._ready: Future = Future()
+        self.batches_run = 0
+        self.requests_run = 0
+        self._thread = threading.Thread(target=self._work, name="dfmon-sync-inference", daemon=True)
+        self._thread.start()
+        self.backend: SyncBackend = self._ready.result()  # re-raises a creation failure
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    def embed(
+        self, crops: np.ndarray, lips: np.ndarray, mel: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        future: Future = Future()
+        self._queue.put(_Request(crops, lips, mel, future))
+        return future.result()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5.0)
+
+    def _work(self) -> None:
+        try:
+            backend = create_backend(self.requested)
+        except BaseException as exc:
+            self._ready.set_exception(exc)
+            return
+        self._ready.set_result(backend)
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self.gather_s
+            n_video, n_audio = len(first.crops), len(first.mel)
+            while True:
+                remaining = deadline - time.monotonic()
+                try:
+                    item = (
+                        self._queue.get(timeout=max(remaining, 0.0))
+                        if remaining > 0
+                        else self._queue.get_nowait()
+                    )
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # finish this batch, then stop
+                    break
+                batch.append(item)
+                n_video += len(item.crops)
+                n_audio += len(item.mel)
+                if n_video >= self.max_video_batch or n_audio >= self.max_audio_batch:
+                    break
+            self._run(backend, batch)
+
+    def _run(self, backend: SyncBackend, batch: list[_Request]) -> None:
+        try:
+            video_parts, audio_parts = [], []
+            for chunk in _chunks(batch, self.max_video_batch, self.max_audio_batch):
+                crops = np.concatenate([r.crops for r in chunk])
+                lips = np.concatenate([r.lips for r in chunk])
+                mel = np.concatenate([r.mel for r in chunk])
+                video, audio = _run_limited(
+                    backend, crops, lips, mel, self.max_video_batch, self.max_audio_batch
+                )
+                video_parts.append(video)
+                audio_parts.append(audio)
+            video_all = np.concatenate(video_parts)
+            audio_all = np.concatenate(audio_parts)
+        except BaseException as exc:
+            for request in batch:
+                request.future.set_exception(exc)
+            return
+        self.batches_run += 1
+        self.requests_run += len(batch)
+        v0 = a0 = 0
+        for request in batch:
+            v1, a1 = v0 + len(request.crops), a0 + len(request.mel)
+            request.future.set_result((video_all[v0:v1], audio_all[a0:a1]))
+            v0, a0 = v1, a1
+
+
+def _chunks(batch: list[_Request], max_video: int, max_audio: int) -> list[list[_Request]]:
+    chunks: list[list[_Request]] = [[]]
+    n_video = n_audio = 0
+    for request in batch:
+        if chunks[-1] and (
+            n_video + len(request.crops) > max_video or n_audio + len(request.mel) > max_audio
+        ):
+            chunks.append([])
+            n_video = n_audio = 0
+        chunks[-1].append(request)
+        n_video += len(request.crops)
+        n_audio += len(request.mel)
+    return chunks
+
+
+def _run_limited(
+    backend: SyncBackend,
+    crops: np.ndarray,
+    lips: np.ndarray,
+    mel: np.ndarray,
+    max_video: int,
+    max_audio: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One request larger than an engine's profile is split into profile-sized runs."""
+    if len(crops) <= max_video and len(mel) <= max_audio:
+        return backend.embed(crops, lips, mel)
+    steps = max(-(-len(crops) // max_video), -(-len(mel) // max_audio))
+    v_edges = np.linspace(0, len(crops), steps + 1).astype(int)
+    a_edges = np.linspace(0, len(mel), steps + 1).astype(int)
+    video, audio = [], []
+    for i in range(steps):
+        v, a = backend.embed(
+            crops[v_edges[i] : v_edges[i + 1]] if v_edges[i + 1] > v_edges[i] else crops[:1],
+            lips[v_edges[i] : v_edges[i + 1]] if v_edges[i + 1] > v_edges[i] else lips[:1],
+            mel[a_edges[i] : a_edges[i + 1]] if a_edges[i + 1] > a_edges[i] else mel[:1],
+        )
+        video.append(v[: v_edges[i + 1] - v_edges[i]])
+        audio.append(a[: a_edges[i + 1] - a_edges[i]])
+    return np.concatenate(video), np.concatenate(audio)
+
+
+_shared: dict[str, BatchingRunner] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_runner(backend_name: str = "auto") -> BatchingRunner:
+    """The process-wide runner for a backend choice (one model copy for all sessions)."""
+    with _shared_lock:
+        runner = _shared.get(backend_name)
+        if runner is None:
+            runner = BatchingRunner(backend_name)
+            log.info("lip-sync model: backend %s (requested %s)", runner.name, backend_name)
+            _shared[backend_name] = runner
+        return runner

@@ -1,0 +1,57 @@
+"""From a distance-vs-lag curve to offset, confidence and the calibration features.
+
+SyncNet's conventions, so the figures compare: the offset is the lag of the smallest
+mean distance, the confidence is the curve's median minus its minimum. Our lag sign:
+a positive lag pairs the lips with later audio, so ``offset_ms > 0`` means the audio
+arrives later than the lips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from monitor.sync.features import GRID_STEP_S
+
+# Lags within this many frames of zero count as "in sync" for the near-zero confidence
+# (genuine recordings and calls carry small constant offsets from encoding and buffers).
+NEAR_ZERO_FRAMES = 2
+# |offset| is capped here as a calibration feature: beyond it, "clearly off" is enough.
+OFFSET_CAP_FRAMES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class CurveSummary:
+    offset_frames: int
+    offset_ms: float
+    confidence: float  # median - min (SyncNet)
+    near_zero_confidence: float  # median - min over |lag| <= NEAR_ZERO_FRAMES
+    min_distance: float
+
+
+def summarize_curve(curve: np.ndarray, lags: np.ndarray) -> CurveSummary:
+    curve = np.asarray(curve, dtype=np.float64)
+    best = int(np.argmin(curve))
+    median = float(np.median(curve))
+    near = np.abs(lags) <= NEAR_ZERO_FRAMES
+    offset = int(lags[best])
+    return CurveSummary(
+        offset_frames=offset,
+        offset_ms=offset * GRID_STEP_S * 1000.0,
+        confidence=median - float(curve[best]),
+        near_zero_confidence=median - float(curve[near].min()),
+        min_distance=float(curve[best]),
+    )
+
+
+def curve_features(curve: np.ndarray, lags: np.ndarray) -> np.ndarray:
+    """(confidence, near-zero confidence, capped |offset| in frames): what calibration sees."""
+    summary = summarize_curve(curve, lags)
+    return np.array(
+        [
+            summary.confidence,
+            summary.near_zero_confidence,
+            float(min(abs(summary.offset_frames), OFFSET_CAP_FRAMES)),
+        ]
+    )

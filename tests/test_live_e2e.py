@@ -1,0 +1,183 @@
+"""Live ingest end to end on loopback: push (aiortc WHIP client) -> serve -> /alerts.
+
+Real time, real codecs (VP8, Opus), the real pipeline and detectors. Two participants
+publish at once, one in sync and one with its audio 300 ms early; each must end at the
+expected level, with its own events, and the server must free everything afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from monitor.live.client import (
+    FileAudioTrack,
+    FileVideoTrack,
+    PacingClock,
+    PushStats,
+    WhipClient,
+    push_file,
+)
+from monitor.live.probe import measure_probe, write_probe_clip
+from tests.live_util import (
+    RecordingAnalyzer,
+    check_events,
+    live_config,
+    other_tasks,
+    running_servers,
+    thread_names,
+)
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "s3cret"
+TEXT = "Please send me the figures before our meeting on Monday morning."
+
+
+@pytest.fixture(scope="module")
+def calls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from monitor.synth.call import make_call
+    from monitor.synth.speech import espeak_available
+
+    if not espeak_available():
+        pytest.skip("libespeak-ng is not installed")
+    out = tmp_path_factory.mktemp("live-calls")
+    paths = {}
+    for name, shift in (("sync", 0.0), ("early", -0.3)):
+        call = make_call(
+            out / f"{name}.mp4", text=TEXT, seed=1, size=(240, 320), audio_shift_s=shift
+        )
+        paths[name] = call.path
+    return paths
+
+
+async def test_two_participants_in_sync_and_desynced(calls: dict[str, Path]) -> None:
+    before = thread_names()
+    config = live_config()
+    async with running_servers(config, token=TOKEN) as (server, _, listener):
+        pushes = await asyncio.gather(
+            push_file(calls["sync"], server.url, token=TOKEN, participant="alice"),
+            push_file(calls["early"], server.url, token=TOKEN, participant="bob"),
+        )
+        await listener.wait_for(
+            lambda: listener.of("alice", "summary") and listener.of("bob", "summary"), 10
+        )
+        metrics = server.metrics.render()
+    assert not other_tasks()
+    assert thread_names() <= before, thread_names() - before
+
+    check_events(listener.events)
+    for stats in pushes:
+        assert stats.ended_by == "end_of_file" and stats.video_frames > 80
+    levels = {}
+    for name in ("alice", "bob"):
+        events = listener.of(name)
+        assert events[0]["type"] == "session_started"
+        assert events[0]["video_codec"] == "vp8" and events[0]["audio_codec"] == "opus"
+        assert (events[0]["width"], events[0]["height"]) == (320, 240)
+        assert events[-2]["type"] == "session_ended" and events[-2]["reason"] == "deleted"
+        scores = listener.of(name, "score")
+        assert len(scores) >= 3, [e["type"] for e in events]
+        assert len({e["session"] for e in events}) == 1
+        summary = listener.of(name, "summary")[0]
+        assert summary["frames_dropped"] == 0
+        levels[name] = summary["level"]
+    assert levels["alice"] == "clear", listener.of("alice", "score")
+    assert levels["bob"] in ("suspicious", "alert"), listener.of("bob", "score")
+    assert listener.of("bob", "alert")
+    assert "dfmon_sessions_total 2" in metrics
+    assert "dfmon_sessions_active 0" in metrics
+    assert 'dfmon_frames_dropped_total{kind="video"} 0' in metrics
+
+
+async def test_alignment_error_on_loopback(tmp_path: Path) -> None:
+    """Flashes and tone bursts sent together arrive together (content, not timestamps)."""
+    clip = tmp_path / "probe.mkv"
+    events = write_probe_clip(clip, duration_s=3.2, events_s=(1.0, 2.0, 3.0))
+    RecordingAnalyzer.instances.clear()
+    async with running_servers(live_config(), analyzer_factory=RecordingAnalyzer) as (
+        server,
+        _,
+        _listener,
+    ):
+        await push_file(clip, server.url, token=TOKEN)
+    (analyzer,) = RecordingAnalyzer.instances
+    assert analyzer.thread.startswith("dfmon-session-")  # never the event loop's thread
+    result = measure_probe(analyzer.video, analyzer.audio)
+    assert len(result.flashes_s) == len(events) and len(result.bursts_s) == len(events)
+    # Media time 0 is the call's start: each flash is where the file put it.
+    for flash, expected in zip(result.flashes_s, events, strict=True):
+        assert abs(flash - expected) < 0.021
+    # One video frame is 40 ms; the measured error here is ~5 ms (Opus look-ahead).
+    assert all(abs(err) < 20.0 for err in result.av_errors_ms), result.av_errors_ms
+
+
+async def test_client_that_closes_without_delete(calls: dict[str, Path]) -> None:
+    """Closing the peer connection abruptly (no DELETE) ends the session."""
+    config = live_config(no_media_timeout_s=2.0)
+    RecordingAnalyzer.instances.clear()
+    async with running_servers(config, token=TOKEN, analyzer_factory=RecordingAnalyzer) as (
+        server,
+        _,
+        listener,
+    ):
+        stats = PushStats()
+        clock = PacingClock(stats)
+        tracks = [FileVideoTrack(calls["sync"], 0.0, clock, stats)]
+        tracks.append(FileAudioTrack(calls["sync"], 0.0, clock, stats))
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        for track in tracks:
+            pc.addTransceiver(track, direction="sendonly")
+        async with WhipClient(server.url, token=TOKEN, participant="carol") as whip:
+            await pc.setLocalDescription(await pc.createOffer())
+            answer = await whip.post_offer(pc.localDescription.sdp)
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+            await listener.wait_for(lambda: listener.of("carol", "session_started"), 10)
+            await pc.close()  # gone, without DELETE
+            started = time.monotonic()
+            ended = await listener.wait_for(lambda: listener.of("carol", "session_ended"), 5)
+            elapsed = time.monotonic() - started
+            for track in tracks:
+                track._end()
+        assert ended[0]["reason"] in ("connection_closed", "media_ended")
+        assert elapsed < 2.0  # detected from the transport, not the media timeout
+        await listener.wait_for(lambda: listener.of("carol", "summary"), 5)
+        assert not server.sessions
+    assert RecordingAnalyzer.instances[0].video
+
+
+async def test_client_process_killed(calls: dict[str, Path]) -> None:
+    """A publisher killed with SIGKILL sends nothing more: the media timeout ends it."""
+    config = live_config(no_media_timeout_s=1.0)
+    RecordingAnalyzer.instances.clear()
+    async with running_servers(config, token=TOKEN, analyzer_factory=RecordingAnalyzer) as (
+        server,
+        _,
+        listener,
+    ):
+        root = Path(__file__).resolve().parents[1]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "monitor", "push", str(calls["sync"]),
+            "--url", server.url, "--token", TOKEN, "--participant", "dave",
+            cwd=root, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            await listener.wait_for(lambda: listener.of("dave", "session_started"), 20)
+            await asyncio.sleep(0.3)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+        ended = await listener.wait_for(lambda: listener.of("dave", "session_ended"), 5)
+        assert ended[0]["reason"] == "no_media"
+        await listener.wait_for(lambda: listener.of("dave", "summary"), 5)
+        assert not server.sessions

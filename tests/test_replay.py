@@ -1,0 +1,197 @@
+"""End to end: recorded calls through `dfmon replay`, as a user runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+from websockets.asyncio.client import connect
+
+from monitor.config import load_config
+from monitor.events import validate_event
+from monitor.replay import replay_file
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "monitor", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def replay_events(path: Path, **overrides: Any) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    replay_file(path, load_config(**overrides), events.append)
+    for event in events:
+        validate_event(event)
+    return events
+
+
+def session_offset_ms(summary: dict[str, Any]) -> float:
+    (lip_sync,) = [e for e in summary["evidence"] if e["detector"] == "lip_sync"]
+    return lip_sync["offset_ms"]
+
+
+def test_in_sync_call_ends_clear(synthetic_calls: dict[str, Path]) -> None:
+    events = replay_events(synthetic_calls["sync"])
+    summary = events[-1]
+    assert summary["type"] == "summary"
+    assert summary["level"] == "clear", summary["rationale"]
+    assert summary["windows_scored"] >= 10
+    assert abs(session_offset_ms(summary)) <= 80
+    assert not [e for e in events if e["type"] == "alert"]
+
+
+@pytest.mark.parametrize(("name", "shift_ms"), [("plus300", 300), ("minus300", -300)])
+def test_shifted_call_is_flagged_with_the_true_offset(
+    synthetic_calls: dict[str, Path], name: str, shift_ms: int
+) -> None:
+    events = replay_events(synthetic_calls[name])
+    summary = events[-1]
+    assert summary["level"] in ("suspicious", "alert"), summary["rationale"]
+    assert session_offset_ms(summary) == pytest.approx(shift_ms, abs=80)
+    alerts = [e for e in events if e["type"] == "alert"]
+    assert alerts and alerts[0]["rationale"] and alerts[0]["evidence"]
+    direction = "audio lags lips" if shift_ms > 0 else "speech leads lips"
+    assert direction in summary["rationale"]
+
+
+def test_swapped_audio_is_flagged(synthetic_calls: dict[str, Path]) -> None:
+    summary = replay_events(synthetic_calls["swap"])[-1]
+    assert summary["level"] in ("suspicious", "alert"), summary["rationale"]
+
+
+def test_video_without_audio_is_unknown_and_never_alerts(synthetic_calls: dict[str, Path]) -> None:
+    events = replay_events(synthetic_calls["video_only"])
+    assert events[0]["type"] == "session_started" and events[0]["has_audio"] is False
+    scores = [e for e in events if e["type"] == "score"]
+    assert scores and all(e["level"] == "unknown" for e in scores)
+    assert all("insufficient evidence" in e["rationale"] for e in scores)
+    assert not [e for e in events if e["type"] == "alert"]
+    assert events[-1]["level"] == "unknown"
+    assert events[-1]["windows_insufficient"] == len(scores)
+
+
+def test_every_event_kind_has_the_common_fields(synthetic_calls: dict[str, Path]) -> None:
+    events = replay_events(synthetic_calls["short"], window={"window_s": 1.0, "hop_s": 0.25})
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "session_started" and kinds[-2:] == ["session_ended", "summary"]
+    assert len({e["session"] for e in events}) == 1
+    scores = [e for e in events if e["type"] == "score"]
+    assert [s["t_start"] for s in scores[:3]] == [0.0, 0.25, 0.5]
+    assert all(s["t_end"] - s["t_start"] == pytest.approx(1.0) for s in scores)
+
+
+def test_cli_writes_jsonl_and_exits_zero(synthetic_calls: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    result = run_cli("replay", str(synthetic_calls["short"]), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    for event in events:
+        validate_event(event)
+    assert events[-1]["type"] == "summary"
+    assert "x real time" in result.stderr
+
+
+def test_cli_stdout_is_pure_jsonl(synthetic_calls: dict[str, Path]) -> None:
+    result = run_cli("replay", str(synthetic_calls["short"]), "--hop", "1.0")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines and all(json.loads(line)["schema"] == 1 for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("make_input", "message"),
+    [
+        (lambda d: d / "missing.mp4", "not found"),
+        (lambda d: (d / "corrupt.mp4").write_bytes(b"\x00\x01garbage" * 500) and d / "corrupt.mp4", "corrupt.mp4"),
+        (lambda d: d, "directory"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path: Path, make_input: Any, message: str) -> None:
+    result = run_cli("replay", str(make_input(tmp_path)))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(error_lines) == 1 and message in error_lines[0]
+
+
+@pytest.mark.parametrize(
+    "flags", [["--window", "0"], ["--hop", "-1"], ["--serve-alerts", "nohost"], ["--bogus"]]
+)
+def test_bad_flags_exit_2(synthetic_calls: dict[str, Path], flags: list[str]) -> None:
+    result = run_cli("replay", str(synthetic_calls["short"]), *flags)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "error" in result.stderr
+
+
+def test_truncated_file_exits_2(synthetic_calls: dict[str, Path], tmp_path: Path) -> None:
+    data = synthetic_calls["short"].read_bytes()
+    broken = tmp_path / "truncated.mp4"
+    broken.write_bytes(data[: len(data) // 3])
+    result = run_cli("replay", str(broken))
+    # A truncated mp4 has no index: an explicit error, never a silent verdict.
+    assert result.returncode == 2, result.stdout[-500:]
+    assert "Traceback" not in result.stderr
+
+
+async def _collect(url: str, headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    events = []
+    async with connect(url, additional_headers=headers, open_timeout=5) as ws:
+        async for message in ws:
+            event = json.loads(message)
+            events.append(event)
+            if event["type"] == "summary":
+                break
+    return events
+
+
+async def test_alert_channel_needs_the_token_and_mirrors_the_jsonl(
+    synthetic_calls: dict[str, Path], tmp_path: Path, free_port: int
+) -> None:
+    out = tmp_path / "events.jsonl"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "monitor", "replay", str(synthetic_calls["short"]),
+        "--out", str(out), "--realtime", "--serve-alerts", f"127.0.0.1:{free_port}",
+        "--token", "s3cret",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        url = f"ws://127.0.0.1:{free_port}/alerts"
+        deadline = time.monotonic() + 30
+        while True:  # wait for the server to listen
+            try:
+                async with connect(url, open_timeout=2):
+                    pass
+            except websockets.InvalidStatus as exc:
+                assert exc.response.status_code == HTTPStatus.UNAUTHORIZED
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "alert server never came up"
+                await asyncio.sleep(0.2)
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with connect(url + "?token=wrong", open_timeout=5):
+                pass
+        assert refused.value.response.status_code == HTTPStatus.UNAUTHORIZED
+        by_header, by_query = await asyncio.wait_for(
+            asyncio.gather(
+                _collect(url, {"Authorization": "Bearer s3cret"}), _collect(url + "?token=s3cret")
+            ),
+            timeout=60,
+        )
+    finally:
+        _, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    from_file = [json.loads(line) for line in out.read_text().splitlines()]
+    assert by_header == from_file
+    assert by_query == from_file

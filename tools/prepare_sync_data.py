@@ -1,0 +1,677 @@
+"""Training and evaluation data for the learned sync model, extracted like the pipeline does.
+
+Every clip goes through the real path: ``FileSource`` -> face tracker -> per-frame mouth
+crops and lip geometry, plus the 16 kHz samples (audio features are computed per window
+later, as the pipeline does). Call conditions are made by re-encoding a clip through
+PyAV (H.264 or VP8 video at call bitrates and sizes, Opus audio, 15-30 fps, dropped
+frames, low light, background noise) and then extracting the re-encoded file the same
+way. Results are cached as npz files under /tmp/dfmon_sync_cache (never in the repo).
+
+Splits (see monitor/models/MODEL_CARD.md):
+* train: the real clips of ../shared/data/train except the two near-silent ones, plus
+  four dev clips (two GRID sentences, the HDTF Katie Hill clip, the MEAD clip);
+  lip-sync fakes are left out (their generated mouths would teach the model that
+  generated sync is genuine);
+* held out: every other dev real clip with audio; rows marked DUPLICATE SOURCE are
+  the same speech as a held-out clip and are used nowhere.
+
+Run: ``.venv/bin/python tools/prepare_sync_data.py [--jobs 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+log = logging.getLogger("prepare_sync_data")
+
+DATA_ROOT = Path(os.environ.get("DFMON_DATA", REPO.parent / "shared" / "data"))
+CACHE_DIR = Path(os.environ.get("DFMON_SYNC_CACHE", "/tmp/dfmon_sync_cache"))
+EXTRACTOR_VERSION = 3  # bump when extraction changes, to invalidate the cache
+
+# Train-pool real clips whose audio is near-silent: no speech to align with.
+TRAIN_EXCLUDE = (
+    "darsh200214_AIML-assignment-LipSync__demo_1",
+    "darsh200214_AIML-assignment-LipSync__demo_2",
+)
+# Train-pool clips kept out of training to calibrate the in-sync probability on people the
+# model has not seen (four different speakers, about 24 s).
+CALIBRATION = (
+    "sibozhang_Text2Video__phoneme_data_VidTIMIT_fadg0_fadgo_sa1",
+    "astorfi_lip-reading-deeplearning__data_sample_video",
+    "VladTomici14_PodcastClipExtractor__input_buhnici-1",
+    "amrkh97_Lipify-LipReading__DataSet-Trial_bbab8n",
+)
+# Dev real clips used for training; every other dev real clip with audio is held out.
+DEV_TRAIN = (
+    "rizkiarm_LipNet__evaluation_samples_GRID_bbaf2n",
+    "rizkiarm_LipNet__evaluation_samples_GRID_brbk7n",
+    "OpenTalker_SadTalker__examples_ref_video_WDA_KatieHill_000",
+    "jixinya_EAMM__test_crop_M030_sad_3_001",
+)
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: Path
+    label: str  # "real" | "fake"
+    notes: str
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+    @property
+    def lipsync_fake(self) -> bool:
+        return "LIPSYNC-FAKE" in self.notes
+
+    @property
+    def duplicate(self) -> bool:
+        return self.notes.startswith("DUPLICATE SOURCE")
+
+
+def read_manifest(pool: str) -> list[Clip]:
+    manifest = DATA_ROOT / pool / "MANIFEST.tsv"
+    if not manifest.exists():
+        return []
+    clips = []
+    with manifest.open(newline="") as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            if row["has_audio"] != "yes":
+                continue
+            clips.append(Clip(DATA_ROOT / pool / row["file"], row["label"], row["notes"]))
+    return clips
+
+
+def train_clips() -> list[Clip]:
+    excluded = TRAIN_EXCLUDE + CALIBRATION
+    chosen = [c for c in read_manifest("train") if c.label == "real" and c.stem not in excluded]
+    chosen += [c for c in read_manifest("dev") if c.label == "real" and c.stem in DEV_TRAIN]
+    return chosen
+
+
+def calibration_clips() -> list[Clip]:
+    return [c for c in read_manifest("train") if c.stem in CALIBRATION]
+
+
+def heldout_real_clips() -> list[Clip]:
+    return [
+        c
+        for c in read_manifest("dev")
+        if c.label == "real" and c.stem not in DEV_TRAIN and not c.duplicate
+    ]
+
+
+def dev_lipsync_fakes() -> list[Clip]:
+    return [c for c in read_manifest("dev") if c.lipsync_fake]
+
+
+# -- call-condition re-encoding ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallVariant:
+    """How one re-encoded copy of a clip degrades it (all chosen from a seed)."""
+
+    name: str
+    fps: float
+    max_side: int
+    video_codec: str  # "libx264" | "libvpx"
+    video_kbps: int
+    audio_kbps: int
+    drop_prob: float  # chance that a frame is lost
+    darkness: float  # 0: unchanged; 1: very dark
+    noise_snr_db: float | None  # None: no added noise
+
+    @staticmethod
+    def random(seed: int, name: str) -> CallVariant:
+        rng = np.random.default_rng(seed)
+        return CallVariant(
+            name=name,
+            fps=float(rng.choice([15.0, 20.0, 24.0, 25.0, 30.0])),
+            max_side=int(rng.choice([240, 320, 360, 480, 640])),
+            video_codec=str(rng.choice(["libx264", "libvpx"])),
+            video_kbps=int(rng.choice([150, 250, 400, 700])),
+            audio_kbps=int(rng.choice([12, 16, 24, 32])),
+            drop_prob=float(rng.choice([0.0, 0.0, 0.03, 0.08])),
+            darkness=float(rng.choice([0.0, 0.0, 0.5, 0.8])),
+            noise_snr_db=None if rng.random() < 0.4 else float(rng.uniform(5.0, 25.0)),
+        )
+
+
+def _darken(image: np.ndarray, darkness: float, rng: np.random.Generator) -> np.ndarray:
+    """Low light: crushed, dimmer picture with sensor noise."""
+    if darkness <= 0:
+        return image
+    x = image.astype(np.float32) / 255.0
+    x = np.power(x, 1.0 + darkness) * (1.0 - 0.6 * darkness)
+    x = x * 255.0 + rng.normal(0.0, 2.0 + 6.0 * darkness, size=x.shape)
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def _add_noise(samples: np.ndarray, snr_db: float | None, rng: np.random.Generator) -> np.ndarray:
+    if snr_db is None or not len(samples):
+        return samples
+    level = float(np.sqrt(np.mean(samples**2)) + 1e-9)
+    # Pink-ish noise (white noise through a one-pole low-pass), as rooms and fans sound.
+    from scipy.signal import lfilter
+
+    white = rng.normal(0.0, 1.0, len(samples))
+    pink = lfilter([0.05], [1.0, -0.95], white).astype(np.float32)
+    pink *= level / (float(np.sqrt(np.mean(pink**2))) + 1e-9) * 10 ** (-snr_db / 20.0)
+    return np.clip(samples + pink, -1.0, 1.0).astype(np.float32)
+
+
+def reencode_call(src: Path, dst: Path, variant: CallVariant, seed: int) -> None:
+    """Write ``src`` as a call would deliver it: resampled fps, small size, lossy codecs."""
+    import av
+    import cv2
+
+    from monitor.media import AUDIO_RATE, AudioChunk, VideoFrame
+    from monitor.sources.file import FileSource
+
+    rng = np.random.default_rng(seed)
+    frames: list[VideoFrame] = []
+    chunks: list[AudioChunk] = []
+    with _closing(FileSource(src)) as source:
+        for item in source:
+            (frames if isinstance(item, VideoFrame) else chunks).append(item)
+    if not frames:
+        raise RuntimeError(f"{src} has no frames")
+    height, width = frames[0].image.shape[:2]
+    scale = min(1.0, variant.max_side / max(height, width))
+    out_w, out_h = max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+
+    container = av.open(str(dst), "w", format="matroska")
+    try:
+        vstream = container.add_stream(variant.video_codec, rate=int(round(variant.fps)))
+        vstream.width, vstream.height = out_w, out_h
+        vstream.pix_fmt = "yuv420p"
+        vstream.bit_rate = variant.video_kbps * 1000
+        vstream.codec_context.time_base = Fraction(1, 1000)
+        if variant.video_codec == "libx264":
+            vstream.options = {"preset": "veryfast", "tune": "zerolatency"}
+        else:
+            vstream.options = {"deadline": "realtime", "cpu-used": "8"}
+        astream = container.add_stream("libopus", rate=48000, layout="mono")
+        astream.bit_rate = variant.audio_kbps * 1000
+
+        # Audio: contiguous samples from the first chunk, noise added, Opus at 48 kHz.
+        t_audio = chunks[0].t if chunks else 0.0
+        if chunks:
+            samples = np.concatenate([c.samples for c in chunks]).astype(np.float32)
+            samples = _add_noise(samples, variant.noise_snr_db, rng)
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=48000, frame_size=960)
+            step = AUDIO_RATE // 10
+            for i in range(0, len(samples), step):
+                frame = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(samples[None, i : i + step]), format="flt", layout="mono"
+                )
+                frame.sample_rate = AUDIO_RATE
+                frame.pts = int(round(t_audio * AUDIO_RATE)) + i
+                frame.time_base = Fraction(1, AUDIO_RATE)
+                for out in resampler.resample(frame):
+                    for packet in astream.encode(out):
+                        container.mux(packet)
+            for out in resampler.resample(None):
+                for packet in astream.encode(out):
+                    container.mux(packet)
+            for packet in astream.encode(None):
+                container.mux(packet)
+
+        # Video: a camera at the new rate shows the latest source frame at each tick.
+        times = np.array([f.t for f in frames])
+        t0, t1 = times[0], times[-1]
+        ticks = np.arange(t0, t1 + 1e-6, 1.0 / variant.fps)
+        picks = np.clip(np.searchsorted(times, ticks + 1e-6) - 1, 0, len(frames) - 1)
+        for tick, pick in zip(ticks, picks, strict=True):
+            if variant.drop_prob and rng.random() < variant.drop_prob:
+                continue
+            image = frames[pick].image
+            if scale < 1.0:
+                image = cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_AREA)
+            elif image.shape[:2] != (out_h, out_w):
+                image = image[:out_h, :out_w]
+            image = _darken(np.ascontiguousarray(image), variant.darkness, rng)
+            vframe = av.VideoFrame.from_ndarray(image, format="rgb24")
+            vframe.pts = int(round(tick * 1000))
+            vframe.time_base = Fraction(1, 1000)
+            for packet in vstream.encode(vframe):
+                container.mux(packet)
+        for packet in vstream.encode(None):
+            container.mux(packet)
+    finally:
+        container.close()
+
+
+class _closing:
+    def __init__(self, source: object) -> None:
+        self.source = source
+
+    def __enter__(self):  # noqa: ANN204 - returns the wrapped source
+        return self.source
+
+    def __exit__(self, *exc: object) -> None:
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
+
+
+# -- extraction ---------------------------------------------------------------------------
+
+
+def extract_clip(path: Path) -> dict[str, np.ndarray]:
+    """Per-frame face features and the 16 kHz samples of one file, via the pipeline's parts."""
+    from monitor.config import FaceConfig
+    from monitor.features.face import create_face_tracker
+    from monitor.media import AUDIO_RATE, VideoFrame
+    from monitor.sources.file import FileSource
+    from monitor.sync.features import gray_crop, lip_geometry
+
+    times, faces, crops, lips, boxes, lip_marks, marks, apertures, widths = ([] for _ in range(9))
+    chunks = []
+    frame_size = (0, 0)
+    tracker = create_face_tracker(FaceConfig())
+    try:
+        with _closing(FileSource(path)) as source:
+            for item in source:
+                if not isinstance(item, VideoFrame):
+                    chunks.append(item)
+                    continue
+                frame_size = item.image.shape[:2]
+                face = tracker.track(item)
+                times.append(item.t)
+                faces.append(face is not None)
+                if face is None:
+                    crops.append(np.zeros((48, 96), np.uint8))
+                    lips.append(np.zeros(82, np.float32))
+                    boxes.append(np.zeros(4, np.float32))
+                    lip_marks.append(np.zeros((40, 2), np.float32))
+                    marks.append(np.zeros((478, 2), np.float16))
+                    apertures.append(0.0)
+                    widths.append(0.0)
+                    continue
+                crops.append(gray_crop(face))
+                lips.append(lip_geometry(face))
+                boxes.append(np.asarray(face.face_box, np.float32))
+                lip_marks.append(face.lip_landmarks.astype(np.float32))
+                marks.append(face.landmarks.astype(np.float16))
+                apertures.append(face.aperture)
+                widths.append(face.mouth_width)
+    finally:
+        tracker.close()
+    if chunks:
+        t_audio = chunks[0].t
+        end = max(int(round((c.t - t_audio) * AUDIO_RATE)) + len(c.samples) for c in chunks)
+        samples = np.zeros(end, np.float32)
+        for c in chunks:
+            start = int(round((c.t - t_audio) * AUDIO_RATE))
+            samples[start : start + len(c.samples)] = c.samples
+    else:
+        t_audio, samples = 0.0, np.zeros(0, np.float32)
+    return {
+        "times": np.asarray(times, np.float64),
+        "face": np.asarray(faces, bool),
+        "crops": np.asarray(crops, np.uint8).reshape(-1, 48, 96),
+        "lips": np.asarray(lips, np.float32).reshape(-1, 82),
+        "face_box": np.asarray(boxes, np.float32).reshape(-1, 4),
+        "lip_landmarks": np.asarray(lip_marks, np.float32).reshape(-1, 40, 2),
+        "landmarks": np.asarray(marks, np.float16).reshape(-1, 478, 2),
+        "aperture": np.asarray(apertures, np.float32),
+        "mouth_width": np.asarray(widths, np.float32),
+        "frame_size": np.asarray(frame_size, np.int32),
+        "samples": samples,
+        "audio_t0": np.asarray(t_audio, np.float64),
+    }
+
+
+@dataclass(frozen=True)
+class Job:
+    """One cache entry: a source file, optionally re-encoded as a call, or a synthetic call."""
+
+    kind: str  # "file" | "call" | "synth"
+    source: str  # file path, or the synth parameters as JSON
+    variant: CallVariant | None = None
+    seed: int = 0
+    split: str = "train"
+
+    def key(self) -> str:
+        identity = {
+            "v": EXTRACTOR_VERSION,
+            "kind": self.kind,
+            "source": self.source,
+            "seed": self.seed,
+        }
+        if self.kind != "synth":
+            stat = Path(self.source).stat()
+            identity["size"] = stat.st_size
+        if self.variant is not None:
+            identity["variant"] = asdict(self.variant)
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        name = Path(self.source).stem if self.kind != "synth" else "synth"
+        tag = self.variant.name if self.variant else "orig"
+        return f"{name[:60]}.{tag}.{digest}"
+
+    @property
+    def cache_path(self) -> Path:
+        return CACHE_DIR / f"{self.key()}.npz"
+
+
+def run_job(job: Job) -> Path:
+    """Extract (and re-encode or synthesize first) unless the cache already has it."""
+    target = job.cache_path
+    if target.exists():
+        return target
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    scratch = CACHE_DIR / f"{job.key()}.tmp.mkv"
+    try:
+        if job.kind == "file":
+            media = Path(job.source)
+        elif job.kind == "call":
+            assert job.variant is not None
+            reencode_call(Path(job.source), scratch, job.variant, job.seed)
+            media = scratch
+        else:
+            media = _synthesize(json.loads(job.source), scratch, job.seed)
+        data = extract_clip(media)
+    finally:
+        scratch.unlink(missing_ok=True)
+    meta = {"job": {"kind": job.kind, "source": job.source, "seed": job.seed, "split": job.split}}
+    if job.variant is not None:
+        meta["variant"] = asdict(job.variant)
+    partial = target.with_suffix(".partial.npz")
+    np.savez_compressed(partial, meta=np.asarray(json.dumps(meta)), **data)
+    partial.rename(target)
+    log.info(
+        "%s: %d frames, %.0f%% face, %.1f s audio in %.1f s",
+        target.name,
+        len(data["times"]),
+        100.0 * data["face"].mean() if len(data["face"]) else 0.0,
+        len(data["samples"]) / 16000,
+        time.perf_counter() - started,
+    )
+    return target
+
+
+def _synthesize(params: dict[str, object], dst: Path, seed: int) -> Path:
+    from monitor.synth.call import make_call
+
+    if "size" in params:
+        params = {**params, "size": tuple(params["size"])}  # type: ignore[arg-type]
+    make_call(dst, seed=seed, **params)  # type: ignore[arg-type]
+    return dst
+
+
+# Synthetic calls: espeak-ng voices and languages with phoneme-timed visemes.
+SYNTH_TEXTS = {
+    "en": [
+        "Could you confirm the transfer before the end of the day, please?",
+        "I am calling about the invoice we discussed on Monday morning.",
+        "The quarterly numbers look better than we expected at first.",
+        "Please move the meeting to Thursday afternoon if that works for you.",
+    ],
+    "de": ["Können Sie mir bitte die Unterlagen bis morgen früh schicken?"],
+    "fr": ["Pouvez-vous vérifier le virement avant la fin de la journée?"],
+    "es": ["Necesito que me confirmes la reunión de mañana por la tarde."],
+    "it": ["Ti richiamo appena ho controllato i documenti del contratto."],
+}
+
+
+def synth_jobs(count: int, seed: int) -> list[Job]:
+    """Synthetic calls with varied voice, language, rate, pitch, frame rate and size."""
+    rng = np.random.default_rng(seed)
+    languages = list(SYNTH_TEXTS)
+    sizes = [(240, 320), (360, 480), (480, 640), (720, 1280)]
+    jobs = []
+    for i in range(count):
+        language = languages[i % len(languages)] if i % 2 else "en"
+        texts = SYNTH_TEXTS[language]
+        # Two sentences: long enough for several 2 s windows.
+        text = " ".join(str(t) for t in rng.choice(texts, size=2, replace=len(texts) < 2))
+        variant = str(rng.choice(["", "+f2", "+m3", "+f4", "+m5"]))
+        params = {
+            "text": text,
+            "fps": float(rng.choice([15.0, 20.0, 24.0, 25.0, 30.0])),
+            "voice": language + variant,
+            "rate": int(rng.integers(130, 210)),
+            "pitch": int(rng.integers(25, 80)),
+            "size": [int(v) for v in sizes[int(rng.integers(len(sizes)))]],
+            "head_motion": bool(rng.random() < 0.8),
+            "lighting": bool(rng.random() < 0.7),
+        }
+        jobs.append(Job("synth", json.dumps(params, sort_keys=True), seed=seed + i, split="train"))
+    return jobs
+
+
+def training_jobs(variants_per_clip: int = 2, synth_count: int = 0, seed: int = 0) -> list[Job]:
+    jobs = []
+    for index, clip in enumerate(train_clips()):
+        jobs.append(Job("file", str(clip.path), split="train"))
+        for v in range(variants_per_clip):
+            variant_seed = seed * 1000 + index * 10 + v
+            variant = CallVariant.random(variant_seed, f"call{v}")
+            jobs.append(Job("call", str(clip.path), variant, variant_seed, split="train"))
+    jobs += synth_jobs(synth_count, seed + 7)
+    return jobs
+
+
+def calibration_jobs(seed: int = 0) -> list[Job]:
+    jobs = []
+    for index, clip in enumerate(calibration_clips()):
+        jobs.append(Job("file", str(clip.path), split="calibration"))
+        variant_seed = seed * 1000 + 500 + index
+        variant = CallVariant.random(variant_seed, "call0")
+        jobs.append(Job("call", str(clip.path), variant, variant_seed, split="calibration"))
+    return jobs
+
+
+def evaluation_jobs() -> list[Job]:
+    jobs = [Job("file", str(c.path), split="heldout") for c in heldout_real_clips()]
+    jobs += [Job("file", str(c.path), split="fake") for c in dev_lipsync_fakes()]
+    return jobs
+
+
+def run_jobs(jobs: Iterable[Job], workers: int) -> list[Path]:
+    jobs = list(jobs)
+    pending = [j for j in jobs if not j.cache_path.exists()]
+    log.info(
+        "%d jobs, %d cached, %d to run on %d workers",
+        len(jobs),
+        len(jobs) - len(pending),
+        len(pending),
+        workers,
+    )
+    if pending:
+        # Longest first so the pool stays busy to the end.
+        pending.sort(key=lambda j: -_job_weight(j))
+        if workers <= 1:
+            for job in pending:
+                run_job(job)
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(run_job, pending))
+    return [j.cache_path for j in jobs]
+
+
+def _job_weight(job: Job) -> float:
+    if job.kind == "synth":
+        return 5.0
+    size = Path(job.source).stat().st_size / 1e6
+    return size * (1.5 if job.kind == "call" else 1.0)
+
+
+# -- reading the cache back -----------------------------------------------------------
+
+
+@dataclass
+class CachedClip:
+    """One extracted clip as arrays, plus what is needed to rebuild pipeline windows."""
+
+    name: str
+    split: str
+    kind: str
+    data: dict[str, np.ndarray]
+
+    @property
+    def times(self) -> np.ndarray:
+        return self.data["times"]
+
+    @property
+    def samples(self) -> np.ndarray:
+        return self.data["samples"]
+
+    @property
+    def audio_t0(self) -> float:
+        return float(self.data["audio_t0"])
+
+    def track(self):  # noqa: ANN201 - FrameTrack, imported lazily
+        from monitor.sync.features import FrameTrack
+
+        d = self.data
+        return FrameTrack(d["times"], d["face"], d["crops"], d["lips"])
+
+    def frame_features(self) -> list:
+        """FrameFeatures as the pipeline would hold them (face crop not kept: zeros)."""
+        from monitor.features.types import FaceObservation, FrameFeatures
+
+        d = self.data
+        size = (int(d["frame_size"][0]), int(d["frame_size"][1]))
+        face_crop = np.zeros((112, 112, 3), np.uint8)
+        frames = []
+        for i, t in enumerate(d["times"]):
+            face = None
+            if d["face"][i]:
+                gray = d["crops"][i]
+                face = FaceObservation(
+                    face_box=tuple(float(v) for v in d["face_box"][i]),  # type: ignore[arg-type]
+                    landmarks=d["landmarks"][i].astype(np.float32),
+                    lip_landmarks=d["lip_landmarks"][i],
+                    mouth_crop=np.repeat(gray[:, :, None], 3, axis=2),
+                    face_crop=face_crop,
+                    aperture=float(d["aperture"][i]),
+                    mouth_width=float(d["mouth_width"][i]),
+                )
+            frames.append(FrameFeatures(float(t), i, size, face))
+        return frames
+
+
+def load_cached(path: Path) -> CachedClip:
+    with np.load(path) as archive:
+        data = {k: archive[k] for k in archive.files}
+    meta = json.loads(str(data.pop("meta")))
+    job = meta["job"]
+    name = Path(job["source"]).stem if job["kind"] != "synth" else f"synth{job['seed']}"
+    if "variant" in meta:
+        name += "." + meta["variant"]["name"]
+    return CachedClip(name, job["split"], job["kind"], data)
+
+
+def audio_track(clip: CachedClip, shift_s: float = 0.0, donor: CachedClip | None = None):  # noqa: ANN201
+    """(samples, t0) of the audio a window gets: the clip's own audio delayed by ``shift_s``
+    (positive: audio later than the lips), or a donor clip's audio (swapped), looped to
+    cover the whole clip."""
+    if donor is None:
+        return clip.samples, clip.audio_t0 + shift_s
+    needed = int((clip.times[-1] - clip.audio_t0 + 2.0) * 16000) if len(clip.times) else 0
+    samples = donor.samples
+    if len(samples) and len(samples) < needed:
+        samples = np.tile(samples, needed // len(samples) + 1)
+    return samples[: max(needed, 1)], clip.audio_t0 + shift_s
+
+
+def span_samples(samples: np.ndarray, t0: float, t_from: float, t_to: float) -> np.ndarray:
+    """Samples in [t_from, t_to), zero-filled outside, as the pipeline's audio buffer does."""
+    n = int(round((t_to - t_from) * 16000))
+    out = np.zeros(n, np.float32)
+    src = int(round((t_from - t0) * 16000))
+    lo, hi = max(src, 0), min(src + n, len(samples))
+    if hi > lo:
+        out[lo - src : hi - src] = samples[lo:hi]
+    return out
+
+
+def clip_windows(
+    clip: CachedClip,
+    *,
+    shift_s: float = 0.0,
+    donor: CachedClip | None = None,
+    window_s: float = 2.0,
+    hop_s: float = 0.5,
+    frames: list | None = None,
+):  # noqa: ANN201 - Iterator[AnalysisWindow]
+    """Pipeline-equivalent AnalysisWindows over a cached clip (session noise floor too)."""
+    from monitor.config import MonitorConfig
+    from monitor.features.audio import NoiseFloorTracker, compute_audio_features
+    from monitor.windows import AnalysisWindow
+
+    config = MonitorConfig()
+    context = config.window.max_lag_s
+    frames = frames if frames is not None else clip.frame_features()
+    if not frames:
+        return
+    samples, t0 = audio_track(clip, shift_s, donor)
+    floor = NoiseFloorTracker(hop_s=config.audio.hop_s)
+    times = np.array([f.t for f in frames])
+    t_start = float(times[0])
+    index = 0
+    while t_start + window_s <= times[-1] + 1e-6:
+        t_end = t_start + window_s
+        lo, hi = np.searchsorted(times, [t_start, t_end])
+        span = span_samples(samples, t0, t_start - context, t_end + context)
+        audio = compute_audio_features(span, t_start - context, config.audio, floor.floor_db)
+        floor.update(audio.loudness_db)
+        yield AnalysisWindow(
+            session=clip.name,
+            index=index,
+            t_start=t_start,
+            t_end=t_end,
+            context_s=context,
+            frames=tuple(frames[lo:hi]),
+            samples=span,
+            audio=audio,
+        )
+        index += 1
+        t_start += hop_s
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=2, help="parallel extraction processes")
+    parser.add_argument("--variants", type=int, default=2, help="call re-encodings per clip")
+    parser.add_argument("--synth", type=int, default=24, help="synthetic calls to render")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-only", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if not DATA_ROOT.exists():
+        log.error("no data at %s", DATA_ROOT)
+        return 2
+    jobs = evaluation_jobs()
+    if not args.eval_only:
+        jobs = (
+            training_jobs(args.variants, args.synth, args.seed) + calibration_jobs(args.seed) + jobs
+        )
+    run_jobs(jobs, args.jobs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
