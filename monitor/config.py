@@ -86,11 +86,14 @@ class AlertsConfig:
 @dataclass
 class LiveConfig:
     video_buffer_frames: int = 90
-    audio_buffer_frames: int = 150
+    # 20 ms frames: 5 s, longer than the video's 3.6 s (audio is cheap to keep)
+    audio_buffer_frames: int = 250
     # Windows waiting for inference beyond this many are dropped (oldest first).
     max_pending_windows: int = 4
     # Seconds of each track's arrivals used to estimate its clock offset (then frozen).
     align_warmup_s: float = 1.0
+    # Video frames that waited longer than this for analysis are dropped: lag stays bounded.
+    max_frame_age_s: float = 1.5
     # A session whose media stops for this long is ended (client vanished).
     no_media_timeout_s: float = 5.0
     # WHIP offers beyond this many open sessions get 503.

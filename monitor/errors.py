@@ -29,6 +29,10 @@ class OutputError(InputError):
     """An output path (events file, report) cannot be written."""
 
 
+class EventsError(InputError):
+    """An events file is missing, unreadable, or not dfmon events for the given media."""
+
+
 class ConfigError(InputError):
     """A configuration value or command-line flag is invalid."""
 

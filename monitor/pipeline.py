@@ -20,6 +20,7 @@ import numpy as np
 from monitor.config import MonitorConfig
 from monitor.detectors.base import Detector, Evidence, format_span
 from monitor.events import EventFactory
+from monitor.explain.live import compact_explanation
 from monitor.features.audio import AudioFeatureExtractor
 from monitor.features.types import FrameFeatures
 from monitor.fusion import LEVEL_RANK, RiskState, fuse_evidence
@@ -161,6 +162,8 @@ class SessionAnalyzer:
                 config={
                     "window_s": self.config.window.window_s,
                     "hop_s": self.config.window.hop_s,
+                    "suspicious_threshold": self.config.fusion.suspicious_threshold,
+                    "alert_threshold": self.config.fusion.alert_threshold,
                     "detectors": {
                         name: getattr(det, "version", "?") for name, det in self.detectors.items()
                     },
@@ -330,6 +333,7 @@ class SessionAnalyzer:
                 t_end=round(window.t_end, 3),
                 rationale=f"level {change.previous_level} -> {change.level}: {rationale}",
                 evidence=evidence_json,
+                explanation=compact_explanation(window, evidence, self.config.detectors.weights),
             )
         )
 

@@ -312,6 +312,30 @@ def calm_session(session: str = "call-1", participant: str = "bob", n: int = 6) 
     return events
 
 
+def flickering_session(session: str = "call-2", participant: str = "carol") -> list[dict]:
+    """A participant who alerts briefly and recovers, then has a detector fail."""
+    make = EventFactory(session, participant).make
+    risks = [0.2, 0.75, 0.8, 0.3, 0.2]
+    events: list[dict[str, Any]] = []
+    previous = "clear"
+    for index, risk in enumerate(risks):
+        level = _level(risk)
+        fields = {
+            "t_start": index * 0.5,
+            "t_end": index * 0.5 + 2.0,
+            "risk": risk,
+            "level": level,
+            "rationale": f"window {index}: lip_sync {risk:.2f}",
+            "evidence": [],
+        }
+        events.append(make("score", window=index, **fields))
+        if level != previous:
+            events.append(make("alert", previous_level=previous, **fields))
+            previous = level
+    events.append(make("error", message="disabled after 2.4 s for one window", detector="temporal"))
+    return events
+
+
 # ---------------------------------------------------------------- page helpers
 
 CARD = "document.querySelector('.card[data-participant=\"{}\"]')"
@@ -329,6 +353,10 @@ def card_state(page: CdpPage, participant: str) -> dict[str, Any] | None:
           ended: c.dataset.ended,
           summaryLevel: c.dataset.summaryLevel || null,
           badge: c.querySelector('.level-badge').textContent,
+          peak: c.dataset.peakLevel,
+          peakShown: c.querySelector('.peak').checkVisibility(),
+          error: c.querySelector('.error-note').checkVisibility()
+            ? c.querySelector('.error-note').textContent : null,
           endedBadgeShown: c.querySelector('.ended-badge').checkVisibility(),
           rationale: c.querySelector('.rationale').textContent,
           rationaleHtml: c.querySelector('.rationale').innerHTML,
@@ -358,11 +386,13 @@ def test_card_reaches_alert_and_ends(alert_server: ScriptedAlertServer) -> None:
     with Chromium(window_size=(1280, 1000)) as browser:
         page = browser.page(f"{alert_server.url}?token={urllib.request.quote(TOKEN, safe='')}")
         wait_connected(page)
-        alert_server.publish(*calm_session(), *desynced_session())
+        alert_server.publish(*calm_session(), *desynced_session(), *flickering_session())
         page.wait_for(f"{CARD.format('alice')}?.dataset.ended === 'true'")
         page.wait_for(f"{CARD.format('bob')}?.dataset.level === 'clear'")
+        page.wait_for(f"{CARD.format('carol')}?.querySelector('.error-note:not([hidden])')")
         alice = card_state(page, "alice")
         bob = card_state(page, "bob")
+        carol = card_state(page, "carol")
         connection_text = page.evaluate("document.getElementById('connection').textContent")
         time.sleep(0.3)  # let the canvases draw
         page.screenshot(ARTIFACTS / "dashboard-scripted.png")
@@ -389,6 +419,12 @@ def test_card_reaches_alert_and_ends(alert_server: ScriptedAlertServer) -> None:
     # Server text is shown as text: no elements were created from it.
     assert bob["rationale"] == HOSTILE_TEXT
     assert bob["elements"] == 0 and "&lt;img" in bob["rationaleHtml"]
+
+    # A brief alert is not lost: the card shows its peak next to the current level.
+    assert carol["level"] == "clear" and carol["peak"] == "alert" and carol["peakShown"]
+    assert not alice["peakShown"]  # peak and current level agree
+    assert [row["to"] for row in carol["history"]] == ["clear", "alert"]
+    assert carol["error"] == "Error: temporal: disabled after 2.4 s for one window"
 
 
 @pytest.mark.browser
@@ -506,7 +542,8 @@ def test_replay_of_desynced_call_alerts_in_the_dashboard(tmp_path: Path) -> None
     make_call = _make_call()
     assert make_call is not None
     call = tmp_path / "desynced.mp4"
-    make_call(call, text="The quick brown fox jumps over the lazy dog. " * 3, audio_shift_s=0.4)
+    # The synthesizer's default text: varied phonemes, about 9 s of speech.
+    make_call(call, audio_shift_s=0.4)
     port = _free_port()
     cmd = [
         sys.executable, "-m", "monitor", "replay", str(call),

@@ -73,6 +73,7 @@ async def test_whip_post_delete_lifecycle(offer: str) -> None:
             assert response.status == 200
 
         ended = await listener.wait_for(lambda: listener.of("Ada L", "summary"), 5)
+        await listener.wait_for(lambda: not server.sessions, 5)
         kinds = [e["type"] for e in listener.of("Ada L")]
         assert kinds == ["session_started", "session_ended", "summary"]
         assert listener.of("Ada L", "session_ended")[0]["reason"] == "deleted"

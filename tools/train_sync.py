@@ -17,6 +17,7 @@ is fit on four train-pool speakers kept out of training, with shifted and swappe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -126,7 +127,7 @@ def augment_track(track, rng: np.random.Generator):  # noqa: ANN001, ANN201 - Fr
     brightness = rng.uniform(-25, 25)
     out = 255.0 * np.power(np.clip(out / 255.0, 0, 1), gamma)
     out = (out - 128.0) * contrast + 128.0 + brightness
-    out += rng.normal(0, rng.uniform(0, 6), out.shape)
+    out += rng.standard_normal(out.shape, dtype=np.float32) * rng.uniform(0, 6)
     crops_u8 = np.clip(out, 0, 255).astype(np.uint8)
 
     lips = track.lips.copy()
@@ -152,7 +153,11 @@ def augment_audio(samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def sample_window(
-    clips: list[TrainClip], weights: np.ndarray, rng: np.random.Generator, augment: bool
+    clips: list[TrainClip],
+    weights: np.ndarray,
+    rng: np.random.Generator,
+    augment: bool,
+    positions: int = 46,
 ):
     """One augmented training window's SyncInputs (retries until a usable one is drawn)."""
     from monitor.config import AudioConfig
@@ -175,7 +180,18 @@ def sample_window(
         audio = compute_audio_features(span, t_start - CONTEXT_S, config, clip.floor_db)
         inputs = build_inputs(track, audio, t_start, t_end)
         if inputs is not None and len(inputs.starts) >= 8:
-            return inputs
+            return subsample_stacks(inputs, rng, positions)
+
+
+def subsample_stacks(inputs, rng: np.random.Generator, positions: int):  # noqa: ANN001, ANN201
+    """Keep a random subset of a window's video stacks: neighbouring stacks overlap in 4 of
+    5 frames, so half of them carry most of the signal for half the compute."""
+    if len(inputs.starts) <= positions:
+        return inputs
+    keep = np.sort(rng.choice(len(inputs.starts), size=positions, replace=False))
+    return dataclasses.replace(
+        inputs, crops=inputs.crops[keep], lips=inputs.lips[keep], starts=inputs.starts[keep]
+    )
 
 
 def sampling_weights(clips: list[TrainClip]) -> np.ndarray:
@@ -225,7 +241,9 @@ def batch_loss(model, logit_scale, batch, torch):  # noqa: ANN001, ANN201
     return (loss_all * weight_all).sum() / weight_all.sum(), correct / max(total, 1)
 
 
-def train(clips: list[TrainClip], steps: int, batch_size: int, seed: int, lr: float):  # noqa: ANN201
+def train(
+    clips: list[TrainClip], steps: int, batch_size: int, seed: int, lr: float, positions: int = 24
+):  # noqa: ANN201
     import torch
 
     from monitor.sync.model import SyncNetLite
@@ -250,14 +268,18 @@ def train(clips: list[TrainClip], steps: int, batch_size: int, seed: int, lr: fl
     started = time.perf_counter()
     running_loss, running_acc = 0.0, 0.0
     for step in range(steps):
-        batch = [sample_window(clips, weights, rng, augment=True) for _ in range(batch_size)]
+        batch = [
+            sample_window(clips, weights, rng, augment=True, positions=positions)
+            for _ in range(batch_size)
+        ]
         loss, accuracy = batch_loss(model, logit_scale, batch, torch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
         optimizer.step()
         scheduler.step()
-        running_loss = 0.98 * running_loss + 0.02 * float(loss) if step else float(loss)
+        value = float(loss.detach())
+        running_loss = 0.98 * running_loss + 0.02 * value if step else value
         running_acc = 0.98 * running_acc + 0.02 * accuracy if step else accuracy
         if step % 50 == 0 or step == steps - 1:
             log.info(
@@ -266,7 +288,7 @@ def train(clips: list[TrainClip], steps: int, batch_size: int, seed: int, lr: fl
                 steps,
                 running_loss,
                 running_acc,
-                float(logit_scale.exp()),
+                float(logit_scale.detach().exp()),
                 scheduler.get_last_lr()[0],
                 time.perf_counter() - started,
             )
@@ -413,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1600)
     parser.add_argument("--batch", type=int, default=8, help="windows per step")
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--positions", type=int, default=24, help="video stacks per window")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, help="data preparation processes")
     parser.add_argument("--variants", type=int, default=2)
@@ -444,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         sum(len(c.starts) for c in clips),
     )
 
-    model, train_stats = train(clips, args.steps, args.batch, args.seed, args.lr)
+    model, train_stats = train(clips, args.steps, args.batch, args.seed, args.lr, args.positions)
     train_s = time.perf_counter() - started - prep_s
     calibration, calibration_stats = calibrate(
         model, [j.cache_path for j in calibration_jobs], args.seed
@@ -459,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "steps": args.steps,
         "batch_windows": args.batch,
+        "stacks_per_window": args.positions,
         "lr": args.lr,
         "train_clips": len(clips),
         "parameters": parameter_count(model),

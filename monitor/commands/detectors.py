@@ -23,5 +23,6 @@ def run(args: argparse.Namespace) -> int:
     for name, spec in sorted(specs.items()):
         weight = config.detectors.weights.get(name, 1.0)
         state = "yes" if name in enabled else "no"
-        print(f"{name:<16} {spec.version:<14} {state:<8} {weight:<7g} {spec.source}")
+        source = spec.source if spec.error is None else f"{spec.source} BROKEN: {spec.error}"
+        print(f"{name:<16} {spec.version:<14} {state:<8} {weight:<7g} {source}")
     return 0

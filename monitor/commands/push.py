@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from typing import Any
@@ -31,6 +32,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from monitor.live.client import PublishError, push_file
 
+    if not args.verbose:  # aioice logs every ICE check at INFO
+        logging.getLogger("aioice").setLevel(logging.WARNING)
     token = args.token or os.environ.get("DFMON_TOKEN") or None
     try:
         stats = asyncio.run(

@@ -77,23 +77,31 @@ def run(args: argparse.Namespace) -> int:
 
     config = build_config(args)
     serve_at = parse_host_port(args.serve_alerts) if args.serve_alerts else None
+    events: list[dict[str, Any]] = []  # kept for --report (--out may be stdout)
+
     with JsonlSink(args.out) as sink:
+
+        def write(event: dict[str, Any]) -> None:
+            sink.write(event)
+            if args.report:
+                events.append(event)
+
         if serve_at is None:
             result = replay_file(
                 args.input,
                 config,
-                sink.write,
+                write,
                 audio_path=args.audio,
                 realtime=args.realtime,
                 participant=args.participant,
             )
         else:
-            result = asyncio.run(_replay_serving(args, config, sink.write, serve_at))
+            result = asyncio.run(_replay_serving(args, config, write, serve_at))
     log_stage_timings(result)
     if args.report:
         from monitor.report import write_report_for_replay
 
-        write_report_for_replay(args.out, args.input, args.report, audio_path=args.audio)
+        write_report_for_replay(events, args.input, args.report, audio_path=args.audio)
     return 0
 
 

@@ -66,6 +66,8 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.verbose:  # aioice logs every ICE check at INFO
+        logging.getLogger("aioice").setLevel(logging.WARNING)
     _check_port(args.port, "--port")
     _check_port(args.alerts_port, "--alerts-port")
     config = build_config(args)

@@ -21,6 +21,7 @@ class DetectorSpec:
     version: str
     source: str  # "builtin", "plugins/<file>", "entry point <dist>"
     factory: DetectorFactory
+    error: str | None = None  # set for a plugin that failed to load (listed, never run)
 
 
 def create_lip_sync_detector(config: MonitorConfig) -> Detector:
@@ -48,6 +49,9 @@ def discover(config: MonitorConfig) -> dict[str, DetectorSpec]:
     except ImportError:
         return specs
     for spec in discover_plugins(config):
+        if spec.error is not None and spec.name in specs and specs[spec.name].error is None:
+            log.warning("broken detector %s from %s ignored: %s", spec.name, spec.source, spec.error)
+            continue
         if spec.name in specs:
             log.warning("detector %s from %s shadows %s", spec.name, spec.source, specs[spec.name].source)
         specs[spec.name] = spec

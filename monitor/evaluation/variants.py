@@ -166,7 +166,7 @@ class VariantSpec:
 # ----- audio manipulations (16 kHz mono float32, sample 0 at the first video frame) --------
 
 
-def shift_audio(samples: np.ndarray, shift_ms: int) -> np.ndarray:
+def shift_audio(samples: np.ndarray, shift_ms: float) -> np.ndarray:
     """Delay (positive) or advance (negative) the audio, keeping its length; gaps are silent."""
     n = len(samples)
     steps = int(round(shift_ms * AUDIO_RATE / 1000))
@@ -178,7 +178,7 @@ def shift_audio(samples: np.ndarray, shift_ms: int) -> np.ndarray:
     return out
 
 
-def partial_shift(samples: np.ndarray, shift_ms: int, onset_s: float) -> np.ndarray:
+def partial_shift(samples: np.ndarray, shift_ms: float, onset_s: float) -> np.ndarray:
     """In sync before ``onset_s``, shifted by ``shift_ms`` from there on."""
     onset = int(round(onset_s * AUDIO_RATE))
     if not 0 < onset < len(samples):

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 ScoreFn = Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
 Inputs = tuple[np.ndarray, np.ndarray, np.ndarray | None]
 
-DEFAULT_BATCH = 8
+DEFAULT_BATCH = 16
 IG_STEPS = 16
 
 
@@ -67,7 +67,9 @@ class InputAttribution:
         return totals
 
 
-def score_inputs(score_fn: ScoreFn, inputs: Sequence[Inputs], batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+def score_inputs(
+    score_fn: ScoreFn, inputs: Sequence[Inputs], batch_size: int = DEFAULT_BATCH
+) -> np.ndarray:
     """Scores of several inputs, ``batch_size`` at a time."""
     out: list[np.ndarray] = []
     for start in range(0, len(inputs), batch_size):

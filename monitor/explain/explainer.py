@@ -19,7 +19,12 @@ from monitor.explain.attribution import (
     integrated_gradients,
     occlusion,
 )
-from monitor.explain.faithfulness import RANDOM_ORDERS, DeletionResult, deletion_test, rank_agreement
+from monitor.explain.faithfulness import (
+    RANDOM_ORDERS,
+    DeletionResult,
+    deletion_test,
+    rank_agreement,
+)
 from monitor.explain.inputs import AVExample, Unit, region_units, time_units
 
 if TYPE_CHECKING:
@@ -120,8 +125,13 @@ def explain_example(
         ig_units = {family: maps.unit_totals(units[family]) for family in FAMILIES}
         deletion = {
             family: deletion_test(
-                score_fn, example, units[family], ig_units[family], family=family,
-                n_random=n_random, seed=seed,
+                score_fn,
+                example,
+                units[family],
+                ig_units[family],
+                family=family,
+                n_random=n_random,
+                seed=seed,
             )
             for family in FAMILIES
         }
@@ -143,8 +153,14 @@ def explain_example(
         occ_units[family], score = occlusion(score_fn, example, units[family])
     deletion = {
         family: deletion_test(
-            score_fn, example, units[family], occ_units[family], family=family,
-            n_random=n_random, seed=seed, score=score,
+            score_fn,
+            example,
+            units[family],
+            occ_units[family],
+            family=family,
+            n_random=n_random,
+            seed=seed,
+            score=score,
         )
         for family in FAMILIES
     }

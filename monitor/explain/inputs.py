@@ -89,7 +89,9 @@ class AVExample:
         mouth = np.asarray(mouth, dtype=np.float32)
         mel = np.asarray(mel, dtype=np.float32)
         if mouth.ndim != 3 or len(mouth) == 0:
-            raise ExplanationInputError(f"mouth crops must be (T, H, W) with T > 0, got {mouth.shape}")
+            raise ExplanationInputError(
+                f"mouth crops must be (T, H, W) with T > 0, got {mouth.shape}"
+            )
         if mel.ndim != 2 or len(mel) == 0:
             raise ExplanationInputError(f"log-mel must be (A, F) with A > 0, got {mel.shape}")
         if lips is not None:
@@ -201,7 +203,10 @@ def mel_band_edges_hz(n_mels: int, groups: int = MEL_BAND_GROUPS) -> list[tuple[
     mel_hi = 2595.0 * np.log10(1.0 + MEL_FMAX_HZ / 700.0)
     edges = 700.0 * (10.0 ** (np.linspace(mel_lo, mel_hi, n_mels + 2) / 2595.0) - 1.0)
     bounds = np.linspace(0, n_mels, groups + 1).round().astype(int)
-    return [(float(edges[lo]), float(edges[hi + 1])) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [
+        (float(edges[lo]), float(edges[hi + 1]))
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
 
 
 def region_units(example: AVExample) -> list[Unit]:

@@ -16,9 +16,9 @@ Two implementations of the same score, checked against each other in the tests:
 * :class:`SyncMismatchModule`, a torch module (white-box: gradients flow from the score
   through the embeddings, the per-stack normalization and the stacking back to every
   mouth pixel, lip coordinate and log-mel bin);
-* :class:`SyncMismatchScorer`, numpy around any embedding backend (black-box: it only
-  calls ``embed_video`` and ``embed_audio``, so ONNX or TensorRT engines plug in).
-  Video stacks an occlusion leaves untouched are not embedded again.
+* :class:`SyncMismatchScorer`, numpy around any backend of :mod:`monitor.sync.backends`
+  (black-box: it only calls ``embed(crops, lips, mel)``, so ONNX or TensorRT engines
+  plug in). What an occlusion leaves untouched is not embedded again.
 
 The preprocessing mirrors :func:`monitor.sync.features.build_inputs`, which the
 detector uses, so the explained score is the detector's own view of the window.
@@ -48,8 +48,8 @@ from monitor.sync.model import DISTANCE_SCALE, MEL_FRAMES, STACK_FRAMES
 # Offsets genuine calls show (codec and jitter-buffer delays); the baseline detector's band.
 GENUINE_OFFSET_MS = 120.0
 
-EmbedVideo = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (N,5,H,W), (N,5,K) -> (N,D)
-EmbedAudio = Callable[[np.ndarray], np.ndarray]  # (N,20,F) -> (N,D)
+# A backend's call: crops (N,5,H,W), lips (N,5,K), mel (M,20,F) -> (N,D), (M,D) embeddings.
+EmbedFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -167,86 +167,118 @@ def _score_from_distances(distances: np.ndarray, target: SyncTarget) -> float:
 
 
 class SyncMismatchScorer:
-    """Black-box scorer ``(mouth, mel, lips) -> scores`` around two embedding functions."""
+    """Black-box scorer ``(mouth, mel, lips) -> scores`` around one backend ``embed`` call."""
 
-    def __init__(self, target: SyncTarget, embed_video: EmbedVideo, embed_audio: EmbedAudio):
+    def __init__(self, target: SyncTarget, embed: EmbedFn):
         self.target = target
-        self.embed_video = embed_video
-        self.embed_audio = embed_audio
+        self.embed = embed
         example = target.example
         self._clean_stacks = self._stacks(example.mouth)
         self._clean_lips = self._lip_stacks(example.lips)
-        self._clean_video = np.asarray(
-            embed_video(self._clean_stacks, self._clean_lips), np.float32
+        self._clean_mel = example.mel
+        video, audio = embed(
+            self._clean_stacks,
+            self._clean_lips,
+            _normalized_mel_windows(example.mel, target.audio_rows),
         )
+        self._clean_video = np.asarray(video, np.float32)
+        self._clean_audio = np.asarray(audio, np.float32)
+        self.embedded = {"video": 0, "audio": 0}  # stacks and windows embedded after setup
 
     def _stacks(self, mouth: np.ndarray) -> np.ndarray:
         return _normalize_stacks(mouth[self.target.stack_frames])
 
     def _lip_stacks(self, lips: np.ndarray | None) -> np.ndarray:
         if lips is None:
-            n_features = 82 if self.target.example.lips is None else self.target.example.lips.shape[1]
+            n_features = (
+                82 if self.target.example.lips is None else self.target.example.lips.shape[1]
+            )
             return np.zeros((*self.target.stack_frames.shape, n_features), np.float32)
         return lips[self.target.stack_frames].astype(np.float32)
 
     def distances(self, mouth: np.ndarray, mel: np.ndarray, lips: np.ndarray | None) -> np.ndarray:
-        """(P, L) distance curve of one input (only changed stacks are embedded again)."""
-        stacks = self._stacks(mouth)
-        lip_stacks = self._lip_stacks(lips)
-        changed = np.any(stacks != self._clean_stacks, axis=(1, 2, 3)) | np.any(
-            lip_stacks != self._clean_lips, axis=(1, 2)
-        )
-        video = self._clean_video.copy()
-        if changed.any():
-            video[changed] = self.embed_video(stacks[changed], lip_stacks[changed])
-        audio = np.asarray(
-            self.embed_audio(_normalized_mel_windows(mel, self.target.audio_rows)), np.float32
-        )
-        paired = audio[self.target.inputs.audio_index()]  # (P, L, D)
-        return np.linalg.norm(paired - video[:, None, :], axis=2)
+        """(B, P, L) distance curves of a batch of inputs, with one backend call.
+
+        Only what differs from the intact window is embedded: the video stacks an
+        occlusion touched, and the audio of inputs whose mel changed at all (the mel is
+        normalized over the whole window, so any change moves every audio window).
+        """
+        video_parts, lip_parts, audio_parts = [], [], []
+        changes: list[tuple[np.ndarray, bool]] = []
+        for b in range(len(mouth)):
+            stacks = self._stacks(mouth[b])
+            lip_stacks = self._lip_stacks(None if lips is None else lips[b])
+            changed = np.any(stacks != self._clean_stacks, axis=(1, 2, 3)) | np.any(
+                lip_stacks != self._clean_lips, axis=(1, 2)
+            )
+            mel_changed = not np.array_equal(mel[b], self._clean_mel)
+            video_parts.append(stacks[changed])
+            lip_parts.append(lip_stacks[changed])
+            if mel_changed:
+                audio_parts.append(_normalized_mel_windows(mel[b], self.target.audio_rows))
+            changes.append((changed, mel_changed))
+        n_video = sum(len(v) for v in video_parts)
+        n_audio = sum(len(a) for a in audio_parts)
+        new_video = new_audio = None
+        if n_video or n_audio:
+            # One backend call embeds both towers; an empty side sends one dummy item.
+            crops = np.concatenate(video_parts) if n_video else self._clean_stacks[:1]
+            lip_in = np.concatenate(lip_parts) if n_video else self._clean_lips[:1]
+            windows = np.concatenate(audio_parts) if n_audio else None
+            if windows is None:
+                windows = _normalized_mel_windows(self._clean_mel, self.target.audio_rows)[:1]
+            new_video, new_audio = (
+                np.asarray(x, np.float32) for x in self.embed(crops, lip_in, windows)
+            )
+            self.embedded["video"] += n_video
+            self.embedded["audio"] += n_audio
+        out = []
+        v_at = a_at = 0
+        n_windows = len(self._clean_audio)
+        for changed, mel_changed in changes:
+            video, audio = self._clean_video, self._clean_audio
+            if changed.any():
+                assert new_video is not None
+                video = video.copy()
+                video[changed] = new_video[v_at : v_at + int(changed.sum())]
+                v_at += int(changed.sum())
+            if mel_changed:
+                assert new_audio is not None
+                audio = new_audio[a_at : a_at + n_windows]
+                a_at += n_windows
+            paired = audio[self.target.inputs.audio_index()]  # (P, L, D)
+            out.append(np.linalg.norm(paired - video[:, None, :], axis=2))
+        return np.stack(out)
 
     def __call__(self, mouth: np.ndarray, mel: np.ndarray, lips: np.ndarray | None) -> np.ndarray:
         return np.array(
-            [
-                _score_from_distances(
-                    self.distances(mouth[b], mel[b], None if lips is None else lips[b]),
-                    self.target,
-                )
-                for b in range(len(mouth))
-            ]
+            [_score_from_distances(d, self.target) for d in self.distances(mouth, mel, lips)]
         )
 
 
-def torch_embedders(model: object) -> tuple[EmbedVideo, EmbedAudio]:
-    """Embedding functions of a :class:`~monitor.sync.model.SyncNetLite` (scaled, no grad)."""
+def torch_embed(model: object) -> EmbedFn:
+    """The backend call for an in-memory :class:`~monitor.sync.model.SyncNetLite`."""
     import torch
 
     device = next(model.parameters()).device  # type: ignore[attr-defined]
 
-    def video(crops: np.ndarray, lips: np.ndarray) -> np.ndarray:
+    def embed(
+        crops: np.ndarray, lips: np.ndarray, mel: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        tensors = [torch.from_numpy(np.ascontiguousarray(x)).to(device) for x in (crops, lips, mel)]
         with torch.no_grad():
-            out = model.video(  # type: ignore[attr-defined]
-                torch.from_numpy(np.ascontiguousarray(crops)).to(device),
-                torch.from_numpy(np.ascontiguousarray(lips)).to(device),
-            )
-        return (out * DISTANCE_SCALE).cpu().numpy()
+            video, audio = model(*tensors)  # type: ignore[operator]
+        return video.cpu().numpy(), audio.cpu().numpy()
 
-    def audio(mel: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            out = model.audio(torch.from_numpy(np.ascontiguousarray(mel)).to(device))  # type: ignore[attr-defined]
-        return (out * DISTANCE_SCALE).cpu().numpy()
-
-    return video, audio
+    return embed
 
 
-def distance_curve_fn(embed_video: EmbedVideo, embed_audio: EmbedAudio) -> Callable[[SyncInputs], np.ndarray]:
+def distance_curve_fn(embed: EmbedFn) -> Callable[[SyncInputs], np.ndarray]:
     """(P, L) distances of prepared inputs, as the detector computes them."""
     from monitor.sync.features import lag_distances
 
     def curve(inputs: SyncInputs) -> np.ndarray:
-        return lag_distances(
-            inputs, embed_video(inputs.crops, inputs.lips), embed_audio(inputs.mel)
-        )
+        return lag_distances(inputs, *embed(inputs.crops, inputs.lips, inputs.mel))
 
     return curve
 
@@ -281,7 +313,9 @@ def _module_class() -> type:
             self.register_buffer(
                 "audio_index", torch.from_numpy(target.inputs.audio_index()).long()
             )
-            self.n_lip_features = 82 if target.example.lips is None else target.example.lips.shape[1]
+            self.n_lip_features = (
+                82 if target.example.lips is None else target.example.lips.shape[1]
+            )
 
         def forward(
             self, mouth: torch.Tensor, mel: torch.Tensor, lips: torch.Tensor | None

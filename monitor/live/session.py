@@ -113,6 +113,17 @@ class TrackBuffer:
         with self._lock:
             return self._items.popleft() if self._items else None
 
+    def drop_older(self, arrived_before: float, not_before: float) -> int:
+        """Drop head frames that arrived before ``arrived_before`` (but not before
+        ``not_before``: the backlog of the warm-up is caught up, not dropped)."""
+        dropped = 0
+        with self._lock:
+            while self._items and not_before <= self._items[0].arrival_s < arrived_before:
+                self._items.popleft()
+                dropped += 1
+            self.dropped += dropped
+        return dropped
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -164,6 +175,7 @@ class LiveSession:
         self._wakeup = threading.Event()
         self._stop = threading.Event()
         self._worker_done: asyncio.Future[None] = self._loop.create_future()
+        self._disconnected: asyncio.Future[None] = self._loop.create_future()
         self._worker = threading.Thread(
             target=self._work, name=f"dfmon-session-{session_id}", daemon=True
         )
@@ -197,6 +209,11 @@ class LiveSession:
         await asyncio.shield(self.request_close(reason))
         return self.summary
 
+    async def request_disconnect(self, reason: str) -> None:
+        """Start closing and wait until the peer connection is closed (not the analysis)."""
+        self.request_close(reason)
+        await asyncio.shield(self._disconnected)
+
     async def _close(self, reason: str) -> None:
         log.info("session %s (%s) ending: %s", self.id, self.participant, reason)
         current = asyncio.current_task()
@@ -208,6 +225,7 @@ class LiveSession:
             await self.pc.close()
         except Exception:  # a broken transport must not keep the session alive
             log.exception("session %s: closing the peer connection failed", self.id)
+        self._disconnected.set_result(None)
         for buffer in self.buffers.values():
             buffer.ended = True
         self._stop.set()
@@ -272,6 +290,14 @@ class LiveSession:
         """Called on the worker thread; hands the event to the loop."""
         with contextlib.suppress(RuntimeError):  # loop already closed: nobody listens
             self._loop.call_soon_threadsafe(self._dispatch, event)
+
+    def _count_stale(self, kind: str, count: int) -> None:
+        """Called on the worker thread: metrics live on the loop."""
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._add_dropped, kind, count)
+
+    def _add_dropped(self, kind: str, count: int) -> None:
+        self.metrics.frames_dropped[kind] += count
 
     def _finish_worker(self) -> None:
         with contextlib.suppress(RuntimeError):
@@ -342,6 +368,8 @@ class _Feeder:
         self.last_video_t = -math.inf
         self.reported_drops = {"video": 0, "audio": 0}
         self.started = False
+        self.started_at = math.inf  # monotonic time the analyzer started
+        self.max_age_s = session.config.live.max_frame_age_s
 
     def ready(self, kind: str, now: float) -> bool:
         if kind not in self.s.kinds:
@@ -363,22 +391,38 @@ class _Feeder:
                 if any(self.ready(k, now) for k in s.kinds) or stopping:
                     self.analyzer.start(s.stream_info())
                     self.started = True
+                    self.started_at = time.monotonic()
                 else:
                     s._wakeup.wait(0.05)
                     s._wakeup.clear()
                     continue
             s._wakeup.clear()
             fed = 0
-            while (kind := self.pick(now, stopping)) is not None:
-                self.feed(kind)
-                fed += 1
+            while True:
                 if not stopping:
                     now = time.monotonic()
+                    self.drop_stale(now)
+                kind = self.pick(now, stopping)
+                if kind is None:
+                    break
+                self.feed(kind)
+                self.report_drops()
+                fed += 1
             self.report_drops()
             if stopping:
                 return
             if not fed:
                 s._wakeup.wait(0.05)
+
+    def drop_stale(self, now: float) -> None:
+        """Video frames that waited too long are dropped, so the analysis lag stays bounded.
+
+        Only video: it is what costs (face tracking per frame), while audio is cheap and
+        a window without its audio could not be scored at all.
+        """
+        dropped = self.s.buffers["video"].drop_older(now - self.max_age_s, self.started_at)
+        if dropped:
+            self.s._count_stale("video", dropped)
 
     def pick(self, now: float, stopping: bool) -> str | None:
         """The kind whose head frame is earliest in media time, or None to wait."""

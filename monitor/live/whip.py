@@ -14,6 +14,8 @@ import hmac
 import json
 import logging
 import secrets
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from importlib import resources
@@ -122,12 +124,16 @@ class LiveServer:
         analyzer_factory: AnalyzerFactory = default_analyzer_factory,
         sinks: list[EventSink] | None = None,
         alerts_port: int | None = None,
+        prewarm: bool | None = None,
     ) -> None:
         self.config = config
         self.token = token
         self.analyzer_factory = analyzer_factory
         self.sinks: list[EventSink] = list(sinks or [])
         self.alerts_port = alerts_port
+        # Build one analyzer at start (imports torch, MediaPipe, models: seconds), so the
+        # first participant's frames are not queued behind that.
+        self.prewarm = analyzer_factory is default_analyzer_factory if prewarm is None else prewarm
         self.metrics = LiveMetrics()
         self.sessions: dict[str, LiveSession] = {}  # by resource id (the unguessable one)
         self._pending_offers = 0
@@ -153,7 +159,9 @@ class LiveServer:
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 8080) -> None:
-        """Bind; with port 0 the OS picks a free port, see ``.port``."""
+        """Warm up, then bind; with port 0 the OS picks a free port, see ``.port``."""
+        if self.prewarm:
+            await self._prewarm()
         self._runner = web.AppRunner(self.make_app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -163,6 +171,31 @@ class LiveServer:
         self.host = host
         self.port = server.sockets[0].getsockname()[1]
         log.info("WHIP ingest on %s", self.url)
+
+    async def _prewarm(self) -> None:
+        """Create and finish one throw-away analyzer on a short-lived thread."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def build() -> None:
+            error: BaseException | None = None
+            try:
+                analyzer = self.analyzer_factory(
+                    self.config, session="prewarm", participant="prewarm", emit=lambda e: None
+                )
+                analyzer.finish()
+            except Exception as exc:  # the real sessions will report it
+                error = exc
+            loop.call_soon_threadsafe(done.set_result, None)
+            if error is not None:
+                log.warning("warming up the analysis failed: %s", error)
+
+        started = time.perf_counter()
+        thread = threading.Thread(target=build, name="dfmon-prewarm", daemon=True)
+        thread.start()
+        await done
+        thread.join()
+        log.info("analysis warmed up in %.1f s", time.perf_counter() - started)
 
     @property
     def url(self) -> str:
@@ -348,9 +381,11 @@ class LiveServer:
         if refused is not None:
             return refused
         session = self.sessions.get(request.match_info["resource"])
-        if session is None:
+        if session is None or session.closed:
             return problem(404, "Not Found", "no such session (it may have ended already)")
-        await session.close("deleted")
+        # Answer once the peer connection is closed; the analysis of what was already
+        # received finishes in the background (summary on the alert channel).
+        await session.request_disconnect("deleted")
         return web.Response(status=200, headers=CORS_HEADERS)
 
     async def handle_health(self, request: web.Request) -> web.Response:

@@ -197,6 +197,9 @@ def create_backend(name: str = "auto") -> SyncBackend:
         except BackendUnavailableError as exc:
             reasons.append(f"{candidate}: {exc}")
             log.debug("sync backend %s unavailable: %s", candidate, exc)
+        except Exception as exc:  # a backend that breaks oddly (driver, runtime) is skipped too
+            reasons.append(f"{candidate}: {type(exc).__name__}: {exc}")
+            log.warning("sync backend %s failed to start: %s", candidate, exc)
     raise BackendUnavailableError("no sync backend works here: " + "; ".join(reasons))
 
 

@@ -144,12 +144,19 @@ def normalize_mel(log_mel: np.ndarray) -> np.ndarray:
     return mel / max(float(mel.std()), 1e-3)
 
 
-def normalize_crops(stacks: np.ndarray) -> np.ndarray:
-    """(P, 5, H, W) uint8 -> float32 with zero mean and unit contrast per stack."""
-    x = stacks.astype(np.float32)
-    mean = x.mean(axis=(1, 2, 3), keepdims=True)
-    std = np.maximum(x.std(axis=(1, 2, 3), keepdims=True), MIN_CROP_STD)
-    return (x - mean) / std
+def normalize_crops(crops: np.ndarray, frame_index: np.ndarray) -> np.ndarray:
+    """Gather (P, 5) frames of (n, H, W) uint8 crops; zero mean, unit contrast per stack.
+
+    Statistics are summed per frame first (each frame sits in up to five stacks).
+    """
+    flat = crops.reshape(len(crops), -1).astype(np.float32)
+    frame_mean = flat.mean(axis=1)
+    frame_square = np.einsum("ij,ij->i", flat, flat) / flat.shape[1]
+    mean = frame_mean[frame_index].mean(axis=1)
+    variance = np.maximum(frame_square[frame_index].mean(axis=1) - mean**2, 0.0)
+    std = np.maximum(np.sqrt(variance), MIN_CROP_STD)
+    stacks = flat[frame_index].reshape(*frame_index.shape, *crops.shape[1:])
+    return ((stacks - mean[:, None, None, None]) / std[:, None, None, None]).astype(np.float32)
 
 
 def build_inputs(
@@ -176,7 +183,7 @@ def build_inputs(
     if len(starts) == 0:
         return None
     frame_index = pick[starts[:, None] + np.arange(STACK_FRAMES)[None, :]]  # (P, 5)
-    crops = normalize_crops(track.crops[frame_index])
+    crops = normalize_crops(track.crops, frame_index)
     lips = track.lips[frame_index].astype(np.float32)
 
     # Audio windows: one per grid step from -max_lag to the last stack start + max_lag.

@@ -174,10 +174,13 @@ def count_macs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
         for m in model.modules()
         if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear)
     ]
+    was_training = model.training
+    model.eval()  # batch norm cannot run in training mode on a batch of one
     try:
         with torch.no_grad():
             model(*inputs)
     finally:
+        model.train(was_training)
         for handle in handles:
             handle.remove()
     return total

@@ -10,10 +10,10 @@ the lip speech; shifted audio is padded with silence or trimmed to fit it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 import av
 import numpy as np
@@ -29,14 +29,20 @@ from monitor.synth.visemes import mouth_tracks
 
 DEFAULT_TEXT = (
     "Hello, can you hear me? I am calling about the budget for next year. "
-    "Please send me the figures before our meeting on Monday morning."
+    "Please send the figures before our meeting."
 )
 
-# Container extension -> (video codec, audio codec, audio encoding rate).
-_FORMATS: dict[str, tuple[str, str, int]] = {
-    ".mp4": ("libx264", "aac", AUDIO_RATE),
-    ".mkv": ("libvpx", "libopus", 48000),
-    ".webm": ("libvpx", "libopus", 48000),
+
+class _Format(NamedTuple):
+    video_codec: str
+    audio_codec: str
+    audio_rate: int  # the audio is encoded at this rate
+
+
+_FORMATS: dict[str, _Format] = {
+    ".mp4": _Format("libx264", "aac", AUDIO_RATE),
+    ".mkv": _Format("libvpx", "libopus", 48000),
+    ".webm": _Format("libvpx", "libopus", 48000),
 }
 _AUDIO_FRAME_SIZE = {"aac": 1024, "libopus": 960}
 _VIDEO_OPTIONS = {
@@ -65,6 +71,10 @@ class SyntheticCall:
     audio_path: Path | None
     size: tuple[int, int]  # height, width
     seed: int
+    voice: str
+    rate: int  # words per minute
+    pitch: int
+    lead_s: float  # silence before the lips start speaking
     seconds_to_make: float  # wall time spent generating and encoding
 
     @property
@@ -73,7 +83,7 @@ class SyntheticCall:
 
     @property
     def in_sync(self) -> bool:
-        """Audio and lips say the same thing at the same time."""
+        """The audio track (written or, for video-only calls, not) matches the lips."""
         return self.audio_text == self.text and self.audio_shift_s == 0.0
 
 
@@ -120,13 +130,12 @@ def make_call(
     """Write a synthetic call to ``path`` (.mp4: H.264 + AAC; .mkv/.webm: VP8 + Opus).
 
     ``size`` is (height, width), both even. ``audio_path`` also writes the audio track
-    (after shift or swap) as a 16 kHz wav, also for ``video_only`` calls.
+    (after shift or swap) as a 16 kHz wav, also for ``video_only`` calls. The clip
+    lasts ``lead_s`` + the lip speech + ``tail_s``, rounded up to whole frames.
     """
     started = time.perf_counter()
     path = Path(path)
-    container_format = _FORMATS.get(path.suffix.lower())
-    if container_format is None:
-        raise ConfigError(f"unsupported container {path.suffix!r}; use one of {sorted(_FORMATS)}")
+    container_format = _container_format(path)
     if size[0] % 2 or size[1] % 2:
         raise ConfigError(f"frame size {size} must be even for yuv420p")
     if lead_s < 0 or tail_s < 0:
@@ -134,23 +143,12 @@ def make_call(
     rate_exact = fps_fraction(fps)
 
     lips = synthesize(text, voice=voice, rate=rate, pitch=pitch).trimmed()
-    if swap_text is None:
-        heard = lips
-    else:
-        heard = synthesize(swap_text, voice=swap_voice or voice, rate=rate, pitch=pitch).trimmed()
     n_frames = int(np.ceil((lead_s + lips.duration + tail_s) * rate_exact))
     duration = float(n_frames / rate_exact)
     frame_times = np.arange(n_frames, dtype=np.float64) / float(rate_exact)
-
-    lead_samples = round(lead_s * AUDIO_RATE)
-    shift_samples = round(audio_shift_s * AUDIO_RATE)
-    n_audio = round(duration * AUDIO_RATE)
-    audio = place_audio(heard.samples, n_audio, lead_samples + shift_samples)
-    true_shift = shift_samples / AUDIO_RATE
-    lip_phonemes = tuple(p.shifted(lead_samples / AUDIO_RATE) for p in lips.phonemes)
-    audio_phonemes = _phonemes_in(heard, (lead_samples + shift_samples) / AUDIO_RATE, duration)
-
+    lip_phonemes = tuple(p.shifted(round(lead_s * AUDIO_RATE) / AUDIO_RATE) for p in lips.phonemes)
     aperture, width = mouth_tracks(lip_phonemes, frame_times)
+
     animator = FaceAnimator(portrait, size)
     poses = head_poses(frame_times, animator.size, seed, enabled=head_motion)
     gains = lighting_gains(frame_times, seed, enabled=lighting)
@@ -158,33 +156,135 @@ def make_call(
         animator.render(float(a), float(w), pose, float(g))
         for a, w, pose, g in zip(aperture, width, poses, gains, strict=True)
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _encode(path, frames, rate_exact, None if video_only else audio, container_format, size)
+    call = SyntheticCall(
+        path=path,
+        duration=duration,
+        fps=float(rate_exact),
+        audio_shift_s=0.0,
+        phonemes=lip_phonemes,
+        audio_phonemes=(),
+        frame_times=frame_times,
+        aperture=aperture,
+        mouth_width=width,
+        audio=np.zeros(0, np.float32),
+        text=text,
+        audio_text=text,
+        has_audio=not video_only,
+        audio_path=None,
+        size=animator.size,
+        seed=seed,
+        voice=voice,
+        rate=rate,
+        pitch=pitch,
+        lead_s=lead_s,
+        seconds_to_make=0.0,
+    )
+    call = _with_audio(call, audio_shift_s, swap_text, swap_voice, video_only, audio_path)
+    with _open_output(path) as container:
+        video = container.add_stream(container_format.video_codec, rate=rate_exact)
+        video.width, video.height = animator.size[1], animator.size[0]
+        video.pix_fmt = "yuv420p"
+        video.codec_context.time_base = 1 / rate_exact
+        video.codec_context.thread_count = 1
+        video.options = dict(_VIDEO_OPTIONS[container_format.video_codec])
+        sound = None if video_only else _AudioWriter(container, container_format, call.audio)
+        for index, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = index
+            frame.time_base = video.codec_context.time_base
+            container.mux(video.encode(frame))
+            if sound is not None:
+                sound.write_until((index + 1) / rate_exact)
+        container.mux(video.encode(None))
+        if sound is not None:
+            sound.finish()
+    return replace(call, seconds_to_make=time.perf_counter() - started)
+
+
+def derive_call(
+    source: SyntheticCall,
+    path: str | Path,
+    *,
+    audio_shift_s: float = 0.0,
+    swap_text: str | None = None,
+    swap_voice: str | None = None,
+    video_only: bool = False,
+    audio_path: str | Path | None = None,
+) -> SyntheticCall:
+    """The same video as ``source`` (its encoded packets copied, not re-encoded) with
+    other audio: shifted, another utterance, or none.
+
+    Much cheaper than :func:`make_call`; for sets and training data where only the
+    audio varies. ``path`` must use the same kind of container as ``source``.
+    """
+    started = time.perf_counter()
+    path = Path(path)
+    container_format = _container_format(path)
+    if container_format.video_codec != _container_format(source.path).video_codec:
+        raise ConfigError(f"{path.name} cannot take the video of {source.path.name}")
+    if path.resolve() == source.path.resolve():
+        raise ConfigError("a derived call needs its own file")
+    call = _with_audio(
+        replace(source, path=path, has_audio=not video_only),
+        audio_shift_s,
+        swap_text,
+        swap_voice,
+        video_only,
+        audio_path,
+    )
+    with av.open(str(source.path)) as original, _open_output(path) as container:
+        template = original.streams.video[0]
+        video = container.add_stream_from_template(template)
+        sound = None if video_only else _AudioWriter(container, container_format, call.audio)
+        for packet in original.demux(template):
+            if packet.dts is None:  # the demuxer's final empty packet
+                continue
+            end = None if packet.pts is None else (packet.pts + packet.duration) * packet.time_base
+            packet.stream = video
+            container.mux(packet)
+            if sound is not None and end is not None:
+                sound.write_until(end)
+        if sound is not None:
+            sound.finish()
+    return replace(call, seconds_to_make=time.perf_counter() - started)
+
+
+def _with_audio(
+    call: SyntheticCall,
+    audio_shift_s: float,
+    swap_text: str | None,
+    swap_voice: str | None,
+    video_only: bool,
+    audio_path: str | Path | None,
+) -> SyntheticCall:
+    """``call`` with its audio track built (and written as wav when asked)."""
+    if abs(audio_shift_s) >= call.duration:
+        raise ConfigError(
+            f"audio shift {audio_shift_s} s leaves nothing of a {call.duration} s call"
+        )
+    if swap_text is None:
+        heard = synthesize(call.text, voice=call.voice, rate=call.rate, pitch=call.pitch)
+    else:
+        voice = swap_voice or call.voice
+        heard = synthesize(swap_text, voice=voice, rate=call.rate, pitch=call.pitch)
+    heard = heard.trimmed()
+    shift_samples = round(audio_shift_s * AUDIO_RATE)
+    start = round(call.lead_s * AUDIO_RATE) + shift_samples
+    audio = place_audio(heard.samples, round(call.duration * AUDIO_RATE), start)
     if audio_path is not None:
         audio_path = Path(audio_path)
         try:
             sf.write(audio_path, audio, AUDIO_RATE, subtype="PCM_16")
         except (OSError, sf.LibsndfileError) as exc:
             raise OutputError(f"cannot write {audio_path}: {exc}") from exc
-
-    return SyntheticCall(
-        path=path,
-        duration=duration,
-        fps=float(rate_exact),
-        audio_shift_s=true_shift,
-        phonemes=lip_phonemes,
-        audio_phonemes=audio_phonemes,
-        frame_times=frame_times,
-        aperture=aperture,
-        mouth_width=width,
+    return replace(
+        call,
+        audio_shift_s=shift_samples / AUDIO_RATE,
+        audio_phonemes=_phonemes_in(heard, start / AUDIO_RATE, call.duration),
         audio=audio,
-        text=text,
-        audio_text=text if swap_text is None else swap_text,
+        audio_text=call.text if swap_text is None else swap_text,
         has_audio=not video_only,
         audio_path=audio_path,
-        size=animator.size,
-        seed=seed,
-        seconds_to_make=time.perf_counter() - started,
     )
 
 
@@ -198,56 +298,56 @@ def _phonemes_in(speech: Speech, offset: float, duration: float) -> tuple[Phonem
     )
 
 
-def _encode(
-    path: Path,
-    frames: Iterator[np.ndarray],
-    rate: Fraction,
-    audio: np.ndarray | None,
-    container_format: tuple[str, str, int],
-    size: tuple[int, int],
-) -> None:
-    """Mux frames (and audio) into ``path``, interleaved in time order."""
-    video_codec, audio_codec, audio_rate = container_format
+def _container_format(path: Path) -> _Format:
+    container_format = _FORMATS.get(path.suffix.lower())
+    if container_format is None:
+        raise ConfigError(f"unsupported container {path.suffix!r}; use one of {sorted(_FORMATS)}")
+    return container_format
+
+
+def _open_output(path: Path) -> av.container.OutputContainer:
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        container = av.open(str(path), mode="w")
+        return av.open(str(path), mode="w")
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc}") from exc
-    with container:
-        video = container.add_stream(video_codec, rate=rate)
-        video.width, video.height = size[1], size[0]
-        video.pix_fmt = "yuv420p"
-        video.codec_context.time_base = 1 / rate
-        video.codec_context.thread_count = 1
-        video.options = dict(_VIDEO_OPTIONS[video_codec])
-        encoded_audio: np.ndarray | None = None
-        if audio is not None:
-            sound = container.add_stream(audio_codec, rate=audio_rate, layout="mono")
-            sound.codec_context.thread_count = 1
-            if audio_rate == AUDIO_RATE:
-                encoded_audio = audio
-            else:
-                encoded_audio = resample_poly(audio, audio_rate // AUDIO_RATE, 1).astype(np.float32)
-            chunk = _AUDIO_FRAME_SIZE[audio_codec]
-        audio_sent = 0
-        for index, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = index
-            frame.time_base = video.codec_context.time_base
-            container.mux(video.encode(frame))
-            if encoded_audio is None:
-                continue
-            # Audio up to the end of this video frame.
-            until = min(round((index + 1) / rate * audio_rate), len(encoded_audio))
-            while audio_sent + chunk <= until or (until == len(encoded_audio) > audio_sent):
-                block = encoded_audio[audio_sent : audio_sent + chunk]
-                sound_frame = av.AudioFrame.from_ndarray(
-                    np.ascontiguousarray(block[None, :]), format="fltp", layout="mono"
-                )
-                sound_frame.sample_rate = audio_rate
-                sound_frame.pts = audio_sent
-                sound_frame.time_base = Fraction(1, audio_rate)
-                container.mux(sound.encode(sound_frame))
-                audio_sent += len(block)
-        container.mux(video.encode(None))
-        if encoded_audio is not None:
-            container.mux(sound.encode(None))
+
+
+class _AudioWriter:
+    """Encodes a 16 kHz track in codec-sized frames, as far as the video has got."""
+
+    def __init__(
+        self, container: av.container.OutputContainer, container_format: _Format, audio: np.ndarray
+    ) -> None:
+        codec, self.rate = container_format.audio_codec, container_format.audio_rate
+        self.container = container
+        self.stream = container.add_stream(codec, rate=self.rate, layout="mono")
+        self.stream.codec_context.thread_count = 1
+        if self.rate == AUDIO_RATE:
+            self.samples = audio
+        else:
+            self.samples = resample_poly(audio, self.rate // AUDIO_RATE, 1).astype(np.float32)
+        self.chunk = _AUDIO_FRAME_SIZE[codec]
+        self.sent = 0
+
+    def write_until(self, t: float | Fraction) -> None:
+        """Encode whole codec frames up to media time ``t``."""
+        until = min(round(t * self.rate), len(self.samples))
+        while self.sent + self.chunk <= until:
+            self._send(self.samples[self.sent : self.sent + self.chunk])
+
+    def finish(self) -> None:
+        self.write_until(len(self.samples) / self.rate)
+        if self.sent < len(self.samples):
+            self._send(self.samples[self.sent :])
+        self.container.mux(self.stream.encode(None))
+
+    def _send(self, block: np.ndarray) -> None:
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(block[None, :]), format="fltp", layout="mono"
+        )
+        frame.sample_rate = self.rate
+        frame.pts = self.sent
+        frame.time_base = Fraction(1, self.rate)
+        self.container.mux(self.stream.encode(frame))
+        self.sent += len(block)

@@ -16,7 +16,7 @@ upper teeth. A negative move closes the portrait's own smile over its teeth. Wid
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 import cv2
@@ -143,6 +143,13 @@ class MouthRenderer:
     """
 
     def __init__(self, portrait: Portrait, *, max_gap: float = 0.17) -> None:
+        # Contours left to right in the image, whatever the landmark order.
+        portrait = replace(
+            portrait,
+            upper_lip=portrait.upper_lip[np.argsort(portrait.upper_lip[:, 0])],
+            lower_lip=portrait.lower_lip[np.argsort(portrait.lower_lip[:, 0])],
+            corners=portrait.corners[np.argsort(portrait.corners[:, 0])],
+        )
         self.portrait = portrait
         image = portrait.image
         face_h = portrait.face_height
@@ -276,8 +283,9 @@ def crop_transform(
 ) -> np.ndarray:
     """3x3 matrix mapping portrait pixels into a ``size`` = (height, width) call frame.
 
-    The mesh (brow to chin) fills ``face_fraction`` of the frame height, its centre sits
-    a little above the middle, as in a webcam call. The crop stays inside the portrait.
+    The mesh (brow to chin) fills ``face_fraction`` of the frame height, its centre a
+    little below the middle so the hair fits, as in a webcam call. The crop stays inside
+    the portrait.
     """
     out_h, out_w = size
     img_h, img_w = portrait.image.shape[:2]
@@ -286,7 +294,7 @@ def crop_transform(
     scale = max(scale, out_w / img_w, out_h / img_h)  # never show past the portrait's edge
     src_w, src_h = out_w / scale, out_h / scale
     left = np.clip((x0 + x1) / 2.0 - src_w / 2.0, 0.0, img_w - src_w)
-    top = np.clip((y0 + y1) / 2.0 - 0.45 * src_h, 0.0, img_h - src_h)
+    top = np.clip((y0 + y1) / 2.0 - 0.52 * src_h, 0.0, img_h - src_h)
     return np.array([[scale, 0.0, -left * scale], [0.0, scale, -top * scale], [0.0, 0.0, 1.0]])
 
 
@@ -300,7 +308,11 @@ def pose_transform(pose: HeadPose, center: tuple[float, float]) -> np.ndarray:
 
 
 class FaceAnimator:
-    """Call-sized RGB frames of the portrait for given mouth shapes and head poses."""
+    """Call-sized RGB frames of the portrait for given mouth shapes and head poses.
+
+    The portrait should be upright and frontal. One animator draws into one canvas:
+    use one per thread.
+    """
 
     def __init__(
         self, portrait: Portrait | None = None, size: tuple[int, int] = (480, 640)

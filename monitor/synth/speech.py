@@ -6,6 +6,10 @@ gives (the ``espeak-ng`` command prints phonemes, not their timing; it is theref
 no usable fallback, and the library ships with the same Debian package).
 
 libespeak-ng keeps global state and is not thread-safe: every call holds one lock.
+It also carries waveform phase from one utterance to the next, so the same text comes
+out a few milliseconds longer or shorter on a second call. Results are therefore cached
+per (text, voice, rate, pitch): within a process the same request gives the very same
+samples and timings, which keeps the files of one example set exactly comparable.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 from scipy.signal import resample_poly
@@ -139,6 +144,8 @@ class _Espeak:
         lib.espeak_SetSynthCallback.argtypes = [_Callback]
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_SetVoiceByProperties.argtypes = [ctypes.POINTER(_Voice)]
+        lib.espeak_ListVoices.argtypes = [ctypes.POINTER(_Voice)]
+        lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_Synth.argtypes = [
             ctypes.c_void_p,
@@ -171,12 +178,33 @@ class _Espeak:
             i += 1
         return 0  # 0: go on synthesizing
 
+    def languages(self) -> set[str]:
+        """Every language code the installed voices speak ("en-us", "fr-fr", ...)."""
+        voices = self.lib.espeak_ListVoices(None)
+        codes: set[str] = set()
+        i = 0
+        while voices[i]:
+            # ``languages`` is a list of (priority byte, NUL-terminated code), ended by 0.
+            field = ctypes.addressof(voices[i].contents) + _Voice.languages.offset
+            raw = ctypes.c_void_p.from_address(field).value  # c_char_p would stop at byte 0
+            offset = 0
+            while raw and ctypes.c_ubyte.from_address(raw + offset).value:
+                code = ctypes.string_at(raw + offset + 1)
+                codes.add(code.decode("ascii", "replace").lower())
+                offset += len(code) + 2
+            i += 1
+        return codes
+
     def set_voice(self, voice: str) -> None:
         if self.lib.espeak_SetVoiceByName(voice.encode()) == _EE_OK:
             return
+        # Not a voice name; a language code only if some voice speaks it (espeak would
+        # otherwise silently fall back to its default voice).
+        if voice.lower() not in self.languages():
+            raise ConfigError(f"unknown espeak-ng voice or language {voice!r}")
         spec = _Voice(languages=voice.encode())
         if self.lib.espeak_SetVoiceByProperties(ctypes.byref(spec)) != _EE_OK:
-            raise ConfigError(f"unknown espeak-ng voice or language {voice!r}")
+            raise ConfigError(f"espeak-ng cannot select a voice for {voice!r}")
 
     def synthesize(self, text: str, voice: str, rate: int, pitch: int) -> tuple[np.ndarray, list]:
         self.set_voice(voice)
@@ -220,7 +248,13 @@ def synthesize(text: str, *, voice: str = "en", rate: int = 160, pitch: int = 50
     ``voice`` is an espeak-ng voice or language ("en", "en-us", "de", "fr", "es"),
     ``rate`` in words per minute, ``pitch`` 0-99. Raises :class:`ConfigError` for bad
     parameters and :class:`SynthesisError` when the library is missing or fails.
+    The samples are read-only (shared by the cache).
     """
+    return _synthesize_cached(text, voice, int(rate), int(pitch))
+
+
+@lru_cache(maxsize=64)
+def _synthesize_cached(text: str, voice: str, rate: int, pitch: int) -> Speech:
     if not text.strip():
         raise ConfigError("text to synthesize is empty")
     if not RATE_RANGE[0] <= rate <= RATE_RANGE[1]:
@@ -238,6 +272,7 @@ def synthesize(text: str, *, voice: str = "en", rate: int = 160, pitch: int = 50
     divisor = np.gcd(AUDIO_RATE, native_rate)
     samples = resample_poly(native, AUDIO_RATE // divisor, native_rate // divisor)
     samples = np.clip(samples, -1.0, 1.0).astype(np.float32)
+    samples.flags.writeable = False
     return Speech(samples, _segments(events, len(pcm), native_rate), text, voice)
 
 

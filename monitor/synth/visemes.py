@@ -25,17 +25,18 @@ class Viseme:
     aperture: float
     width: float
     dominance: float
+    spread_s: float = 0.025  # how far the dominance reaches outside the segment
 
 
-REST = Viseme(0.0, 1.0, 0.6)  # pauses: lips together at rest
+REST = Viseme(0.0, 1.0, 0.6, 0.04)  # pauses: lips together at rest
 
 # espeak-ng mnemonics (English first; other languages share most symbols).
 _CONSONANTS: dict[str, Viseme] = {
-    "p": Viseme(0.0, 0.97, 4.0),
-    "b": Viseme(0.0, 0.97, 4.0),
-    "m": Viseme(0.0, 0.98, 4.0),
-    "f": Viseme(0.08, 1.0, 2.5),
-    "v": Viseme(0.08, 1.0, 2.5),
+    "p": Viseme(0.0, 0.97, 8.0, 0.02),
+    "b": Viseme(0.0, 0.97, 8.0, 0.02),
+    "m": Viseme(0.0, 0.98, 8.0, 0.02),
+    "f": Viseme(0.08, 1.0, 5.0, 0.02),
+    "v": Viseme(0.08, 1.0, 5.0, 0.02),
     "T": Viseme(0.2, 1.02, 1.5),
     "D": Viseme(0.2, 1.02, 1.2),
     "s": Viseme(0.14, 1.06, 1.5),
@@ -57,30 +58,30 @@ _CONSONANTS: dict[str, Viseme] = {
     "N": Viseme(0.3, 1.0, 0.5),
     "x": Viseme(0.32, 1.0, 0.4),
     "h": Viseme(0.35, 1.0, 0.2),
-    "B": Viseme(0.08, 0.97, 2.0),  # Spanish approximant b
+    "B": Viseme(0.08, 0.97, 3.0, 0.02),  # Spanish approximant b
     "Q": Viseme(0.2, 1.0, 0.6),
 }
 
 # Vowels by their first letter: open, mid, close-front (spread), close-back (rounded).
 _VOWELS: dict[str, Viseme] = {
-    "a": Viseme(0.95, 1.04, 1.0),
-    "A": Viseme(1.0, 1.0, 1.0),
-    "V": Viseme(0.8, 1.0, 1.0),
-    "0": Viseme(0.85, 0.88, 1.0),
-    "O": Viseme(0.8, 0.82, 1.0),
-    "E": Viseme(0.65, 1.08, 1.0),
-    "e": Viseme(0.55, 1.1, 1.0),
-    "3": Viseme(0.5, 0.95, 1.0),
-    "@": Viseme(0.45, 1.0, 0.8),
-    "I": Viseme(0.35, 1.1, 1.0),
-    "i": Viseme(0.3, 1.14, 1.0),
-    "y": Viseme(0.3, 0.78, 1.0),
-    "Y": Viseme(0.35, 0.8, 1.0),
-    "2": Viseme(0.45, 0.8, 1.0),
-    "9": Viseme(0.55, 0.84, 1.0),
-    "o": Viseme(0.55, 0.78, 1.0),
-    "U": Viseme(0.4, 0.8, 1.0),
-    "u": Viseme(0.32, 0.74, 1.0),
+    "a": Viseme(0.95, 1.04, 1.0, 0.035),
+    "A": Viseme(1.0, 1.0, 1.0, 0.035),
+    "V": Viseme(0.8, 1.0, 1.0, 0.035),
+    "0": Viseme(0.85, 0.88, 1.0, 0.035),
+    "O": Viseme(0.8, 0.82, 1.0, 0.035),
+    "E": Viseme(0.65, 1.08, 1.0, 0.035),
+    "e": Viseme(0.55, 1.1, 1.0, 0.035),
+    "3": Viseme(0.5, 0.95, 1.0, 0.035),
+    "@": Viseme(0.45, 1.0, 0.8, 0.035),
+    "I": Viseme(0.35, 1.1, 1.0, 0.035),
+    "i": Viseme(0.3, 1.14, 1.0, 0.035),
+    "y": Viseme(0.3, 0.78, 1.0, 0.035),
+    "Y": Viseme(0.35, 0.8, 1.0, 0.035),
+    "2": Viseme(0.45, 0.8, 1.0, 0.035),
+    "9": Viseme(0.55, 0.84, 1.0, 0.035),
+    "o": Viseme(0.55, 0.78, 1.0, 0.035),
+    "U": Viseme(0.4, 0.8, 1.0, 0.035),
+    "u": Viseme(0.32, 0.74, 1.0, 0.035),
 }
 
 _NEUTRAL = Viseme(0.3, 1.0, 0.3)  # markers and symbols we do not know
@@ -103,15 +104,13 @@ def viseme_for(phoneme: str) -> Viseme:
 
 
 def mouth_tracks(
-    phonemes: Sequence[PhonemeSegment],
-    times: np.ndarray,
-    *,
-    spread_s: float = 0.045,
+    phonemes: Sequence[PhonemeSegment], times: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Aperture and width at ``times`` (seconds, the phonemes' clock).
 
     A phoneme's dominance is flat over its own segment and decays like a gaussian of
-    ``spread_s`` outside it; the shape is the dominance-weighted mean of the targets.
+    its viseme's ``spread_s`` outside it; the shape is the dominance-weighted mean of
+    the targets.
     Before the first and after the last phoneme the mouth is at rest.
     """
     times = np.asarray(times, dtype=np.float64)
@@ -123,7 +122,7 @@ def mouth_tracks(
     width = total * REST.width
     for segment, viseme in segments:
         outside = np.maximum(segment.t_start - times, 0.0) + np.maximum(times - segment.t_end, 0.0)
-        weight = viseme.dominance * np.exp(-0.5 * (outside / spread_s) ** 2)
+        weight = viseme.dominance * np.exp(-0.5 * (outside / viseme.spread_s) ** 2)
         total += weight
         aperture += weight * viseme.aperture
         width += weight * viseme.width

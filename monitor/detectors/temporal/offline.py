@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.config import FaceConfig
+from monitor.config import FaceConfig, WindowConfig
 from monitor.errors import InputError
-from monitor.features.types import FaceObservation, FrameFeatures
+from monitor.features.types import AudioFeatures, FaceObservation, FrameFeatures
 from monitor.media import VideoFrame
+from monitor.windows import AnalysisWindow
 
 # Bump when the cached arrays change meaning (crop geometry, fields).
 CACHE_FORMAT = 1
@@ -83,7 +84,9 @@ def _unpack(arrays: dict[str, np.ndarray]) -> list[FrameFeatures]:
                 mouth_width=float(arrays["mouth_width"][i]),
             )
         height, width = (int(v) for v in arrays["frame_size"][i])
-        frames.append(FrameFeatures(float(arrays["t"][i]), int(arrays["index"][i]), (height, width), face))
+        frames.append(
+            FrameFeatures(float(arrays["t"][i]), int(arrays["index"][i]), (height, width), face)
+        )
     return frames
 
 
@@ -134,20 +137,38 @@ def clip_frames(
     return frames
 
 
-def iter_windows(
-    frames: list[FrameFeatures], window_s: float, hop_s: float
-) -> Iterator[tuple[float, float, tuple[FrameFeatures, ...]]]:
-    """The frames of each sliding window ``[k * hop, k * hop + window)``, as the pipeline cuts them."""
+def iter_windows(frames: list[FrameFeatures], window: WindowConfig) -> Iterator[AnalysisWindow]:
+    """Sliding windows ``[k * hop, k * hop + window)`` over the frames, cut as the pipeline cuts
+    them, with empty audio: for detectors that only look at faces."""
     if not frames:
         return
     last_t = max(f.t for f in frames)
+    empty_audio = AudioFeatures(
+        t0=0.0,
+        hop_s=0.01,
+        log_mel=np.zeros((0, 80), np.float32),
+        loudness_db=np.zeros(0, np.float32),
+        voiced=np.zeros(0, bool),
+    )
     k = 0
-    while k * hop_s + window_s <= last_t + 1e-6 + hop_s:
-        t_start = k * hop_s
-        t_end = t_start + window_s
+    # The pipeline scores a window once video reaches its end (the last one may be short).
+    while k * window.hop_s < last_t:
+        t_start = k * window.hop_s
+        t_end = t_start + window.window_s
+        if t_end > last_t + window.hop_s:
+            break
         chosen = tuple(f for f in frames if t_start <= f.t < t_end)
-        if chosen:
-            yield t_start, t_end, chosen
+        yield AnalysisWindow(
+            session="offline",
+            index=k,
+            t_start=t_start,
+            t_end=t_end,
+            context_s=0.0,
+            frames=chosen,
+            samples=np.zeros(0, np.float32),
+            audio=empty_audio,
+            has_audio_stream=False,
+        )
         k += 1
 
 

@@ -1,0 +1,146 @@
+"""Cue statistics of genuine speech, and how cue values become z-scores and one score.
+
+``tools/calibrate_temporal.py`` measures every cue on the real clips of the training pool
+and writes ``monitor/detectors/temporal_calibration.json``: per cue the mean and standard
+deviation over windows (``window``) and over clips' medians (``session``), the direction
+in which fakes of the pool deviate, and a weight (0 for cues that did not separate real
+from fake in the pool: they are still reported, never fused).
+
+Fusion: each cue's z is turned towards its suspicious direction and clipped (a cue that
+looks very genuine may cancel a little, never a lot; one broken measurement cannot
+dominate), the weighted sum is divided by the root of the summed squared weights, and that
+combined value is standardised once more against genuine speech. The score is a logistic
+of this combined z, 0.5 at ``center_z`` sigma.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monitor.errors import DetectorError
+
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / "temporal_calibration.json"
+LEVELS = ("window", "session")
+FORMAT = 1
+# Directional z is clipped to this range before it is summed.
+Z_CLIP = (-1.0, 4.0)
+
+
+@dataclass(frozen=True)
+class Stats:
+    mean: float
+    std: float
+
+    def z(self, value: float) -> float:
+        return (value - self.mean) / self.std
+
+
+@dataclass(frozen=True)
+class CueCalibration:
+    stats: dict[str, Stats]  # by level
+    direction: int  # +1: fakes read high; -1: fakes read low
+    weight: float
+
+
+@dataclass
+class Calibration:
+    cues: dict[str, CueCalibration]
+    combined: dict[str, Stats] = field(
+        default_factory=lambda: {level: Stats(0.0, 1.0) for level in LEVELS}
+    )
+    center_z: float = 2.5
+    width_z: float = 0.5
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def z_scores(self, values: dict[str, float], level: str) -> dict[str, float]:
+        """Each calibrated cue's z (nan where the value is nan)."""
+        out = {}
+        for name, cue in self.cues.items():
+            value = values.get(name, math.nan)
+            out[name] = cue.stats[level].z(value) if math.isfinite(value) else math.nan
+        return out
+
+    def combine(self, z_scores: dict[str, float], level: str) -> float | None:
+        """Standardised combined z of the weighted cues; None when no weighted cue was measured."""
+        total = 0.0
+        squared_weights = 0.0
+        for name, cue in self.cues.items():
+            z = z_scores.get(name, math.nan)
+            if cue.weight <= 0 or not math.isfinite(z):
+                continue
+            directed = min(max(cue.direction * z, Z_CLIP[0]), Z_CLIP[1])
+            total += cue.weight * directed
+            squared_weights += cue.weight**2
+        if squared_weights == 0:
+            return None
+        return self.combined[level].z(total / math.sqrt(squared_weights))
+
+    def score(self, combined_z: float) -> float:
+        return 1.0 / (1.0 + math.exp(-(combined_z - self.center_z) / self.width_z))
+
+    # ----- JSON ---------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            **self.meta,
+            "score": {"center_z": self.center_z, "width_z": self.width_z},
+            "combined": {level: vars(stats) for level, stats in self.combined.items()},
+            "cues": {
+                name: {
+                    "direction": cue.direction,
+                    "weight": cue.weight,
+                    **{level: vars(stats) for level, stats in cue.stats.items()},
+                }
+                for name, cue in self.cues.items()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Calibration:
+        if data.get("format") != FORMAT:
+            raise DetectorError(
+                f"temporal calibration format {data.get('format')!r}, expected {FORMAT}"
+            )
+        try:
+            cues = {
+                name: CueCalibration(
+                    stats={level: _stats(entry[level]) for level in LEVELS},
+                    direction=1 if entry["direction"] >= 0 else -1,
+                    weight=float(entry["weight"]),
+                )
+                for name, entry in data["cues"].items()
+            }
+            combined = {level: _stats(data["combined"][level]) for level in LEVELS}
+            score = data["score"]
+            meta = {
+                k: v for k, v in data.items() if k not in {"format", "cues", "combined", "score"}
+            }
+            return cls(cues, combined, float(score["center_z"]), float(score["width_z"]), meta)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DetectorError(f"temporal calibration is malformed: {exc!r}") from exc
+
+
+def _stats(entry: dict[str, Any]) -> Stats:
+    mean, std = float(entry["mean"]), float(entry["std"])
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ValueError(f"bad cue statistics mean={mean} std={std}")
+    return Stats(mean, std)
+
+
+def load_calibration(path: str | Path | None = None) -> Calibration:
+    """The committed calibration (or another file); :class:`DetectorError` if unusable."""
+    path = Path(path) if path is not None else DEFAULT_PATH
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise DetectorError(
+            f"temporal calibration {path} not found; run tools/calibrate_temporal.py"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise DetectorError(f"temporal calibration {path} is not valid JSON: {exc}") from exc
+    return Calibration.from_json(data)

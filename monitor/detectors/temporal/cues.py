@@ -1,0 +1,319 @@
+"""The temporal detector's cues: what is measured per frame and summarised per window.
+
+Every cue compares the mouth with the rest of the same face (or with the same face a frame
+earlier), so that who the person is, the camera and the codec largely cancel out:
+
+- ``mouth_blur``: sharpness of the lips against the eyes. A regenerated mouth box is
+  rendered at a low resolution (Wav2Lip: 96x96 for the whole face) or denoised, so it is
+  often blurrier than the genuine eyes around it.
+- ``face_blur``: how sharp edges are inside the face outline against edges just outside it
+  (hair, ears, jaw line, collar). Tools that regenerate the whole face box (Wav2Lip,
+  TalkLip) leave a blurry face in a sharp head. Edge sharpness is measured as fine-scale
+  over coarse-scale detail on structured pixels only, so how much texture a region has
+  (a plain wall, a bald head) matters little.
+- ``mouth_interior``: sharpness of the mouth opening (teeth, tongue) against the eyes when
+  the mouth is open; generators smear teeth.
+- ``lip_jitter``: frame-to-frame acceleration of the lip landmarks after removing head
+  motion, against that of the stable landmarks (tracking noise). A mouth generated frame
+  by frame wobbles more than the face it is pasted into.
+- ``lip_smoothness``: lip acceleration per unit of lip speed (the reverse view: over-smooth,
+  exaggerated articulation gives low values).
+- ``lip_head_ratio``: lip speed against head speed. Lips that move while the head is frozen
+  (a still photo driven by audio) are unnatural.
+- ``mouth_flicker``: brightness flicker of the skin around the mouth against the skin of
+  the upper face.
+- ``mouth_colour``: YCbCr chroma offset of the skin around the mouth against the upper face.
+- ``boundary_seam``: the sharpest step in how much the lower face changes between frames,
+  going down from the lips: a pasted box changes inside and not outside its edge.
+
+The functions here are pure (arrays in, numbers out) so each can be tested on synthetic
+input with a known answer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from monitor.detectors.temporal import geometry
+from monitor.features.types import FaceObservation
+
+# Sharpness is mean |Laplacian| in grey levels; this floor keeps ratios finite on flat crops.
+SHARPNESS_FLOOR = 1.0
+# A mouth opening smaller than this many mouth-crop pixels has no interior to look at.
+MIN_OPENING_PIXELS = 8
+# Mouth counts as open above this aperture (inner-lip gap / face height).
+OPEN_APERTURE = 0.02
+# Skin patches are squares of this half-size in face-crop pixels (112 px crop).
+PATCH_RADIUS = 3
+# Edge sharpness: fine and coarse blur scales (face-crop pixels), the band left out on each
+# side of the face outline, and which pixels count as structured.
+FINE_SIGMA, COARSE_SIGMA = 0.7, 2.0
+EDGE_MARGIN = 5
+STRUCTURE_PERCENTILE = 60
+MIN_STRUCTURED_PIXELS = 30
+# Landmark motion is measured per frame at this reference rate.
+REFERENCE_FPS = 25.0
+
+
+@dataclass(frozen=True, slots=True)
+class CueInfo:
+    name: str
+    label: str  # how the rationale names it
+
+
+CUES: tuple[CueInfo, ...] = (
+    CueInfo("mouth_blur", "mouth sharpness relative to the eyes"),
+    CueInfo("face_blur", "edge sharpness inside the face relative to around it"),
+    CueInfo("mouth_interior", "mouth-interior (teeth) sharpness relative to the eyes"),
+    CueInfo("lip_jitter", "perioral landmark jitter"),
+    CueInfo("lip_smoothness", "lip acceleration per unit of lip speed"),
+    CueInfo("lip_head_ratio", "lip motion relative to head motion"),
+    CueInfo("mouth_flicker", "brightness flicker around the mouth relative to the upper face"),
+    CueInfo("mouth_colour", "chroma offset of the mouth region relative to the upper face"),
+    CueInfo("boundary_seam", "seam in frame-to-frame change below the mouth"),
+)
+CUE_NAMES = tuple(cue.name for cue in CUES)
+CUE_LABELS = {cue.name: cue.label for cue in CUES}
+
+
+@dataclass(frozen=True, slots=True)
+class FrameMeasure:
+    """What one face frame contributes to the cues (computed once, reused by every window)."""
+
+    t: float
+    eye_sharpness: float
+    mouth_sharpness: float
+    face_blur: float  # log ratio of edge sharpness inside vs outside the face outline
+    interior_sharpness: float  # nan when the mouth is closed
+    aperture: float
+    lower_skin: np.ndarray  # (3,) mean Y, Cr, Cb beside the mouth and on the chin
+    upper_skin: np.ndarray  # (3,) mean Y, Cr, Cb on the upper cheeks and forehead
+    landmarks: np.ndarray  # (N, 2) pixels
+    face_grey: np.ndarray  # (S, S) float32, for frame-to-frame change
+    face_points: np.ndarray  # (N, 2) landmarks in face-crop pixels
+
+
+# ----- per-frame measurements ---------------------------------------------------------------
+
+
+def laplacian_energy(grey: np.ndarray) -> np.ndarray:
+    """|Laplacian| per pixel: high-frequency energy, which blur removes first."""
+    return np.abs(cv2.Laplacian(grey, cv2.CV_32F, ksize=1))
+
+
+def box_mean(image: np.ndarray, points: np.ndarray, pad: float) -> float:
+    """Mean of ``image`` over the bounding box of ``points`` grown by ``pad`` of its size."""
+    x0, y0 = points.min(axis=0)
+    x1, y1 = points.max(axis=0)
+    pad_x, pad_y = (x1 - x0) * pad, (y1 - y0) * pad
+    height, width = image.shape[:2]
+    top, bottom = max(int(y0 - pad_y), 0), min(int(math.ceil(y1 + pad_y)) + 1, height)
+    left, right = max(int(x0 - pad_x), 0), min(int(math.ceil(x1 + pad_x)) + 1, width)
+    region = image[top:bottom, left:right]
+    return float(region.mean()) if region.size else float("nan")
+
+
+def patch_mean(image: np.ndarray, points: np.ndarray, radius: int = PATCH_RADIUS) -> np.ndarray:
+    """Mean over small squares centred on each point (channels kept)."""
+    height, width = image.shape[:2]
+    values = []
+    for x, y in np.round(points).astype(int):
+        region = image[
+            max(y - radius, 0) : min(y + radius + 1, height),
+            max(x - radius, 0) : min(x + radius + 1, width),
+        ]
+        if region.size:
+            values.append(region.reshape(-1, image.shape[2]).mean(axis=0))
+    if not values:
+        return np.full(image.shape[2], np.nan)
+    return np.mean(values, axis=0)
+
+
+def edge_sharpness_ratio(grey: np.ndarray, face_points: np.ndarray) -> float:
+    """log(edge sharpness inside the face outline / just outside it); nan without structure.
+
+    Edge sharpness is fine-scale detail (grey minus a 0.7 px blur) per unit of coarse-scale
+    detail (0.7 px minus 2 px blur), summed over the 40 % most structured pixels of the crop:
+    a blurred region keeps its coarse structure and loses the fine one.
+    """
+    fine_blur = cv2.GaussianBlur(grey, (0, 0), FINE_SIGMA)
+    fine = np.abs(grey - fine_blur)
+    coarse = np.abs(fine_blur - cv2.GaussianBlur(grey, (0, 0), COARSE_SIGMA))
+    outline = polygon_mask(grey.shape, face_points[list(geometry.FACE_OVAL)]).astype(np.uint8)
+    kernel = np.ones((EDGE_MARGIN, EDGE_MARGIN), np.uint8)
+    inside = cv2.erode(outline, kernel).astype(bool)
+    outside = ~cv2.dilate(outline, kernel).astype(bool)
+    structured = coarse > np.percentile(coarse, STRUCTURE_PERCENTILE)
+    ratios = []
+    for region in (inside & structured, outside & structured):
+        coarse_sum = float(coarse[region].sum())
+        if region.sum() < MIN_STRUCTURED_PIXELS or coarse_sum <= 0:
+            return float("nan")
+        ratios.append(float(fine[region].sum()) / coarse_sum)
+    if ratios[0] <= 0 or ratios[1] <= 0:
+        return float("nan")
+    return math.log(ratios[0] / ratios[1])
+
+
+def polygon_mask(shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], 1)
+    return mask.astype(bool)
+
+
+def measure_frame(t: float, face: FaceObservation) -> FrameMeasure:
+    """The per-frame numbers every cue is built from."""
+    side = face.face_crop.shape[0]
+    face_points = geometry.face_crop_points(face.landmarks, side)
+    crop_h, crop_w = face.mouth_crop.shape[:2]
+    mouth_points = geometry.mouth_crop_points(face.landmarks, crop_h, crop_w)
+
+    face_grey = cv2.cvtColor(face.face_crop, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    face_detail = laplacian_energy(face_grey)
+    eyes = 0.5 * (
+        box_mean(face_detail, face_points[list(geometry.LEFT_EYE)], 0.2)
+        + box_mean(face_detail, face_points[list(geometry.RIGHT_EYE)], 0.2)
+    )
+    mouth = box_mean(face_detail, face_points[list(geometry.LIP_OUTLINE)], 0.15)
+
+    interior = float("nan")
+    if face.aperture >= OPEN_APERTURE:
+        opening = polygon_mask((crop_h, crop_w), mouth_points[list(geometry.MOUTH_OPENING)])
+        if opening.sum() >= MIN_OPENING_PIXELS:
+            mouth_grey = cv2.cvtColor(face.mouth_crop, cv2.COLOR_RGB2GRAY).astype(np.float32)
+            interior = float(laplacian_energy(mouth_grey)[opening].mean())
+
+    ycrcb = cv2.cvtColor(face.face_crop, cv2.COLOR_RGB2YCrCb).astype(np.float32)
+    return FrameMeasure(
+        t=t,
+        eye_sharpness=eyes,
+        mouth_sharpness=mouth,
+        face_blur=edge_sharpness_ratio(face_grey, face_points),
+        interior_sharpness=interior,
+        aperture=face.aperture,
+        lower_skin=patch_mean(ycrcb, face_points[list(geometry.LOWER_SKIN)]),
+        upper_skin=patch_mean(ycrcb, face_points[list(geometry.UPPER_SKIN)]),
+        landmarks=face.landmarks,
+        face_grey=face_grey,
+        face_points=face_points,
+    )
+
+
+# ----- window cues ----------------------------------------------------------------------------
+
+
+def _log_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.log((a + SHARPNESS_FLOOR) / (b + SHARPNESS_FLOOR))
+
+
+def mouth_blur(mouth_sharpness: np.ndarray, eye_sharpness: np.ndarray) -> float:
+    """Median log ratio of lip to eye sharpness (lower: blurrier mouth)."""
+    return float(np.nanmedian(_log_ratio(mouth_sharpness, eye_sharpness)))
+
+
+def mouth_interior(
+    interior_sharpness: np.ndarray, eye_sharpness: np.ndarray, min_frames: int = 3
+) -> float:
+    """Median log ratio of mouth-opening to eye sharpness over open-mouth frames; nan if too few."""
+    open_frames = np.isfinite(interior_sharpness)
+    if open_frames.sum() < min_frames:
+        return float("nan")
+    return float(np.median(_log_ratio(interior_sharpness[open_frames], eye_sharpness[open_frames])))
+
+
+def _mean_speed(tracks: np.ndarray) -> float:
+    return float(np.linalg.norm(np.diff(tracks, axis=0), axis=-1).mean())
+
+
+def _mean_acceleration(tracks: np.ndarray) -> float:
+    return float(np.linalg.norm(np.diff(tracks, 2, axis=0), axis=-1).mean())
+
+
+def landmark_kinematics(tracks: np.ndarray, fps: float) -> dict[str, float]:
+    """``lip_jitter``, ``lip_smoothness`` and ``lip_head_ratio`` from landmark tracks (T, N, 2).
+
+    Head motion is removed with a similarity fit on the stable points; all lengths are in
+    face sizes, and per-frame rates are rescaled to 25 fps.
+    """
+    if len(tracks) < 4:
+        return {"lip_jitter": math.nan, "lip_smoothness": math.nan, "lip_head_ratio": math.nan}
+    aligned = geometry.remove_head_motion(tracks)
+    lips = aligned[:, list(geometry.LIPS)]
+    stable = aligned[:, list(geometry.STABLE)]
+    rate = fps / REFERENCE_FPS  # > 1: per-frame steps are shorter than at 25 fps
+    lip_speed = _mean_speed(lips) * rate
+    lip_acc = _mean_acceleration(lips) * rate**2
+    stable_acc = _mean_acceleration(stable) * rate**2
+    size = max(geometry.interocular(tracks[len(tracks) // 2]), 1e-6)
+    head = tracks[:, list(geometry.STABLE)].astype(np.float64).mean(axis=1, keepdims=True) / size
+    head_speed = _mean_speed(head) * rate
+    return {
+        "lip_jitter": math.log((lip_acc + 1e-4) / (stable_acc + 1e-4)),
+        "lip_smoothness": lip_acc / (lip_speed + 1e-4),
+        "lip_head_ratio": math.log((lip_speed + 1e-4) / (head_speed + 1e-4)),
+    }
+
+
+def _rms_second_difference(series: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.diff(series, 2) ** 2)))
+
+
+def mouth_flicker(lower_luma: np.ndarray, upper_luma: np.ndarray) -> float:
+    """Log ratio of brightness flicker (RMS second difference) around the mouth vs upper face."""
+    if len(lower_luma) < 4:
+        return math.nan
+    return math.log(
+        (_rms_second_difference(lower_luma) + 0.1) / (_rms_second_difference(upper_luma) + 0.1)
+    )
+
+
+def mouth_colour(lower_skin: np.ndarray, upper_skin: np.ndarray) -> float:
+    """Distance in the Cr/Cb plane between the median skin colour around the mouth and above."""
+    offset = np.nanmedian(lower_skin[:, 1:] - upper_skin[:, 1:], axis=0)
+    return float(np.hypot(*offset))
+
+
+def boundary_seam(face_grey: np.ndarray, face_points: np.ndarray) -> float:
+    """Sharpest relative drop, going down from the lower lip, in frame-to-frame change.
+
+    ``face_grey`` is (T, S, S), ``face_points`` the mean landmark positions in the crop.
+    Genuine change (the jaw moving) fades smoothly downwards; a pasted box stops at an edge.
+    """
+    if len(face_grey) < 3:
+        return math.nan
+    change = np.abs(np.diff(face_grey, axis=0)).mean(axis=0)
+    side = change.shape[0]
+    top = int(np.clip(face_points[geometry.LOWER_LIP_BOTTOM, 1], 0, side - 1))
+    chin = face_points[geometry.CHIN, 1]
+    bottom = int(np.clip(chin + 0.15 * (chin - top), top + 1, side))
+    left = int(np.clip(face_points[geometry.JAW_LEFT, 0], 0, side - 1))
+    right = int(np.clip(face_points[geometry.JAW_RIGHT, 0], left + 1, side))
+    profile = change[top:bottom, left:right].mean(axis=1)
+    if len(profile) < 6:
+        return math.nan
+    step = 3
+    drops = (profile[:-step] - profile[step:]) / (profile.mean() + 1e-3)
+    return float(drops.max())
+
+
+def window_cues(frames: list[FrameMeasure], fps: float) -> dict[str, float]:
+    """Every cue's raw value for one window of face frames (nan where it cannot be measured)."""
+    eyes = np.array([f.eye_sharpness for f in frames])
+    face_blur = np.array([f.face_blur for f in frames])
+    cues = {
+        "mouth_blur": mouth_blur(np.array([f.mouth_sharpness for f in frames]), eyes),
+        "face_blur": float(np.nanmedian(face_blur)) if np.isfinite(face_blur).any() else math.nan,
+        "mouth_interior": mouth_interior(np.array([f.interior_sharpness for f in frames]), eyes),
+    }
+    cues.update(landmark_kinematics(np.stack([f.landmarks for f in frames]), fps))
+    lower = np.stack([f.lower_skin for f in frames])
+    upper = np.stack([f.upper_skin for f in frames])
+    cues["mouth_flicker"] = mouth_flicker(lower[:, 0], upper[:, 0])
+    cues["mouth_colour"] = mouth_colour(lower, upper)
+    mean_points = np.mean([f.face_points for f in frames], axis=0)
+    cues["boundary_seam"] = boundary_seam(np.stack([f.face_grey for f in frames]), mean_points)
+    return {name: float(cues[name]) for name in CUE_NAMES}

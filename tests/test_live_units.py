@@ -1,0 +1,145 @@
+"""Pieces of the live path without a network: clock alignment, audio conversion, metrics."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from monitor.live.align import SessionClock, TrackClock
+from monitor.live.convert import AudioConverter
+from monitor.live.metrics import LiveMetrics
+from monitor.live.session import Arrival, TrackBuffer
+
+
+def _arrivals(
+    rng: np.random.Generator,
+    *,
+    period_s: float,
+    lag: int,
+    capture_origin_s: float,
+    floor_s: float,
+    n: int,
+) -> list[tuple[float, float]]:
+    """(pts, arrival) as aiortc's jitter buffer releases them: frame k leaves when the
+    packet of frame k + lag arrives; each packet has the floor delay plus random jitter
+    (exponential, mean 15 ms), and packets never overtake each other."""
+    send = capture_origin_s + period_s * np.arange(n + lag)
+    packet_arrival = np.maximum.accumulate(send + floor_s + rng.exponential(0.015, n + lag))
+    return [(k * period_s, float(packet_arrival[k + lag])) for k in range(n)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_clock_recovers_capture_offset_despite_jitter_and_release_lag(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    true_video_after_audio = 0.137  # the camera's first frame came 137 ms after the mic's
+    clock = SessionClock(("audio", "video"), warmup_s=1.0)
+    audio = _arrivals(rng, period_s=0.02, lag=4, capture_origin_s=100.0, floor_s=0.03, n=100)
+    video = _arrivals(
+        rng, period_s=0.04, lag=1, capture_origin_s=100.0 + true_video_after_audio,
+        floor_s=0.03, n=50,
+    )  # fmt: skip
+    for kind, series in (("audio", audio), ("video", video)):
+        for pts, arrival in series:
+            clock.observe(kind, pts, arrival)
+    now = max(audio[-1][1], video[-1][1])
+    assert clock.ready("audio", now) and clock.ready("video", now)
+    estimated = clock.media_time("video", 0.0) - clock.media_time("audio", 0.0)
+    # Two seconds of jitter with a 15 ms mean: the minima land within a few ms.
+    assert abs(estimated - true_video_after_audio) < 0.006
+    assert clock.media_time("audio", 0.0) == pytest.approx(0.0)
+
+
+def test_naive_first_arrival_pairing_would_be_off_by_the_release_lag() -> None:
+    """Why the release lag matters: without it, audio looks ~60 ms later than video."""
+    rng = np.random.default_rng(3)
+    naive = TrackClock("audio", warmup_s=0.5, release_lag=0)
+    exact = TrackClock("audio", warmup_s=0.5)
+    for pts, arrival in _arrivals(
+        rng, period_s=0.02, lag=4, capture_origin_s=5.0, floor_s=0.01, n=60
+    ):
+        naive.observe(pts, arrival)
+        exact.observe(pts, arrival)
+    assert exact.offset_s == pytest.approx(5.01, abs=0.004)
+    assert naive.offset_s - exact.offset_s > 0.07  # 4 frames of 20 ms held back
+
+
+def test_clock_freezes_after_warmup() -> None:
+    track = TrackClock("video", warmup_s=0.5)
+    for k in range(10):
+        track.observe(k * 0.04, 10.0 + k * 0.04 + 0.05)
+    assert not track.maybe_freeze(10.2)
+    assert track.maybe_freeze(10.6)
+    frozen = track.offset_s
+    track.observe(0.5, 10.0)  # a much earlier arrival after the freeze changes nothing
+    assert track.offset_s == frozen
+
+
+def _audio_frame(pts: int, value: float = 0.1, samples: int = 960) -> av.AudioFrame:
+    data = np.full((1, samples * 2), int(value * 32767), dtype=np.int16)
+    frame = av.AudioFrame.from_ndarray(data, format="s16", layout="stereo")
+    frame.sample_rate = 48000
+    frame.pts = pts
+    frame.time_base = Fraction(1, 48000)
+    return frame
+
+
+def test_audio_converter_keeps_time_and_fills_gaps() -> None:
+    converter = AudioConverter()
+    chunks = []
+    for k in range(10):
+        chunks += converter.convert(_audio_frame(k * 960), k * 0.02, 2.0 + k * 0.02)
+    # Frames 10 and 11 lost: the next one comes 40 ms later than expected.
+    chunks += converter.convert(_audio_frame(12 * 960), 12 * 0.02, 2.0 + 12 * 0.02)
+    assert chunks[0].t == pytest.approx(2.0)
+    for before, after in zip(chunks, chunks[1:], strict=False):
+        assert after.t == pytest.approx(before.t_end)  # contiguous, on one clock
+    total = sum(len(c.samples) for c in chunks)
+    assert converter.filled_s == pytest.approx(0.04)
+    # 13 frames of 20 ms at 16 kHz, less what the resampler still holds (< 1 ms).
+    assert 13 * 320 - 16 <= total <= 13 * 320
+    silence = next(c for c in chunks if not c.samples.any())
+    assert len(silence.samples) == 640
+    assert all(c.samples.dtype == np.float32 for c in chunks)
+
+
+def test_audio_converter_restarts_when_the_clock_goes_back() -> None:
+    converter = AudioConverter()
+    converter.convert(_audio_frame(48000), 1.0, 3.0)
+    chunks = converter.convert(_audio_frame(0), 0.0, 7.5)
+    assert chunks and chunks[0].t == pytest.approx(7.5)
+
+
+def test_track_buffer_drops_oldest_and_counts() -> None:
+    buffer = TrackBuffer("video", maxlen=3)
+    dropped = [buffer.push(Arrival(float(k), float(k), None)) for k in range(5)]  # type: ignore[arg-type]
+    assert dropped == [False, False, False, True, True]
+    assert (buffer.received, buffer.dropped, len(buffer)) == (5, 2, 3)
+    assert buffer.pop().pts_s == 2.0  # the oldest two are gone
+
+
+def test_metrics_text() -> None:
+    metrics = LiveMetrics()
+    metrics.sessions_active, metrics.sessions_total = 2, 3
+    metrics.frames_in["video"] += 25
+    metrics.frames_dropped["audio"] += 1
+    for ms in (3.0, 40.0, 700.0):
+        metrics.observe_event({"type": "score", "inference_ms": ms})
+    metrics.observe_event({"type": "alert", "level": "suspicious"})
+    text = metrics.render()
+    lines = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    assert lines["dfmon_sessions_active"] == "2"
+    assert lines['dfmon_frames_received_total{kind="video"}'] == "25"
+    assert lines['dfmon_frames_dropped_total{kind="audio"}'] == "1"
+    assert lines["dfmon_windows_scored_total"] == "3"
+    assert lines['dfmon_inference_seconds_bucket{le="0.005"}'] == "1"
+    assert lines['dfmon_inference_seconds_bucket{le="0.05"}'] == "2"
+    assert lines['dfmon_inference_seconds_bucket{le="1"}'] == "3"
+    assert lines['dfmon_inference_seconds_bucket{le="+Inf"}'] == "3"
+    assert float(lines["dfmon_inference_seconds_sum"]) == pytest.approx(0.743)
+    assert lines['dfmon_alerts_total{level="suspicious"}'] == "1"
+    assert "# TYPE dfmon_inference_seconds histogram" in text

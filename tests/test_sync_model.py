@@ -1,0 +1,127 @@
+"""The sync model: budget against SyncNet, committed weights, ONNX parity, batching runner."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitor.errors import ConfigError
+from monitor.sync.backends import ONNX_PATH, WEIGHTS_PATH, BatchingRunner, create_backend
+from monitor.sync.model import SyncNetLite, count_macs, example_inputs, parameter_count
+
+REPO = Path(__file__).resolve().parents[1]
+needs_model = pytest.mark.skipif(
+    not (ONNX_PATH.exists() and WEIGHTS_PATH.exists()), reason="sync model not trained yet"
+)
+
+
+def _bench_module():  # noqa: ANN202 - tools/bench_sync.py holds SyncNet's reference layers
+    spec = importlib.util.spec_from_file_location("bench_sync", REPO / "tools" / "bench_sync.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _random_inputs(n_video: int, n_audio: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=t.shape).astype(np.float32) for t in example_inputs(n_video, n_audio)]
+
+
+def test_budget_against_syncnet() -> None:
+    bench = _bench_module()
+    ours = SyncNetLite()
+    syncnet = bench.SyncNetReference()
+    assert parameter_count(ours) <= 2_000_000
+    assert 13_000_000 <= parameter_count(syncnet) <= 14_000_000  # the published ~13.6 M
+    our_macs = count_macs(ours, example_inputs(1, 1))
+    syncnet_macs = count_macs(syncnet, bench.syncnet_inputs(1, 1))
+    assert 1.7e9 <= syncnet_macs <= 1.9e9  # the published ~1.8 GMAC per video frame
+    assert syncnet_macs / our_macs >= 20
+
+
+@needs_model
+def test_committed_files_are_small() -> None:
+    assert WEIGHTS_PATH.stat().st_size < 8 * 2**20
+    assert ONNX_PATH.stat().st_size < 8 * 2**20
+
+
+@needs_model
+@pytest.mark.parametrize(("n_video", "n_audio"), [(1, 1), (3, 3), (3, 7)])
+def test_onnxruntime_matches_torch(n_video: int, n_audio: int) -> None:
+    inputs = _random_inputs(n_video, n_audio)
+    torch_out = create_backend("torch").embed(*inputs)
+    onnx_out = create_backend("onnx").embed(*inputs)
+    for ours, theirs in zip(torch_out, onnx_out, strict=True):
+        assert ours.shape == theirs.shape
+        assert float(np.abs(ours - theirs).max()) <= 1e-4
+
+
+@needs_model
+def test_onnx_graph_has_dynamic_batch_dims() -> None:
+    import onnx
+
+    model = onnx.load(str(ONNX_PATH))
+    dims = {i.name: i.type.tensor_type.shape.dim[0].dim_param for i in model.graph.input}
+    assert dims == {"crops": "video_batch", "lips": "video_batch", "mel": "audio_batch"}
+    meta = {p.key for p in model.metadata_props}
+    assert {"dfmon.calibration", "dfmon.config"} <= meta
+
+
+@needs_model
+def test_checkpoint_carries_calibration_and_record() -> None:
+    from monitor.sync.backends import load_checkpoint
+
+    _, info = load_checkpoint()
+    assert info.calibration is not None
+    assert len(info.calibration.weights) == len(info.calibration.feature_names) == 3
+    assert info.meta["parameters"] <= 2_000_000
+
+
+def test_unknown_backend_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        create_backend("tpu")
+
+
+@needs_model
+def test_runner_batches_concurrent_callers_and_splits_results() -> None:
+    backend = create_backend("onnx")
+    runner = BatchingRunner("onnx", gather_s=0.05)
+    try:
+        requests = [_random_inputs(n, m, seed=n) for n, m in ((2, 5), (4, 3), (1, 1))]
+        results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        barrier = threading.Barrier(len(requests))
+
+        def call(i: int) -> None:
+            barrier.wait()
+            results[i] = runner.embed(*requests[i])
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert runner.requests_run == 3 and runner.batches_run < 3  # some ran together
+        for i, request in enumerate(requests):
+            want = backend.embed(*request)
+            for got, expected in zip(results[i], want, strict=True):
+                np.testing.assert_allclose(got, expected, atol=1e-4)
+    finally:
+        runner.close()
+
+
+@needs_model
+def test_runner_splits_requests_larger_than_the_engine_profile() -> None:
+    runner = BatchingRunner("onnx", max_video_batch=2, max_audio_batch=3)
+    try:
+        request = _random_inputs(5, 7, seed=4)
+        video, audio = runner.embed(*request)
+        want = create_backend("onnx").embed(*request)
+        np.testing.assert_allclose(video, want[0], atol=1e-4)
+        np.testing.assert_allclose(audio, want[1], atol=1e-4)
+    finally:
+        runner.close()

@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Calibrate the temporal detector's cues against genuine speech in the training pool.
+
+    .venv/bin/python tools/calibrate_temporal.py [--data ../shared/data/train] [--cache DIR]
+
+For every clip of the pool's MANIFEST (rows marked DUPLICATE SOURCE count once: they are
+skipped) the face is tracked, cut into the pipeline's windows, and every cue measured.
+Genuine-speech statistics come from the REAL clips only: per cue the mean and standard
+deviation over windows (each clip weighing the same, however long) and over clips' medians.
+The pool's fakes decide only each cue's direction and whether it is fused at all (its
+per-clip AUC must reach --min-auc); no threshold is fitted to them. The result, with the clip
+list and the date, goes to monitor/detectors/temporal_calibration.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from monitor.config import MonitorConfig  # noqa: E402
+from monitor.detectors.temporal.calibration import (  # noqa: E402
+    DEFAULT_PATH,
+    Calibration,
+    CueCalibration,
+    Stats,
+)
+from monitor.detectors.temporal.cues import CUE_NAMES  # noqa: E402
+from monitor.detectors.temporal.detector import TemporalDetector  # noqa: E402
+from monitor.detectors.temporal.offline import clip_frames, iter_windows  # noqa: E402
+
+log = logging.getLogger("calibrate_temporal")
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "train"
+
+
+@dataclass
+class ClipCues:
+    file: str
+    label: str
+    notes: str
+    windows: list[dict[str, float]]  # raw cue values per sufficient window
+
+    def median(self, cue: str) -> float:
+        values = np.array([w[cue] for w in self.windows])
+        values = values[np.isfinite(values)]
+        return float(np.median(values)) if len(values) else math.nan
+
+
+def read_manifest(data: Path) -> list[dict[str, str]]:
+    with open(data / "MANIFEST.tsv", newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def is_duplicate(row: dict[str, str]) -> bool:
+    """DUPLICATE SOURCE rows repeat another row's recording: count it once."""
+    notes = row.get("notes", "")
+    return notes.startswith("DUPLICATE SOURCE") or "DUPLICATE SOURCE of" in notes
+
+
+def measure_clips(
+    data: Path, rows: list[dict[str, str]], config: MonitorConfig, cache: Path | None
+) -> list[ClipCues]:
+    """Raw cue values of every sufficient window of every clip."""
+    neutral = Calibration(cues={})  # measure only: no statistics needed yet
+    clips = []
+    for row in rows:
+        frames = clip_frames(data / row["file"], cache, config.face)
+        detector = TemporalDetector(config, calibration=neutral)
+        windows = []
+        for window in iter_windows(frames, config.window):
+            cues = detector.measure_window(window)
+            if cues is not None:
+                windows.append(cues)
+        log.info("%s: %d windows", row["file"], len(windows))
+        if windows:
+            clips.append(ClipCues(row["file"], row["label"], row.get("notes", ""), windows))
+    return clips
+
+
+def auc(positive: list[float], negative: list[float]) -> float:
+    """Probability that a positive scores above a negative (ties count half); nan if empty."""
+    pos = np.array([v for v in positive if math.isfinite(v)])
+    neg = np.array([v for v in negative if math.isfinite(v)])
+    if not len(pos) or not len(neg):
+        return math.nan
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
+def balanced_stats(per_clip: list[np.ndarray]) -> Stats:
+    """Mean and std over values pooled from clips, each clip weighing the same."""
+    values, weights = [], []
+    for clip_values in per_clip:
+        clip_values = clip_values[np.isfinite(clip_values)]
+        if len(clip_values):
+            values.append(clip_values)
+            weights.append(np.full(len(clip_values), 1.0 / len(clip_values)))
+    pooled, w = np.concatenate(values), np.concatenate(weights)
+    mean = float(np.average(pooled, weights=w))
+    std = float(np.sqrt(np.average((pooled - mean) ** 2, weights=w)))
+    return Stats(mean, max(std, 1e-6))
+
+
+def calibrate(clips: list[ClipCues], min_auc: float) -> tuple[Calibration, dict[str, float]]:
+    real = [c for c in clips if c.label == "real"]
+    fake = [c for c in clips if c.label == "fake"]
+    if len(real) < 3:
+        raise SystemExit(f"need at least 3 real clips with a face, got {len(real)}")
+    cues: dict[str, CueCalibration] = {}
+    train_auc: dict[str, float] = {}
+    for name in CUE_NAMES:
+        window_stats = balanced_stats([np.array([w[name] for w in c.windows]) for c in real])
+        medians = np.array([c.median(name) for c in real])
+        medians = medians[np.isfinite(medians)]
+        session_stats = Stats(float(medians.mean()), max(float(medians.std()), 1e-6))
+        value = auc([c.median(name) for c in fake], [c.median(name) for c in real])
+        train_auc[name] = value
+        direction = 1 if not math.isfinite(value) or value >= 0.5 else -1
+        directed = max(value, 1 - value) if math.isfinite(value) else 0.5
+        weight = 1.0 if directed >= min_auc else 0.0
+        cues[name] = CueCalibration(
+            {"window": window_stats, "session": session_stats}, direction, weight
+        )
+    calibration = Calibration(cues)
+    if not any(c.weight > 0 for c in cues.values()):
+        raise SystemExit("no cue reached --min-auc on this pool; nothing to fuse")
+    # Standardise the fused value itself against genuine speech, at both levels.
+    window_combined = [
+        np.array(
+            [calibration.combine(calibration.z_scores(w, "window"), "window") for w in c.windows],
+            float,
+        )
+        for c in real
+    ]
+    session_combined = np.array(
+        [
+            calibration.combine(
+                calibration.z_scores({n: c.median(n) for n in CUE_NAMES}, "session"), "session"
+            )
+            for c in real
+        ],
+        float,
+    )
+    calibration.combined = {
+        "window": balanced_stats(window_combined),
+        "session": Stats(
+            float(np.nanmean(session_combined)), max(float(np.nanstd(session_combined)), 1e-6)
+        ),
+    }
+    return calibration, train_auc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="pool with MANIFEST.tsv")
+    parser.add_argument("--cache", type=Path, help="cache tracked faces here (npz per clip)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_PATH, help="calibration JSON to write")
+    parser.add_argument("--min-auc", type=float, default=0.6, help="fuse cues at least this good")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    if not (args.data / "MANIFEST.tsv").exists():
+        parser.error(f"{args.data} has no MANIFEST.tsv")
+    config = MonitorConfig()
+    rows = [r for r in read_manifest(args.data) if not is_duplicate(r)]
+    clips = measure_clips(args.data, rows, config, args.cache)
+    calibration, train_auc = calibrate(clips, args.min_auc)
+    calibration.meta = {
+        "detector": TemporalDetector.name,
+        "detector_version": TemporalDetector.version,
+        "created": dt.date.today().isoformat(),
+        "data": f"{args.data.parent.name}/{args.data.name}",
+        "window_s": config.window.window_s,
+        "hop_s": config.window.hop_s,
+        "min_auc": args.min_auc,
+        "train_auc": {k: (round(v, 3) if math.isfinite(v) else None) for k, v in train_auc.items()},
+        "real_clips": [c.file for c in clips if c.label == "real"],
+        "fake_clips": [c.file for c in clips if c.label == "fake"],
+        "real_windows": sum(len(c.windows) for c in clips if c.label == "real"),
+    }
+    args.out.write_text(json.dumps(calibration.to_json(), indent=1) + "\n")
+    for name in CUE_NAMES:
+        cue = calibration.cues[name]
+        stats = cue.stats["window"]
+        print(
+            f"{name:16s} train AUC {train_auc[name]:.3f} direction {cue.direction:+d} "
+            f"weight {cue.weight:g} window {stats.mean:.3f}+-{stats.std:.3f}"
+        )
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
