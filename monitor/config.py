@@ -55,6 +55,9 @@ class FusionConfig:
     hysteresis: float = 0.1
     # Consecutive windows needed to move up a level (down is immediate past hysteresis).
     min_windows_to_raise: int = 2
+    # Only these detectors can clear a window: without their evidence (no speech, say) a
+    # window is "unknown" unless the other detectors alone reach "suspicious".
+    clear_requires: list[str] = field(default_factory=lambda: ["lip_sync"])
 
 
 @dataclass

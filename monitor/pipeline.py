@@ -23,7 +23,7 @@ from monitor.events import EventFactory
 from monitor.explain.live import compact_explanation
 from monitor.features.audio import AudioFeatureExtractor
 from monitor.features.types import FrameFeatures
-from monitor.fusion import LEVEL_RANK, RiskState, fuse_evidence
+from monitor.fusion import LEVEL_RANK, RiskState, fuse_evidence, gate_clearing
 from monitor.media import AUDIO_RATE, AudioChunk, StreamInfo, VideoFrame
 from monitor.windows import AnalysisWindow
 
@@ -289,7 +289,12 @@ class SessionAnalyzer:
         inference_s = time.perf_counter() - started
         self.stats.stage_seconds["detectors"] += inference_s
         started = time.perf_counter()
-        window_risk = fuse_evidence(evidence, self.config.detectors.weights)
+        window_risk = gate_clearing(
+            fuse_evidence(evidence, self.config.detectors.weights),
+            evidence,
+            self.config.fusion,
+            {item.detector for item in evidence},
+        )
         change = self.risk.update(window_risk)
         if window_risk is None:
             self.stats.windows_insufficient += 1
@@ -367,7 +372,12 @@ class SessionAnalyzer:
                 continue
             if item is not None:
                 session_evidence.append(item)
-        session_risk = fuse_evidence(session_evidence, self.config.detectors.weights)
+        session_risk = gate_clearing(
+            fuse_evidence(session_evidence, self.config.detectors.weights),
+            session_evidence,
+            self.config.fusion,
+            set(self.detectors),
+        )
         mean_risk = self.risk.mean_window_risk
         if session_risk is None:
             session_risk = mean_risk

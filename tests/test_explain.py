@@ -16,7 +16,7 @@ from monitor.events import EventFactory, validate_event
 from monitor.explain.attribution import gradient_x_input, integrated_gradients, torch_score_fn
 from monitor.explain.explainer import explain_example
 from monitor.explain.faithfulness import deletion_test
-from monitor.explain.inputs import AVExample, region_units, time_units
+from monitor.explain.inputs import AVExample, region_units, swapped, time_units
 from monitor.explain.live import compact_explanation, summarize_curve
 from tests.windows_factory import window_from_signals
 
@@ -280,3 +280,56 @@ def test_curve_summary_rejects_unusable_curves() -> None:
     assert summarize_curve([-40, 0, 40], [0.1, float("nan"), 0.2]) is None
     flat = summarize_curve([-40, 0, 40], [1.0, 1.0, 1.0])
     assert flat is not None and flat["shape"] == "flat"
+
+
+def test_swapped_units_take_real_content_from_half_a_window_away() -> None:
+    example = make_example()
+    units = time_units(example)
+    video = next(u for u in units if u.modality == "video" and u.index[0].start == 10)
+    audio = next(u for u in units if u.modality == "audio" and u.index[0].start == 120)
+    mouth, mel, lips = swapped(example, [video, audio])
+    assert np.array_equal(mouth[10:15], example.mouth[35:40])
+    assert np.array_equal(lips[10:15], example.lips[35:40])  # type: ignore[index]
+    assert np.array_equal(mel[120:140], example.mel[280:300])
+    assert np.array_equal(mouth[:10], example.mouth[:10]) and np.array_equal(
+        mel[:120], example.mel[:120]
+    )
+    with pytest.raises(ValueError):
+        swapped(example, region_units(example)[:1])
+
+
+def test_swap_deletion_finds_the_segment_whose_content_matters() -> None:
+    """Only the known segment's lips are bright; swapping them for other lips removes the score."""
+    model = KnownSegmentModel()
+    example = make_example()
+    mouth = example.mouth.copy()
+    mouth[VIDEO_SEGMENT] = np.where(np.arange(5)[:, None, None] % 2, 250.0, 5.0)
+    bright = AVExample.build(
+        mouth,
+        example.mel,
+        lips=example.lips,
+        video_t0=10.0,
+        video_step=0.04,
+        audio_t0=9.4,
+        audio_step=0.01,
+    )
+    result = explain_example(bright, torch_score_fn(model), white_box=model, n_random=4)
+    for kind in ("white-box", "black-box"):
+        deletion = result.method(kind).deletion["time-swap"]  # type: ignore[union-attr]
+        assert deletion.operator == "swap"
+        assert deletion.faithfulness is not None and deletion.faithfulness > 0.3
+
+
+def test_live_explanation_survives_malformed_lip_sync_fields() -> None:
+    from monitor.detectors.base import Evidence
+
+    window = window_from_signals(audio_lag_s=0.4)
+    odd = Evidence(
+        "lip_sync",
+        0.9,
+        "a plugin",
+        fields={"lag_curve_ms": ["a", "b", "c"], "lag_curve": [1, 2], "offset_ms": "late"},
+    )
+    explanation = compact_explanation(window, [odd])
+    assert explanation["offset_curve"] is None
+    assert explanation["contributions"][0]["share"] == 1.0

@@ -73,6 +73,7 @@ async def test_two_participants_in_sync_and_desynced(calls: dict[str, Path]) -> 
         await listener.wait_for(
             lambda: listener.of("alice", "summary") and listener.of("bob", "summary"), 10
         )
+        await listener.wait_for(lambda: not server.sessions, 5)
         metrics = server.metrics.render()
     assert not other_tasks()
     assert thread_names() <= before, thread_names() - before

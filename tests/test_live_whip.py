@@ -72,8 +72,11 @@ async def test_whip_post_delete_lifecycle(offer: str) -> None:
         async with http.delete(base + headers2["Location"], headers=AUTH) as response:
             assert response.status == 200
 
-        ended = await listener.wait_for(lambda: listener.of("Ada L", "summary"), 5)
+        await listener.wait_for(
+            lambda: len([e for e in listener.events if e["type"] == "summary"]) == 2, 5
+        )
         await listener.wait_for(lambda: not server.sessions, 5)
+        ended = listener.of("Ada L", "summary")
         kinds = [e["type"] for e in listener.of("Ada L")]
         assert kinds == ["session_started", "session_ended", "summary"]
         assert listener.of("Ada L", "session_ended")[0]["reason"] == "deleted"

@@ -335,3 +335,21 @@ def test_report_command_writes_a_report(desynced: dict, tmp_path: Path) -> None:
     assert set(parser.sections) >= SECTIONS and {"timeline", "filmstrip"} <= set(parser.plots)
     for uri in parser.images:
         decode_png(uri)
+
+
+@pytest.mark.slow
+def test_replay_with_report_and_events_on_stdout(tmp_path: Path, capsys) -> None:
+    """``dfmon replay --report`` keeps the events in memory: --out may be stdout."""
+    from monitor.synth.call import make_call
+
+    call = make_call(tmp_path / "in_sync.mp4", text="Good morning, this is Anna.", size=(240, 320))
+    out = tmp_path / "replay.html"
+    code = main(["replay", str(call.path), "--lip-sync", "baseline", "--report", str(out)])
+    assert code == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]
+    assert events[0]["type"] == "session_started" and events[-1]["type"] == "summary"
+    parser = ReportParser()
+    parser.feed(out.read_text(encoding="utf-8"))
+    assert set(parser.sections) >= SECTIONS
+    assert json.loads(parser.data)["session"] == events[0]["session"]

@@ -31,6 +31,12 @@ if TYPE_CHECKING:
     import torch
 
 FAMILIES = ("time", "region")
+# Deletion tests: (key, unit family, removal operator).
+DELETIONS = (
+    ("time", "time", "baseline"),
+    ("region", "region", "baseline"),
+    ("time-swap", "time", "swap"),
+)
 
 
 @dataclass
@@ -115,7 +121,8 @@ def explain_example(
     seed: int = 0,
 ) -> Explanation:
     """Occlusion (always) and integrated gradients (when a torch module is given), each with
-    its deletion test on the time units and on the region units."""
+    its deletion tests: time units and region units replaced by the baseline, time units
+    swapped with real content from elsewhere in the window."""
     units = {"time": time_units(example), "region": region_units(example)}
     explanation = Explanation(example=example, target=target, score=float("nan"), units=units)
 
@@ -124,7 +131,7 @@ def explain_example(
         maps = integrated_gradients(white_box, example, steps=ig_steps)
         ig_units = {family: maps.unit_totals(units[family]) for family in FAMILIES}
         deletion = {
-            family: deletion_test(
+            key: deletion_test(
                 score_fn,
                 example,
                 units[family],
@@ -132,8 +139,9 @@ def explain_example(
                 family=family,
                 n_random=n_random,
                 seed=seed,
+                operator=operator,
             )
-            for family in FAMILIES
+            for key, family, operator in DELETIONS
         }
         explanation.methods.append(
             MethodResult(
@@ -152,7 +160,7 @@ def explain_example(
     for family in FAMILIES:
         occ_units[family], score = occlusion(score_fn, example, units[family])
     deletion = {
-        family: deletion_test(
+        key: deletion_test(
             score_fn,
             example,
             units[family],
@@ -161,8 +169,9 @@ def explain_example(
             n_random=n_random,
             seed=seed,
             score=score,
+            operator=operator,
         )
-        for family in FAMILIES
+        for key, family, operator in DELETIONS
     }
     explanation.methods.append(
         MethodResult(

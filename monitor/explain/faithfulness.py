@@ -12,6 +12,10 @@ suffers the same shift, so the *difference* is what the ranking is worth.
 ``faithfulness`` = mean over the deletion fractions of (share of the score removed by
 the top-ranked units - share removed by random units). 0: no better than random;
 1: the top units carry the whole score and random ones none of it.
+
+Two removal operators: ``baseline`` (what occlusion itself does, so it favours
+occlusion by construction) and ``swap`` (time units get real content of the same
+modality from half a window away: in-distribution, and neither method's own operator).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from monitor.explain.attribution import DEFAULT_BATCH, Inputs, ScoreFn, score_inputs
-from monitor.explain.inputs import AVExample, Unit, occluded
+from monitor.explain.inputs import AVExample, Unit, occluded, swapped
 
 DELETION_FRACTIONS = (0.1, 0.2, 0.3, 0.5)
 RANDOM_ORDERS = 8
@@ -40,6 +44,7 @@ class DeletionResult:
     method_scores: list[float]
     random_scores: list[float]  # mean over random orders
     random_std: list[float]
+    operator: str = "baseline"  # how units were removed: "baseline" or "swap"
 
     def _removed(self, scores: Sequence[float]) -> list[float] | None:
         if abs(self.score) < MIN_SCORE:
@@ -69,6 +74,7 @@ class DeletionResult:
         faith = self.faithfulness
         return {
             "family": self.family,
+            "operator": self.operator,
             "fractions": list(self.fractions),
             "counts": list(self.counts),
             "score": round(self.score, 5),
@@ -92,8 +98,10 @@ def deletion_test(
     seed: int = 0,
     batch_size: int = DEFAULT_BATCH,
     score: float | None = None,
+    operator: str = "baseline",
 ) -> DeletionResult:
-    """Delete the top ``fraction`` of ``units`` by ``attributions`` and random sets alike."""
+    """Delete the top ``fraction`` of ``units`` by ``attributions`` and random sets alike;
+    ``operator``: "baseline" (replace by the baseline) or "swap" (see the module doc)."""
     if len(units) != len(attributions):
         raise ValueError(f"{len(units)} units but {len(attributions)} attributions")
     n = len(units)
@@ -102,14 +110,15 @@ def deletion_test(
     rng = np.random.default_rng(seed)
     random_orders = [rng.permutation(n) for _ in range(n_random)]
 
+    remove = {"baseline": occluded, "swap": swapped}[operator]
     inputs: list[Inputs] = []
     if score is None:
         inputs.append((example.mouth, example.mel, example.lips))
     for k in counts:
-        inputs.append(occluded(example, [units[i] for i in order[:k]]))
+        inputs.append(remove(example, [units[i] for i in order[:k]]))
     for perm in random_orders:
         for k in counts:
-            inputs.append(occluded(example, [units[i] for i in perm[:k]]))
+            inputs.append(remove(example, [units[i] for i in perm[:k]]))
     scores = score_inputs(score_fn, inputs, batch_size)
     if score is None:
         score, scores = float(scores[0]), scores[1:]
@@ -123,6 +132,7 @@ def deletion_test(
         method_scores=[float(s) for s in method_scores],
         random_scores=[float(s) for s in random_scores.mean(axis=0)],
         random_std=[float(s) for s in random_scores.std(axis=0)],
+        operator=operator,
     )
 
 

@@ -159,6 +159,32 @@ def occluded(
     return mouth, mel, lips
 
 
+def swapped(
+    example: AVExample, units: Sequence[Unit]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Copies of the inputs with every time unit's content replaced by real content of the
+    same modality from half the span away (read from the intact input).
+
+    The in-distribution alternative to baselines: the model sees real lips and real
+    speech, just not the ones that belong there, so a score change cannot come from an
+    input unlike anything it was trained on.
+    """
+    mouth = example.mouth.copy()
+    mel = example.mel.copy()
+    lips = None if example.lips is None else example.lips.copy()
+    for unit in units:
+        if unit.family != "time":
+            raise ValueError(f"only time units can be swapped, not {unit.label}")
+        source, target = (example.mouth, mouth) if unit.modality == "video" else (example.mel, mel)
+        lo, hi = unit.index[0].start, unit.index[0].stop
+        n = len(source)
+        partner = (np.arange(lo, hi) + n // 2) % n
+        target[lo:hi] = source[partner]
+        if unit.lips_frames is not None and lips is not None and example.lips is not None:
+            lips[lo:hi] = example.lips[partner]
+    return mouth, mel, lips
+
+
 def _segments(n: int, step_s: float) -> list[tuple[int, int]]:
     per_segment = max(1, int(round(SEGMENT_S / step_s)))
     return [(start, min(start + per_segment, n)) for start in range(0, n, per_segment)]

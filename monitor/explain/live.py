@@ -158,10 +158,14 @@ def compact_explanation(
     offset_ms = None
     if lip_sync is not None:
         fields = lip_sync.fields
-        if fields.get("lag_curve_ms") is not None and fields.get("lag_curve") is not None:
-            curve = summarize_curve(fields["lag_curve_ms"], fields["lag_curve"])
-        offset = fields.get("offset_ms")
-        offset_ms = float(offset) if offset is not None else None
+        # A plugin may name itself lip_sync with other fields: explain what parses, never raise.
+        try:
+            if fields.get("lag_curve_ms") is not None and fields.get("lag_curve") is not None:
+                curve = summarize_curve(fields["lag_curve_ms"], fields["lag_curve"])
+            offset = fields.get("offset_ms")
+            offset_ms = float(offset) if offset is not None else None
+        except (TypeError, ValueError):
+            curve, offset_ms = None, None
         if offset_ms is None and curve is not None:
             offset_ms = curve["best_lag_ms"]
     segments = top_segments(window, offset_ms)

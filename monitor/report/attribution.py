@@ -95,6 +95,7 @@ class AlertAttribution:
                 (
                     f"{method.kind}: {method.name}",
                     _fmt(method.faithfulness("time")),
+                    _fmt(method.faithfulness("time-swap")),
                     _fmt(method.faithfulness("region")),
                     "-" if top is None else f"{top[1]:.0%}",
                     "-" if rand is None else f"{rand[1]:.0%}",
@@ -107,6 +108,7 @@ class AlertAttribution:
                 [
                     "method",
                     "faithfulness: time segments",
+                    "time segments, swapped",
                     "faithfulness: regions",
                     "score removed by top 20 % of segments",
                     "by 20 % random segments",
@@ -114,7 +116,7 @@ class AlertAttribution:
                     "IG completeness gap",
                 ],
                 rows,
-                numeric=(1, 2, 3, 4, 5, 6),
+                numeric=(1, 2, 3, 4, 5, 6, 7),
             )
         )
         tops = []
@@ -236,7 +238,7 @@ def _figures(ex: Explanation, target: SyncTarget, window: tuple[float, float]) -
     )
     curves = []
     for method in ex.methods:
-        for family in ("time", "region"):
+        for family in ("time", "region", "time-swap"):
             deletion = method.deletion[family]
             removed, random = deletion.removed_by_method, deletion.removed_by_random
             if removed is None or random is None:

@@ -542,7 +542,8 @@ def deletion_curves(
     """Share of the score removed as the top-ranked units are deleted, against random.
 
     ``curves``: (family, method name, fractions, removed by the method, removed by random)."""
-    families = sorted({c[0] for c in curves}, key=lambda f: (f != "time", f))
+    order = {"time": 0, "time-swap": 1, "region": 2}
+    families = sorted({c[0] for c in curves}, key=lambda f: (order.get(f, 9), f))
     figure = _figure(11, 3.0)
     axes = np.atleast_1d(figure.subplots(1, len(families), squeeze=False)).ravel()
     for ax, family in zip(axes, families, strict=True):
@@ -565,7 +566,12 @@ def deletion_curves(
                 )
                 drawn_random = True
         ax.axhline(1.0, color="#9e9e9e", lw=0.8, ls=":")
-        ax.set_title(f"deleting {family} units", fontsize=9)
+        title = {
+            "time": "time segments -> baseline",
+            "time-swap": "time segments -> swapped with other times",
+            "region": "regions -> baseline",
+        }.get(family, family)
+        ax.set_title(f"deleting {title}", fontsize=9)
         ax.set_xlabel("fraction of units replaced by the baseline", fontsize=8)
         ax.set_ylabel("share of the score removed", fontsize=8)
         ax.grid(True, alpha=0.25)

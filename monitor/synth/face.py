@@ -197,7 +197,6 @@ class MouthRenderer:
         self.face_h = face_h
         self.window_x = window_x
         self.window_y = _edge_window(len(self.ys), max(4, len(self.ys) // 6))[:, None]
-        self.roi_pixels = image[y0:y1, x0:x1]
 
     def _split_y(self, x: np.ndarray) -> np.ndarray:
         return np.interp(x, self._line_x, self._line_y)

@@ -1,0 +1,290 @@
+"""White-box vs black-box attribution of the learned sync model, measured on the dev clips.
+
+For every held-out real dev clip with its audio delayed by 400 ms (so that alerts fire)
+and every lip-sync fake of the dev set, windows are built exactly as the pipeline builds
+them (``tools/prepare_sync_data.py``: same clip selection, same cached extraction, same
+windows). In each chosen window the learned model's sync-mismatch score is explained by
+
+* white-box integrated gradients (torch weights, gradients to pixels / lips / mel bins),
+* black-box occlusion (only the backend's ``embed`` call: ONNX when available),
+
+and each explanation is checked by the deletion test against random deletion
+(:mod:`monitor.explain.faithfulness`). Output: one JSON record per window and a Markdown
+summary (the numbers in docs/EXPLANATIONS.md).
+
+Run: ``.venv/bin/python tools/eval_explanations.py [--per-clip 3] [--json out.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+log = logging.getLogger("eval_explanations")
+
+SHIFT_S = 0.4
+GENUINE_OFFSET_MS = 120.0
+MIN_FACE_FRACTION = 0.6
+MIN_SPEECH_FRACTION = 0.2
+# Deletion tests: time units -> baseline, time units swapped in time, regions -> baseline.
+FAMILIES = ("time", "time-swap", "region")
+
+
+def load_data_tool() -> Any:
+    """tools/prepare_sync_data.py as a module (clip lists, cache, pipeline-equal windows)."""
+    path = REPO / "tools" / "prepare_sync_data.py"
+    spec = importlib.util.spec_from_file_location("prepare_sync_data", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["prepare_sync_data"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_model(weights: Path, backend: str) -> tuple[Any, Any, str]:
+    """(torch model, backend embed call, backend name)."""
+    from monitor.explain.sync_target import torch_embed
+    from monitor.sync.backends import load_checkpoint
+
+    model, _ = load_checkpoint(weights)
+    if backend == "torch":
+        return model, torch_embed(model), "torch"
+    from monitor.sync.backends import create_backend
+
+    runner = create_backend(backend)
+    return model, runner.embed, runner.name
+
+
+def choose_windows(
+    windows: list[Any],
+    curves: list[np.ndarray | None],
+    lags: list[Any],
+    shifted: bool,
+    per_clip: int,
+) -> list[int]:
+    """Windows with sufficient evidence; for delayed audio only those the model flags
+    (best lag outside the genuine band), i.e. the windows alerts rest on."""
+    eligible = []
+    for i, (curve, lag) in enumerate(zip(curves, lags, strict=True)):
+        if curve is None:
+            continue
+        offset_ms = float(lag[int(np.argmin(curve))]) * 40.0
+        if shifted and abs(offset_ms) <= GENUINE_OFFSET_MS:
+            continue
+        eligible.append(i)
+    if len(eligible) <= per_clip:
+        return eligible
+    picks = np.linspace(0, len(eligible) - 1, per_clip).round().astype(int)
+    return [eligible[p] for p in picks]
+
+
+def explain_clip(
+    clip: Any, data_tool: Any, model: Any, embed: Any, args: argparse.Namespace, group: str
+) -> list[dict[str, Any]]:
+    from monitor.explain.explainer import explain_example
+    from monitor.explain.sync_target import (
+        SyncMismatchScorer,
+        distance_curve_fn,
+        prepare_target,
+        sync_mismatch_module,
+    )
+    from monitor.sync.features import lag_distances, track_from_frames, window_inputs
+
+    shifted = group == "real+400ms"
+    windows = list(
+        data_tool.clip_windows(clip, shift_s=SHIFT_S if shifted else 0.0, hop_s=args.hop)
+    )
+    curves: list[np.ndarray | None] = []
+    lags: list[Any] = []
+    for window in windows:
+        inputs = None
+        if (
+            window.face_fraction >= MIN_FACE_FRACTION
+            and window.speech_fraction() >= MIN_SPEECH_FRACTION
+        ):
+            inputs = window_inputs(window)
+        if inputs is None:
+            curves.append(None)
+            lags.append(None)
+            continue
+        curves.append(lag_distances(inputs, *embed(inputs.crops, inputs.lips, inputs.mel)).mean(0))
+        lags.append(inputs.lags)
+    scored = sum(c is not None for c in curves)
+    flagged = sum(
+        c is not None and abs(float(lag[int(np.argmin(c))]) * 40.0) > GENUINE_OFFSET_MS
+        for c, lag in zip(curves, lags, strict=True)
+    )
+    records = []
+    for i in choose_windows(windows, curves, lags, shifted, args.per_clip):
+        window = windows[i]
+        curve = curves[i]
+        assert curve is not None
+        offset_ms = float(lags[i][int(np.argmin(curve))]) * 40.0
+        target = prepare_target(
+            track_from_frames(window.frames),
+            window.audio,
+            window.t_start,
+            window.t_end,
+            distance_curve_fn(embed),
+            offset_ms=offset_ms,
+        )
+        started = time.perf_counter()
+        explanation = explain_example(
+            target.example,
+            SyncMismatchScorer(target, embed),
+            white_box=sync_mismatch_module(model, target),  # type: ignore[arg-type]
+            target=target.describe(),
+            ig_steps=args.ig_steps,
+            n_random=args.random,
+            seed=i,
+        )
+        record = {
+            "clip": clip.name,
+            "group": group,
+            "t_start": window.t_start,
+            "t_end": window.t_end,
+            "mode": target.mode,
+            "offset_ms": offset_ms,
+            "windows_scored": scored,
+            "windows_flagged": flagged,
+            "seconds": time.perf_counter() - started,
+            **explanation.to_json(),
+        }
+        records.append(record)
+        faith = {m["kind"]: m["deletion"]["time"]["faithfulness"] for m in record["methods"]}
+        log.info(
+            "%s %.1f-%.1f s (%s, offset %+.0f ms): faithfulness white %s black %s, %.1f s",
+            clip.name,
+            window.t_start,
+            window.t_end,
+            target.mode,
+            offset_ms,
+            _fmt(faith.get("white-box")),
+            _fmt(faith.get("black-box")),
+            record["seconds"],
+        )
+    return records
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def summarize(records: list[dict[str, Any]]) -> str:
+    """Markdown tables: faithfulness per group, family and method; agreement; cost."""
+    lines = [
+        "| clips | windows | units | method | faithfulness mean (sd) | median "
+        "| removed by top 20 % | by random 20 % | beats random | seconds / window |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        groups[record["group"]].append(record)
+    groups["all"] = list(records)
+    for group, items in groups.items():
+        for family in FAMILIES:
+            for kind in ("white-box", "black-box"):
+                faith, top, rand, secs = [], [], [], []
+                for record in items:
+                    method = next(m for m in record["methods"] if m["kind"] == kind)
+                    deletion = method["deletion"][family]
+                    if deletion["faithfulness"] is None:
+                        continue
+                    faith.append(deletion["faithfulness"])
+                    top.append(deletion["removed_by_method"][1])
+                    rand.append(deletion["removed_by_random"][1])
+                    secs.append(method["seconds"])
+                if not faith:
+                    continue
+                f = np.array(faith)
+                lines.append(
+                    f"| {group} | {len(f)} | {family} | {kind} | {f.mean():.2f} ({f.std():.2f}) "
+                    f"| {np.median(f):.2f} | {np.mean(top):.0%} | {np.mean(rand):.0%} "
+                    f"| {np.mean(f > 0):.0%} | {np.mean(secs):.1f} |"
+                )
+    lines.append("")
+    lines.append("| clips | units | white-box more faithful | rank agreement (Spearman) mean |")
+    lines.append("|---|---|---|---|")
+    for group, items in groups.items():
+        for family in FAMILIES:
+            wins, agree = [], []
+            for record in items:
+                by_kind = {
+                    m["kind"]: m["deletion"][family]["faithfulness"] for m in record["methods"]
+                }
+                if None not in by_kind.values():
+                    wins.append(by_kind["white-box"] > by_kind["black-box"])
+                units = family.removesuffix("-swap")
+                if record["agreement"][units] is not None:
+                    agree.append(record["agreement"][units])
+            if wins:
+                lines.append(
+                    f"| {group} | {family} | {np.mean(wins):.0%} of {len(wins)} "
+                    f"| {np.mean(agree):.2f} |"
+                )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--weights", type=Path, help="sync checkpoint (default: installed)")
+    parser.add_argument("--backend", default="onnx", help="black-box backend (default onnx)")
+    parser.add_argument("--per-clip", type=int, default=3, help="windows explained per clip")
+    parser.add_argument("--hop", type=float, default=1.0, help="window hop in seconds")
+    parser.add_argument("--ig-steps", type=int, default=16)
+    parser.add_argument("--random", type=int, default=8, help="random deletion orders")
+    parser.add_argument("--limit", type=int, help="at most this many clips (smoke runs)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--json", type=Path, help="write every window's record here")
+    parser.add_argument("--jobs", type=int, default=1, help="extraction processes (cache misses)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    data_tool = load_data_tool()
+    if not data_tool.DATA_ROOT.exists():
+        log.error("no data at %s", data_tool.DATA_ROOT)
+        return 2
+    from monitor.sync.backends import WEIGHTS_PATH
+
+    weights = args.weights or WEIGHTS_PATH
+    try:
+        model, embed, backend = load_model(weights, args.backend)
+    except Exception as exc:  # missing weights or backend: say which, exit 2
+        log.error("cannot load the sync model: %s", exc)
+        return 2
+    log.info("weights %s; black-box backend %s", weights, backend)
+
+    jobs = data_tool.evaluation_jobs()
+    if args.limit:
+        jobs = jobs[: args.limit]
+    paths = data_tool.run_jobs(jobs, args.jobs)
+    records: list[dict[str, Any]] = []
+    for job, path in zip(jobs, paths, strict=True):
+        clip = data_tool.load_cached(path)
+        group = "real+400ms" if job.split == "heldout" else "lip-sync fake"
+        records.extend(explain_clip(clip, data_tool, model, embed, args, group))
+        if args.json:
+            args.json.write_text(json.dumps({"backend": backend, "records": records}, indent=1))
+    print(summarize(records))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
