@@ -46,3 +46,17 @@ def test_session_summary_averages_window_curves() -> None:
     assert summary.fields["offset_ms"] == pytest.approx(-280, abs=40)
     assert "speech leads lips by" in summary.rationale
     assert len(summary.fields["lag_curve"]) == len(summary.fields["lag_curve_ms"])
+
+
+def test_lip_motion_without_speech_is_mild_evidence() -> None:
+    window = window_from_signals(voiced=False, aperture_gain=2.0)
+    evidence = BaselineSyncDetector(MonitorConfig()).analyze(window)
+    assert evidence.score is not None and evidence.score < 0.5
+    assert "lip motion without speech" in evidence.rationale
+
+
+def test_few_tracked_frames_are_insufficient() -> None:
+    window = window_from_signals()
+    sparse = window.__class__(**{**{f: getattr(window, f) for f in window.__slots__}, "frames": window.frames[:1]})
+    evidence = BaselineSyncDetector(MonitorConfig()).analyze(sparse)
+    assert evidence.score is None

@@ -385,7 +385,7 @@ def _row(category: str, risk: float, level: str = "clear", **extra: object) -> d
     return {
         "category": category, "clip": "c", "risk": risk, "level": level, "alarms": [],
         "time_to_alert_s": None, "alarms_before_onset": 0, "offset_ms": None,
-        "true_offset_ms": None, "media_seconds": 900.0, **extra,
+        "true_offset_ms": None, "media_seconds": 900.0, "peak_risk": risk, **extra,
     }  # fmt: skip
 
 
@@ -418,6 +418,7 @@ def test_report_figures_and_outputs(tmp_path: Path) -> None:
     assert list(summary["categories"]) == ["shift+400ms", "known_fake", "lipsync_fake"]
     table = report.markdown_table(summary)
     assert "| shift+400ms | 2 | 0.88 |" in table and "2 false alarms per hour" in table
+    assert summary["categories"]["lipsync_fake"]["auc_peak_risk"] == 0.0
     report.roc_plot(rows, summary, tmp_path / "roc.png", "test")
     assert (tmp_path / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -425,6 +426,7 @@ def test_report_figures_and_outputs(tmp_path: Path) -> None:
 # ----- tools/eval.py end to end ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_eval_tool_end_to_end(tmp_path: Path) -> None:
     """Two tiny clips without a face: every window is insufficient evidence, so every risk
     is 0; what is checked is that every category is built, replayed and reported."""

@@ -39,6 +39,7 @@ def window_from_signals(
     face: bool = True,
     voiced: bool = True,
     still_lips: bool = False,
+    aperture_gain: float = 1.0,
     seed: int = 0,
 ) -> AnalysisWindow:
     """Lips open with loudness; the audio arrives ``audio_lag_s`` after the lips."""
@@ -51,7 +52,7 @@ def window_from_signals(
     source_times = t0 - 1.0 + np.arange(len(envelope)) * hop
     loudness = np.interp(audio_times - audio_lag_s, source_times, envelope)
     frame_times = np.arange(t_start, t_start + window_s - 1e-9, 1.0 / fps)
-    aperture = (np.interp(frame_times, source_times, envelope) + 45.0) / 30.0 * 0.08
+    aperture = (np.interp(frame_times, source_times, envelope) + 45.0) / 30.0 * 0.08 * aperture_gain
     if still_lips:
         aperture = np.full_like(aperture, 0.02)
     frames = tuple(

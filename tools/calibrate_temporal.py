@@ -7,9 +7,12 @@ For every clip of the pool's MANIFEST (rows marked DUPLICATE SOURCE count once: 
 skipped) the face is tracked, cut into the pipeline's windows, and every cue measured.
 Genuine-speech statistics come from the REAL clips only: per cue the mean and standard
 deviation over windows (each clip weighing the same, however long) and over clips' medians.
-The pool's fakes decide only each cue's direction and whether it is fused at all (its
-per-clip AUC must reach --min-auc); no threshold is fitted to them. The result, with the clip
-list and the date, goes to monitor/detectors/temporal_calibration.json.
+The pool's fakes decide only each cue's direction and whether it is fused at all; no
+threshold is fitted to them. A cue is fused when (1) its per-clip AUC, fake against real, reaches
+--min-auc in one direction, and (2) where the pool has fakes PAIRED with their own real input,
+at least --min-pair-agreement of those pairs move the cue the same way. The pairs matter most:
+they show what the manipulation does to one person, free of who the person is. The result,
+with the clip list and the date, goes to monitor/detectors/temporal_calibration.json.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import datetime as dt
 import json
 import logging
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +92,36 @@ def measure_clips(
     return clips
 
 
+def find_pairs(
+    rows: list[dict[str, str]], clips: list[ClipCues]
+) -> list[tuple[ClipCues, ClipCues]]:
+    """(fake, its real input) for fake rows whose notes say 'PAIRED with real <file>'.
+
+    The manifest abbreviates some names ('..._AVLips_0_real_1.mp4'): the real clip whose file
+    name ends with the named tail is the pair."""
+    by_file = {c.file: c for c in clips}
+    pairs = []
+    for row in rows:
+        match = re.search(r"PAIRED with real (\S+)", row.get("notes", ""))
+        fake = by_file.get(row["file"])
+        if match is None or fake is None or row["label"] != "fake":
+            continue
+        tail = match.group(1).lstrip(".").rstrip(".,;)")
+        reals = [c for c in clips if c.label == "real" and Path(c.file).name.endswith(tail)]
+        if len(reals) == 1:
+            pairs.append((fake, reals[0]))
+    return pairs
+
+
+def pair_agreement(pairs: list[tuple[ClipCues, ClipCues]], cue: str, direction: int) -> float:
+    """Fraction of pairs whose fake moves the cue (session median) in ``direction``; nan if none."""
+    deltas = [fake.median(cue) - real.median(cue) for fake, real in pairs]
+    deltas = [d for d in deltas if math.isfinite(d)]
+    if not deltas:
+        return math.nan
+    return sum(direction * d > 0 for d in deltas) / len(deltas)
+
+
 def auc(positive: list[float], negative: list[float]) -> float:
     """Probability that a positive scores above a negative (ties count half); nan if empty."""
     pos = np.array([v for v in positive if math.isfinite(v)])
@@ -113,23 +147,32 @@ def balanced_stats(per_clip: list[np.ndarray]) -> Stats:
     return Stats(mean, max(std, 1e-6))
 
 
-def calibrate(clips: list[ClipCues], min_auc: float) -> tuple[Calibration, dict[str, float]]:
+def calibrate(
+    clips: list[ClipCues],
+    pairs: list[tuple[ClipCues, ClipCues]],
+    min_auc: float,
+    min_pair_agreement: float,
+) -> tuple[Calibration, dict[str, dict[str, float]]]:
     real = [c for c in clips if c.label == "real"]
     fake = [c for c in clips if c.label == "fake"]
     if len(real) < 3:
         raise SystemExit(f"need at least 3 real clips with a face, got {len(real)}")
     cues: dict[str, CueCalibration] = {}
-    train_auc: dict[str, float] = {}
+    evidence: dict[str, dict[str, float]] = {}
     for name in CUE_NAMES:
         window_stats = balanced_stats([np.array([w[name] for w in c.windows]) for c in real])
         medians = np.array([c.median(name) for c in real])
         medians = medians[np.isfinite(medians)]
         session_stats = Stats(float(medians.mean()), max(float(medians.std()), 1e-6))
         value = auc([c.median(name) for c in fake], [c.median(name) for c in real])
-        train_auc[name] = value
         direction = 1 if not math.isfinite(value) or value >= 0.5 else -1
         directed = max(value, 1 - value) if math.isfinite(value) else 0.5
-        weight = 1.0 if directed >= min_auc else 0.0
+        agreement = pair_agreement(pairs, name, direction)
+        pairs_agree = len(pairs) < 3 or (
+            math.isfinite(agreement) and agreement >= min_pair_agreement
+        )
+        weight = 1.0 if directed >= min_auc and pairs_agree else 0.0
+        evidence[name] = {"auc": value, "pair_agreement": agreement}
         cues[name] = CueCalibration(
             {"window": window_stats, "session": session_stats}, direction, weight
         )
@@ -159,7 +202,7 @@ def calibrate(clips: list[ClipCues], min_auc: float) -> tuple[Calibration, dict[
             float(np.nanmean(session_combined)), max(float(np.nanstd(session_combined)), 1e-6)
         ),
     }
-    return calibration, train_auc
+    return calibration, evidence
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, help="cache tracked faces here (npz per clip)")
     parser.add_argument("--out", type=Path, default=DEFAULT_PATH, help="calibration JSON to write")
     parser.add_argument("--min-auc", type=float, default=0.6, help="fuse cues at least this good")
+    parser.add_argument(
+        "--min-pair-agreement",
+        type=float,
+        default=0.75,
+        help="fraction of PAIRED fakes that must move a fused cue its way",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -178,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     config = MonitorConfig()
     rows = [r for r in read_manifest(args.data) if not is_duplicate(r)]
     clips = measure_clips(args.data, rows, config, args.cache)
-    calibration, train_auc = calibrate(clips, args.min_auc)
+    pairs = find_pairs(rows, clips)
+    calibration, evidence = calibrate(clips, pairs, args.min_auc, args.min_pair_agreement)
     calibration.meta = {
         "detector": TemporalDetector.name,
         "detector_version": TemporalDetector.version,
@@ -187,7 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         "window_s": config.window.window_s,
         "hop_s": config.window.hop_s,
         "min_auc": args.min_auc,
-        "train_auc": {k: (round(v, 3) if math.isfinite(v) else None) for k, v in train_auc.items()},
+        "min_pair_agreement": args.min_pair_agreement,
+        "train_evidence": {
+            cue: {k: (round(v, 3) if math.isfinite(v) else None) for k, v in values.items()}
+            for cue, values in evidence.items()
+        },
+        "pairs": [[fake.file, real.file] for fake, real in pairs],
         "real_clips": [c.file for c in clips if c.label == "real"],
         "fake_clips": [c.file for c in clips if c.label == "fake"],
         "real_windows": sum(len(c.windows) for c in clips if c.label == "real"),
@@ -197,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         cue = calibration.cues[name]
         stats = cue.stats["window"]
         print(
-            f"{name:16s} train AUC {train_auc[name]:.3f} direction {cue.direction:+d} "
+            f"{name:16s} train AUC {evidence[name]['auc']:.3f} "
+            f"pairs agree {evidence[name]['pair_agreement']:.2f} direction {cue.direction:+d} "
             f"weight {cue.weight:g} window {stats.mean:.3f}+-{stats.std:.3f}"
         )
     print(f"wrote {args.out}")

@@ -198,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
     rows.sort(key=lambda r: (r["category"], r["clip"]))
     summary = report.summarize(rows)
     detectors = sorted({f"{k} {v}" for r in rows for k, v in r["detectors"].items()})
+    detector_sets = {json.dumps(r["detectors"], sort_keys=True) for r in rows}
+    mixed = len(detector_sets) > 1  # the installed detectors changed during the run
     runtime = time.monotonic() - started
     result = {
         "input": str(args.input),
@@ -208,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
         "config_overrides": overrides,
         "detectors": detectors,
         "skipped": skipped,
+        "mixed_detectors": mixed,
         "runtime_seconds": round(runtime, 1),
         "prepare_seconds": round(prepare_s, 1),
         "media_seconds": round(sum(r["media_seconds"] for r in rows), 1),
@@ -224,6 +227,9 @@ def run(args: argparse.Namespace) -> int:
         f"{settings.describe()}.\nMachine: {machine_line(machine)}; {args.jobs} jobs; "
         f"{runtime:.0f} s in all ({prepare_s:.0f} s decoding and re-encoding).\n\n"
     )
+    if mixed:
+        header += "WARNING: not every replay ran the same detectors; rerun for clean figures.\n\n"
+        log.warning("replays ran different detector sets: %s", sorted(detector_sets))
     (out / "results.md").write_text(header + table)
     sys.stdout.write(header + table)
     errors = sorted({e for r in rows for e in r["errors"]})

@@ -31,6 +31,11 @@ STRONG_COUPLING = 0.35
 # Aperture spread (fraction of face height) below which the lips count as still.
 STILL_LIPS_STD = 0.004
 MOVING_LIPS_STD = 0.02
+# Alone this stays below "suspicious": muted participants talk to people in their room.
+SILENT_MOTION_SCORE = 0.4
+NO_SPEECH = "too little speech in the window"
+# Fewer tracked frames than this (dropped frames, a face lost) cannot carry a lag estimate.
+MIN_FACE_FRAMES = 8
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
@@ -81,10 +86,15 @@ class BaselineSyncDetector:
     def analyze(self, window: AnalysisWindow) -> Evidence:
         span = format_span(window.t_start, window.t_end)
         lacking = self._lacking(window)
+        if lacking == NO_SPEECH:
+            silent_motion = self._silent_lip_motion(window, span)
+            if silent_motion is not None:
+                return silent_motion
         if lacking:
             return self._insufficient(f"insufficient evidence: {lacking} over {span}")
         motion = lip_motion_on_audio_clock(window)
-        assert motion is not None
+        if motion is None or len(motion[0]) < MIN_FACE_FRAMES:
+            return self._insufficient(f"insufficient evidence: too little lip motion data over {span}")
         aperture, inside = motion
         speech = window.speech_fraction()
         aperture_std = float(aperture.std())
@@ -135,11 +145,31 @@ class BaselineSyncDetector:
     def _lacking(self, window: AnalysisWindow) -> str | None:
         if not window.has_audio_stream:
             return "the call has no audio"
+        if len(window.face_frames) < MIN_FACE_FRAMES:
+            return f"only {len(window.face_frames)} frames with a face"
         if window.face_fraction < self.window_config.min_face_fraction:
             return f"face visible in {window.face_fraction:.0%} of frames"
         if window.speech_fraction() < self.window_config.min_speech_fraction:
-            return f"speech in {window.speech_fraction():.0%} of the window"
+            return NO_SPEECH
         return None
+
+    def _silent_lip_motion(self, window: AnalysisWindow, span: str) -> Evidence | None:
+        """Lips moving like speech while the audio is silent (muted talkers do this too)."""
+        motion = lip_motion_on_audio_clock(window)
+        if motion is None or len(motion[0]) < MIN_FACE_FRAMES:
+            return None
+        spread = float(motion[0].std())
+        if spread < MOVING_LIPS_STD:
+            return None
+        return Evidence(
+            self.name,
+            SILENT_MOTION_SCORE,
+            f"lip motion without speech over {span}: lip aperture spread {spread:.3f} of face "
+            f"height (speaking lips exceed {MOVING_LIPS_STD}) with "
+            f"{window.speech_fraction():.0%} of the audio voiced",
+            spans=[(window.t_start, window.t_end)],
+            fields=self._fields(None, None, None, None, method_note="silent lip motion"),
+        )
 
     def _insufficient(self, rationale: str) -> Evidence:
         return Evidence(self.name, None, rationale, fields=self._fields(None, None, None, None))

@@ -318,7 +318,9 @@ class LiveSession:
             self.summary = analyzer.finish(self.reason or "closed")
         except Exception as exc:
             log.exception("session %s: analysis failed", self.id)
-            self._emit(self._events.make("error", message=f"analysis failed: {exc}"))
+            self._emit(
+                self._events.make("error", message=f"analysis failed: {type(exc).__name__}: {exc}")
+            )
             try:  # still close the session's record with session_ended and summary
                 self.summary = analyzer.finish("error") if analyzer is not None else None
             except Exception:
@@ -336,10 +338,9 @@ class LiveSession:
         """What is known about the media when analysis starts."""
         width = height = None
         fps = None
-        if len(self.video_pts_head) >= 3:
-            intervals = sorted(
-                b - a for a, b in zip(self.video_pts_head, self.video_pts_head[1:], strict=False)
-            )
+        head = list(self.video_pts_head)  # the reader task may still append
+        if len(head) >= 3:
+            intervals = sorted(b - a for a, b in zip(head, head[1:], strict=False))
             median = intervals[len(intervals) // 2]
             fps = round(1.0 / median, 2) if median > 0 else None
         video = self.buffers["video"].peek()

@@ -84,33 +84,28 @@ def interocular(landmarks: np.ndarray) -> float:
     return float(np.hypot(*(landmarks[EYE_OUTER_RIGHT] - landmarks[EYE_OUTER_LEFT])))
 
 
-def similarity_fit(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares similarity (rotation, scale, shift) taking ``source`` points onto ``target``.
-
-    Returns (matrix 2x2, offset 2) with ``p -> matrix @ p + offset``.
-    """
-    source_mean, target_mean = source.mean(axis=0), target.mean(axis=0)
-    a, b = source - source_mean, target - target_mean
-    norm = float((a * a).sum())
-    if norm < 1e-12:
-        return np.eye(2), target_mean - source_mean
-    cos_s = float((a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1]).sum()) / norm
-    sin_s = float((a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]).sum()) / norm
-    matrix = np.array([[cos_s, -sin_s], [sin_s, cos_s]])
-    return matrix, target_mean - matrix @ source_mean
-
-
 def remove_head_motion(tracks: np.ndarray) -> np.ndarray:
     """Landmark tracks (T, N, 2) with each frame mapped onto the middle frame by a similarity
     fitted on the :data:`STABLE` points, in units of the face size (interocular distance).
 
     What is left on the lips is articulation plus tracking noise; what is left on the
-    stable points is tracking noise alone.
+    stable points is tracking noise alone. The least-squares similarity (rotation, scale,
+    shift) of every frame is solved in closed form, all frames at once.
     """
-    reference = tracks[len(tracks) // 2].astype(np.float64)
+    tracks = tracks.astype(np.float64)
+    reference = tracks[len(tracks) // 2]
     stable = list(STABLE)
-    aligned = np.empty(tracks.shape, dtype=np.float64)
-    for i, points in enumerate(tracks.astype(np.float64)):
-        matrix, offset = similarity_fit(points[stable], reference[stable])
-        aligned[i] = points @ matrix.T + offset
+    source = tracks[:, stable]  # (T, K, 2)
+    target = reference[stable]  # (K, 2)
+    source_mean = source.mean(axis=1, keepdims=True)
+    target_mean = target.mean(axis=0)
+    a, b = source - source_mean, target - target_mean
+    norm = np.maximum((a * a).sum(axis=(1, 2)), 1e-12)
+    cos_s = (a[..., 0] * b[:, 0] + a[..., 1] * b[:, 1]).sum(axis=1) / norm
+    sin_s = (a[..., 0] * b[:, 1] - a[..., 1] * b[:, 0]).sum(axis=1) / norm
+    centred = tracks - source_mean
+    aligned = np.empty_like(tracks)
+    aligned[..., 0] = cos_s[:, None] * centred[..., 0] - sin_s[:, None] * centred[..., 1]
+    aligned[..., 1] = sin_s[:, None] * centred[..., 0] + cos_s[:, None] * centred[..., 1]
+    aligned += target_mean
     return aligned / max(interocular(reference), 1e-6)
