@@ -1,9 +1,9 @@
 """Risk fusion: per-window evidence -> window risk -> smoothed risk -> level with hysteresis.
 
-Why a power mean: one detector that is sure (a seam around a regenerated mouth) must not be
-averaged away by another that sees nothing (a lip-sync fake is in sync by design), yet a
-single mildly unsure detector should not raise the level alone. The quadratic mean of the
-weighted scores sits between the mean and the max.
+Why a power mean: the detectors look for different fakes, so one that is sure (audio 400 ms
+late) must not be averaged away by another that sees nothing (a consistent face), yet weak
+scores from several detectors must not add up to an alarm the way a noisy-OR would. The
+weighted power mean with ``POWER = 4`` stays close to the strongest weighted score.
 
 Why hysteresis and a raise count: a level is entered after ``min_windows_to_raise``
 consecutive windows above its threshold and left only when the smoothed risk falls
@@ -12,7 +12,6 @@ consecutive windows above its threshold and left only when the smoothed risk fal
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,8 +22,11 @@ LEVELS = ("clear", "suspicious", "alert")
 LEVEL_RANK = {"unknown": -1, "clear": 0, "suspicious": 1, "alert": 2}
 
 
+POWER = 4.0
+
+
 def fuse_evidence(evidence: Sequence[Evidence], weights: dict[str, float]) -> float | None:
-    """Weighted quadratic mean of the sufficient scores; None when none is sufficient."""
+    """Weighted power mean of the sufficient scores; None when none is sufficient."""
     total_weight = 0.0
     total = 0.0
     for item in evidence:
@@ -34,10 +36,10 @@ def fuse_evidence(evidence: Sequence[Evidence], weights: dict[str, float]) -> fl
         if weight <= 0:
             continue
         total_weight += weight
-        total += weight * item.score**2
+        total += weight * item.score**POWER
     if total_weight == 0:
         return None
-    return math.sqrt(total / total_weight)
+    return (total / total_weight) ** (1.0 / POWER)
 
 
 def gate_clearing(

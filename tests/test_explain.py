@@ -184,7 +184,7 @@ def test_sync_model_scores_agree_between_white_box_and_black_box_paths() -> None
     )
     from monitor.features.types import AudioFeatures
     from monitor.sync.features import FrameTrack
-    from monitor.sync.model import SyncNetLite
+    from monitor.sync.model import SyncModelConfig, SyncNetLite
 
     torch.manual_seed(0)
     rng = np.random.default_rng(1)
@@ -202,7 +202,14 @@ def test_sync_model_scores_agree_between_white_box_and_black_box_paths() -> None
         loudness_db=np.zeros(320, np.float32),
         voiced=np.ones(320, bool),
     )
-    model = SyncNetLite().eval()
+    narrow = SyncModelConfig(
+        crop_channels=(8, 8, 8, 8, 8, 8),
+        crop_embedding=32,
+        lip_hidden=32,
+        audio_channels=(16, 16, 16, 16, 16),
+        embedding=16,
+    )
+    model = SyncNetLite(narrow).eval()  # the real architecture, narrow so the test is quick
     embed = torch_embed(model)
     curve_fn = distance_curve_fn(embed)
     target = prepare_target(track, audio, 10.0, 12.0, curve_fn, offset_ms=400.0)
@@ -226,6 +233,14 @@ def test_sync_model_scores_agree_between_white_box_and_black_box_paths() -> None
         occluded_mouth[None], ex.mel[None], ex.lips[None]
     )
     assert a[0] == pytest.approx(b[0], abs=1e-4) and a[0] != pytest.approx(black[0], abs=1e-7)
+    # Integrated at the input layer, attributions add up to the score change (completeness)
+    # and fold back onto frames, mel rows and lip geometry.
+    maps = integrated_gradients(sync_mismatch_module(model, target), ex, steps=16)  # type: ignore[arg-type]
+    assert maps.mouth.shape == ex.mouth.shape and maps.mel.shape == ex.mel.shape
+    assert maps.lips is not None and maps.lips.shape == ex.lips.shape  # type: ignore[union-attr]
+    change = maps.score - maps.baseline_score
+    assert maps.score == pytest.approx(expected, abs=1e-4)
+    assert maps.completeness_gap < 0.05 * abs(change)
 
 
 def _alert_event(window, evidence, explanation) -> dict:

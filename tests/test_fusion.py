@@ -1,3 +1,5 @@
+import pytest
+
 from monitor.config import FusionConfig
 from monitor.detectors.base import Evidence
 from monitor.fusion import RiskState, fuse_evidence
@@ -7,8 +9,10 @@ def test_fuse_ignores_insufficient_and_weights_scores() -> None:
     evidence = [Evidence("a", 0.9, "x"), Evidence("b", None, "y"), Evidence("c", 0.1, "z")]
     risk = fuse_evidence(evidence, {"a": 1.0, "c": 1.0})
     assert risk is not None
-    # quadratic mean of 0.9 and 0.1 lies between the mean and the max
-    assert 0.5 < risk < 0.9
+    # the power mean of 0.9 and 0.1 leans to the max without reaching it
+    assert 0.7 < risk < 0.9
+    weak = fuse_evidence([Evidence("a", 0.3, "x"), Evidence("c", 0.3, "z")], {})
+    assert weak == pytest.approx(0.3)  # weak scores do not add up
     assert fuse_evidence(evidence, {"a": 0.0, "c": 0.0}) is None
     assert fuse_evidence([Evidence("b", None, "y")], {}) is None
 

@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         "detector": TemporalDetector.name,
         "detector_version": TemporalDetector.version,
         "created": dt.date.today().isoformat(),
-        "data": f"{args.data.parent.name}/{args.data.name}",
+        "data": "/".join(args.data.resolve().parts[-3:]),
         "window_s": config.window.window_s,
         "hop_s": config.window.hop_s,
         "min_auc": args.min_auc,

@@ -29,8 +29,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
@@ -179,18 +177,16 @@ def print_report(results: list[ClipResult], report: dict[str, Any]) -> None:
         score = "-" if r.score is None else f"{r.score:.3f}"
         comb = "-" if r.combined_z is None else f"{r.combined_z:+.2f}"
         fused = "-" if r.fused_risk is None else f"{r.fused_risk:.3f}"
-        print(
-            f"{r.label:5} {score:>8} {comb:>6} {fused:>6} {r.fused_level or '-':10} {Path(r.file).name[:70]}{tag}"
-        )
+        name = Path(r.file).name[:70]
+        print(f"{r.label:5} {score:>8} {comb:>6} {fused:>6} {r.fused_level or '-':10} {name}{tag}")
     for group in ("all_fakes", "lipsync_fakes"):
         block = report[group]
         print(f"\n== {group}: {block['positives']} fakes vs {block['reals']} reals (per clip AUC)")
         for cue, value in block["cue_auc"].items():
             print(f"  cue {cue:16s} {value:.3f}")
         print(f"  temporal session score {block['temporal_auc']:.3f}")
-        print(
-            f"  fused session risk     {block['fused_auc']:.3f} (with audio only: {block['fused_auc_with_audio']:.3f})"
-        )
+        fused, with_audio = block["fused_auc"], block["fused_auc_with_audio"]
+        print(f"  fused session risk     {fused:.3f} (with audio only: {with_audio:.3f})")
         print(f"  temporal detection rate at 0.5: {block['temporal_detect_rate_0.5']:.2f}")
     print("\n== false alerts on real clips")
     for key, value in report["false_alerts"].items():

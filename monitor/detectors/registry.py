@@ -50,7 +50,7 @@ def discover(config: MonitorConfig) -> dict[str, DetectorSpec]:
         return specs
     for spec in discover_plugins(config):
         if spec.error is not None and spec.name in specs and specs[spec.name].error is None:
-            log.warning("broken detector %s from %s ignored: %s", spec.name, spec.source, spec.error)
+            log.warning("broken %s from %s ignored: %s", spec.name, spec.source, spec.error)
             continue
         if spec.name in specs:
             log.warning("detector %s from %s shadows %s", spec.name, spec.source, specs[spec.name].source)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,31 @@ def memory_gib() -> float | None:
     return None
 
 
+def source_version(repo: Path | None = None) -> str:
+    """The commit measured, with ``+changes`` when the working tree differs from it."""
+    repo = repo or Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not commit:
+        return "unknown"
+    return commit + ("+changes" if changed else "")
+
+
 def describe_machine() -> dict[str, Any]:
     """What a reader needs to compare figures; the load average says how busy it was."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -39,6 +65,7 @@ def describe_machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "system": f"{platform.system()} {platform.release()}",
         "load_average": None if load is None else [round(x, 2) for x in load],
+        "source": source_version(),
     }
 
 
@@ -47,5 +74,5 @@ def machine_line(info: dict[str, Any]) -> str:
     load_text = f", load average {load[0]:.1f} at the start" if load else ""
     return (
         f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, "
-        f"Python {info['python']}{load_text}"
+        f"Python {info['python']}{load_text}; dfmon at {info.get('source', 'unknown')}"
     )

@@ -128,65 +128,100 @@ def integrated_gradients(
     steps: int = IG_STEPS,
     batch_size: int = DEFAULT_BATCH,
 ) -> InputAttribution:
-    """Integrated gradients along the straight path from the baseline (midpoint rule)."""
+    """Integrated gradients along the straight path from the baseline (midpoint rule).
+
+    A module with an input layer (``preprocess`` -> ``score_preprocessed``, ``fold``, as
+    the sync model's has) is integrated at that layer: from the preprocessed baseline to
+    the preprocessed input, then folded back onto frames and mel rows. Why: input
+    normalization (the mel over the window, crops per stack) makes the score almost
+    scale-invariant along a raw-input path, so nearly all of the change happens within
+    a hair of the baseline, where no Riemann sum samples; at the input layer the path
+    is well-behaved and completeness holds (see ``completeness_gap``).
+    """
     alphas = (np.arange(steps) + 0.5) / steps
-    return _path_gradients(model, example, alphas, "integrated gradients", batch_size)
+    weights = np.full(steps, 1.0 / steps)
+    return _path_gradients(model, example, alphas, weights, "integrated gradients", batch_size)
 
 
 def gradient_x_input(model: torch.nn.Module, example: AVExample) -> InputAttribution:
     """Gradient at the input times (input - baseline): one backward pass, first-order only."""
-    return _path_gradients(model, example, np.array([1.0]), "gradient x input", 1)
+    one = np.array([1.0])
+    return _path_gradients(model, example, one, one, "gradient x input", 1)
+
+
+def _tensors(example: AVExample, device: Any) -> tuple[list[Any], list[Any]]:
+    """Input and baseline as batched tensors (batch of one); lips may be None."""
+    import torch
+
+    base = example.baseline_arrays()
+    inputs = (example.mouth, example.mel, example.lips)
+
+    def batched(array: np.ndarray | None) -> Any:
+        return (
+            None
+            if array is None
+            else torch.from_numpy(np.ascontiguousarray(array))[None].to(device)
+        )
+
+    return [batched(a) for a in inputs], [batched(b) for b in base]
 
 
 def _path_gradients(
-    model: torch.nn.Module,
+    model: Any,
     example: AVExample,
     alphas: np.ndarray,
+    weights: np.ndarray,
     method: str,
     batch_size: int,
 ) -> InputAttribution:
+    """Sum over ``alphas`` of weight x gradient at baseline + alpha (input - baseline),
+    times (input - baseline), in raw-input space or at the module's input layer."""
     import torch
 
     device = _device(model)
-    x_mouth = torch.from_numpy(example.mouth).to(device)
-    x_mel = torch.from_numpy(example.mel).to(device)
-    x_lips = None if example.lips is None else torch.from_numpy(example.lips).to(device)
-    b_mouth_np, b_mel_np, b_lips_np = example.baseline_arrays()
-    b_mouth = torch.from_numpy(b_mouth_np).to(device)
-    b_mel = torch.from_numpy(b_mel_np).to(device)
-    b_lips = None if b_lips_np is None else torch.from_numpy(b_lips_np).to(device)
-
-    grad_mouth = torch.zeros_like(x_mouth)
-    grad_mel = torch.zeros_like(x_mel)
-    grad_lips = None if x_lips is None else torch.zeros_like(x_lips)
-    for start in range(0, len(alphas), batch_size):
-        a = torch.tensor(alphas[start : start + batch_size], dtype=torch.float32, device=device)
-        mouth = (b_mouth + a[:, None, None, None] * (x_mouth - b_mouth)).requires_grad_(True)
-        mel = (b_mel + a[:, None, None] * (x_mel - b_mel)).requires_grad_(True)
-        lips = None
-        if x_lips is not None and b_lips is not None:
-            lips = (b_lips + a[:, None, None] * (x_lips - b_lips)).requires_grad_(True)
-        leaves = [t for t in (mouth, mel, lips) if t is not None]
-        grads = torch.autograd.grad(model(mouth, mel, lips).sum(), leaves, allow_unused=True)
-        grad_mouth += _summed(grads[0], mouth)
-        grad_mel += _summed(grads[1], mel)
-        if grad_lips is not None and lips is not None:
-            grad_lips += _summed(grads[2], lips)
-    n = len(alphas)
+    x, b = _tensors(example, device)
+    layered = all(hasattr(model, name) for name in ("preprocess", "score_preprocessed", "fold"))
+    if example.lips is None or b[2] is None:
+        x[2] = b[2] = None
     with torch.no_grad():
-        both = model(
-            torch.stack([x_mouth, b_mouth]),
-            torch.stack([x_mel, b_mel]),
-            None if x_lips is None or b_lips is None else torch.stack([x_lips, b_lips]),
+        if layered:
+            x = list(model.preprocess(*x))
+            b = list(model.preprocess(*b))
+        score_fn = model.score_preprocessed if layered else model
+        both = score_fn(
+            *[None if xi is None else torch.cat([xi, bi]) for xi, bi in zip(x, b, strict=True)]
         )
     score, baseline_score = (float(v) for v in both.cpu())
+
+    grads = [None if t is None else torch.zeros_like(t[0]) for t in x]
+    for start in range(0, len(alphas), batch_size):
+        a = torch.tensor(alphas[start : start + batch_size], dtype=torch.float32, device=device)
+        w = torch.tensor(weights[start : start + batch_size], dtype=torch.float32, device=device)
+        path = []
+        for xi, bi in zip(x, b, strict=True):
+            if xi is None:
+                path.append(None)
+                continue
+            shape = (-1,) + (1,) * (xi.dim() - 1)
+            path.append((bi + a.view(shape) * (xi - bi)).requires_grad_(True))
+        leaves = [t for t in path if t is not None]
+        weighted = (score_fn(*path) * w).sum()
+        found = iter(torch.autograd.grad(weighted, leaves, allow_unused=True))
+        for i, t in enumerate(path):
+            if t is not None:
+                grads[i] += _summed(next(found), t)
+    attributions = [
+        None if xi is None else ((xi[0] - bi[0]) * g).detach().cpu().numpy()
+        for xi, bi, g in zip(x, b, grads, strict=True)
+    ]
+    if layered:
+        attributions = list(model.fold(*attributions))
+    mouth, mel, lips = attributions
     return InputAttribution(
         method=method,
-        mouth=((x_mouth - b_mouth) * grad_mouth / n).cpu().numpy(),
-        mel=((x_mel - b_mel) * grad_mel / n).cpu().numpy(),
-        lips=None
-        if grad_lips is None or x_lips is None or b_lips is None
-        else ((x_lips - b_lips) * grad_lips / n).cpu().numpy(),
+        mouth=mouth,
+        mel=mel,
+        lips=lips if example.lips is not None else None,
         score=score,
         baseline_score=baseline_score,
     )

@@ -316,30 +316,38 @@ def _module_class() -> type:
             self.n_lip_features = (
                 82 if target.example.lips is None else target.example.lips.shape[1]
             )
+            self.n_frames = target.example.n_video
 
-        def forward(
+        def preprocess(
             self, mouth: torch.Tensor, mel: torch.Tensor, lips: torch.Tensor | None
-        ) -> torch.Tensor:
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """The network's input layer: crops normalized per stack (B, P, 5, H, W), the
+            mel normalized over the window (B, A, F), lip geometry per stack (B, P, 5, K)."""
             batch = mouth.shape[0]
             n_stacks = self.stack_frames.shape[0]
             stacks = mouth[:, self.stack_frames]  # (B, P, 5, H, W)
             mean = stacks.mean(dim=(2, 3, 4), keepdim=True)
             std = stacks.std(dim=(2, 3, 4), keepdim=True, unbiased=False).clamp_min(MIN_CROP_STD)
-            crops = ((stacks - mean) / std).flatten(0, 1)
+            crops = (stacks - mean) / std
             if lips is None:
-                lip_stacks = mouth.new_zeros((batch * n_stacks, STACK_FRAMES, self.n_lip_features))
+                lip_stacks = mouth.new_zeros((batch, n_stacks, STACK_FRAMES, self.n_lip_features))
             else:
-                lip_stacks = lips[:, self.stack_frames].flatten(0, 1)
-
+                lip_stacks = lips[:, self.stack_frames]
             peak = mel.amax(dim=(1, 2), keepdim=True)
             normed = torch.maximum(mel, peak - MEL_DYNAMIC_RANGE)
             normed = normed - normed.mean(dim=1, keepdim=True)
             normed = normed / normed.std(dim=(1, 2), keepdim=True, unbiased=False).clamp_min(1e-3)
+            return crops, normed, lip_stacks
+
+        def score_preprocessed(
+            self, crops: torch.Tensor, normed: torch.Tensor, lip_stacks: torch.Tensor
+        ) -> torch.Tensor:
+            batch, n_stacks = crops.shape[:2]
             windows = normed[:, self.audio_rows]  # (B, M, 20, F)
             floor = normed.amin(dim=(1, 2))[:, None, None, None]
             windows = torch.where(self.row_valid[None, :, :, None], windows, floor)
-
-            video = self.model.video(crops, lip_stacks).view(batch, n_stacks, -1) * DISTANCE_SCALE
+            video = self.model.video(crops.flatten(0, 1), lip_stacks.flatten(0, 1))
+            video = video.view(batch, n_stacks, -1) * DISTANCE_SCALE
             audio = self.model.audio(windows.flatten(0, 1)).view(batch, windows.shape[1], -1)
             audio = audio * DISTANCE_SCALE
             paired = audio[:, self.audio_index]  # (B, P, L, D)
@@ -347,5 +355,22 @@ def _module_class() -> type:
             if self.mode == "offset":
                 return (distances[:, :, self.lag0] - distances[:, :, self.lag_best]).mean(dim=1)
             return distances[:, :, self.lag0].mean(dim=1)
+
+        def fold(
+            self, crops: np.ndarray, normed: np.ndarray, lip_stacks: np.ndarray
+        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            """Attributions of the input layer summed back onto frames (each frame sits in
+            up to five stacks) and mel rows: (T, H, W), (A, F), (T, K)."""
+            frames = self.stack_frames.cpu().numpy()
+            mouth = np.zeros((self.n_frames, *crops.shape[-2:]), np.float32)
+            lips = np.zeros((self.n_frames, lip_stacks.shape[-1]), np.float32)
+            np.add.at(mouth, frames.reshape(-1), crops.reshape(-1, *crops.shape[-2:]))
+            np.add.at(lips, frames.reshape(-1), lip_stacks.reshape(-1, lip_stacks.shape[-1]))
+            return mouth, normed, lips
+
+        def forward(
+            self, mouth: torch.Tensor, mel: torch.Tensor, lips: torch.Tensor | None
+        ) -> torch.Tensor:
+            return self.score_preprocessed(*self.preprocess(mouth, mel, lips))
 
     return SyncMismatchModule

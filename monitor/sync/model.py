@@ -1,17 +1,20 @@
-"""The two-tower audio-visual sync network (SyncNet family, about 60x cheaper).
+"""The two-tower audio-visual sync network (SyncNet family, about 90x cheaper).
 
-Each tower maps 0.2 s of one modality to an embedding; matching audio and lips land
-close together. Comparing one video embedding with audio embeddings taken at lags of
--15..+15 frames gives SyncNet's distance-vs-lag curve.
+Both towers turn a window into one embedding per 40 ms step (25 fps); matching audio
+and lips land close together, so comparing the video embedding of frame ``k`` with the
+audio embeddings at steps ``k + lag`` for lags of -15..+15 gives SyncNet's
+distance-vs-lag curve.
 
-* Video tower: 5 grayscale mouth crops (48x96, frames stacked as channels, i.e. early
-  fusion in time as SyncNet's first 3-D conv does) through a small strided CNN, plus
-  the 5 frames' lip-landmark geometry through an MLP; both fused into one embedding.
-* Audio tower: 20 log-mel frames (0.2 s at 100 Hz, 80 bands) through 1-D convolutions
-  over time.
+* Video tower: each grayscale mouth crop (48x96) through a small strided CNN, plus the
+  frame's lip-landmark geometry through a linear layer; then 1-D convolutions over the
+  frames. The first temporal layer spans 5 frames (SyncNet's 0.2 s); two dilated layers
+  widen the view to 13 frames (0.52 s), which makes each step's embedding distinctive
+  enough to learn from a few minutes of real video.
+* Audio tower: log-mel (80 bands, 100 Hz) through 1-D convolutions over time, strided
+  to 25 Hz (4 mel rows per step), then the same temporal layers.
 
 Embeddings are L2-normalized, then multiplied by ``DISTANCE_SCALE`` so that Euclidean
-distances between them span roughly SyncNet's range (its confidences of 1-10).
+distances between them span roughly SyncNet's range.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-STACK_FRAMES = 5  # video frames per embedding (0.2 s at 25 fps)
-MEL_FRAMES = 20  # log-mel frames per embedding (0.2 s at 100 Hz)
+MEL_ROWS_PER_STEP = 4  # 100 Hz log-mel rows per 25 fps step
 N_MELS = 80
 CROP_HEIGHT, CROP_WIDTH = 48, 96
-LIP_FEATURES = 82  # 40 lip landmarks (x, y) + aperture + mouth width
+LIP_FEATURES = 83  # 40 lip landmarks (x, y), aperture, mouth width, face present
+MAX_LAG = 15  # steps of 40 ms each way: the audio carries this much context per side
 DISTANCE_SCALE = 5.0  # unit embeddings times this: distances in [0, 10]
 
 
@@ -34,10 +37,12 @@ DISTANCE_SCALE = 5.0  # unit embeddings times this: distances in [0, 10]
 class SyncModelConfig:
     """Layer widths; stored with the weights so a checkpoint rebuilds its own net."""
 
-    crop_channels: tuple[int, ...] = (24, 48, 48, 96, 96, 128)
-    crop_embedding: int = 192
-    lip_hidden: int = 128
-    audio_channels: tuple[int, ...] = (128, 128, 192, 192, 256)
+    crop_channels: tuple[int, ...] = (32, 48, 48, 96, 96, 128)
+    crop_features: int = 128
+    lip_features: int = 64
+    frame_features: int = 192
+    audio_channels: tuple[int, ...] = (128, 128, 192)
+    temporal_channels: int = 192
     embedding: int = 128
     branch_dropout: float = 0.2
 
@@ -50,82 +55,93 @@ class SyncModelConfig:
         return cls(**fields)  # type: ignore[arg-type]
 
 
-def _conv_bn(c_in: int, c_out: int, stride: int, dims: int = 2) -> nn.Sequential:
+def _conv_bn(
+    c_in: int, c_out: int, stride: int = 1, dims: int = 2, kernel: int = 3, dilation: int = 1
+) -> nn.Sequential:
     conv_cls = nn.Conv2d if dims == 2 else nn.Conv1d
     norm_cls = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+    padding = dilation * (kernel - 1) // 2
     return nn.Sequential(
-        conv_cls(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False),
+        conv_cls(
+            c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, bias=False
+        ),
         norm_cls(c_out),
         nn.ReLU(inplace=True),
     )
 
 
+class TemporalEncoder(nn.Module):
+    """(B, C, T) -> (B, D, T): a 5-step layer, then two dilated 3-step layers (13 steps)."""
+
+    def __init__(self, channels: int, embedding: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            _conv_bn(channels, channels, dims=1, kernel=5),
+            _conv_bn(channels, channels, dims=1, kernel=3, dilation=2),
+            _conv_bn(channels, channels, dims=1, kernel=3, dilation=2),
+        )
+        self.project = nn.Conv1d(channels, embedding, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.layers(x))
+
+
 class VideoTower(nn.Module):
-    """(N, 5, 48, 96) crops + (N, 5, 82) lip geometry -> (N, D) unit embeddings."""
+    """(B, T, 48, 96) crops + (B, T, 83) lip geometry -> (B, T, D) unit embeddings."""
 
     def __init__(self, config: SyncModelConfig) -> None:
         super().__init__()
         c = config.crop_channels
-        # Strides 2,2,1,2,1,2: 48x96 -> 3x6; the stride-1 layers add depth where it is cheap.
-        strides = (2, 2, 1, 2, 1, 2)
+        strides = (2, 2, 1, 2, 1, 2)  # 48x96 -> 3x6
         layers: list[nn.Module] = []
-        c_in = STACK_FRAMES
+        c_in = 1
         for c_out, stride in zip(c, strides, strict=True):
             layers.append(_conv_bn(c_in, c_out, stride))
             c_in = c_out
         self.crop_cnn = nn.Sequential(*layers)
         # The spatial layout of the mouth matters (open vs spread), so no global pooling.
-        self.crop_fc = nn.Linear(c[-1] * 3 * 6, config.crop_embedding)
-        self.lip_mlp = nn.Sequential(
-            nn.Linear(STACK_FRAMES * LIP_FEATURES, config.lip_hidden),
-            nn.ReLU(inplace=True),
-            nn.Linear(config.lip_hidden, config.lip_hidden),
-            nn.ReLU(inplace=True),
-        )
-        self.fuse = nn.Sequential(
-            nn.Linear(config.crop_embedding + config.lip_hidden, 256),
-            nn.ReLU(inplace=True),
-            nn.Linear(256, config.embedding),
-        )
+        self.crop_fc = nn.Linear(c[-1] * 3 * 6, config.crop_features)
+        self.lip_fc = nn.Linear(LIP_FEATURES, config.lip_features)
+        self.fuse = nn.Linear(config.crop_features + config.lip_features, config.frame_features)
+        self.temporal = TemporalEncoder(config.frame_features, config.embedding)
         self.branch_dropout = config.branch_dropout
 
     def forward(self, crops: torch.Tensor, lips: torch.Tensor) -> torch.Tensor:
-        crop_feat = functional.relu(self.crop_fc(self.crop_cnn(crops).flatten(1)))
-        lip_feat = self.lip_mlp(lips.flatten(1))
+        batch, steps = crops.shape[0], crops.shape[1]
+        frames = crops.reshape(-1, 1, CROP_HEIGHT, CROP_WIDTH)
+        crop_feat = functional.relu(self.crop_fc(self.crop_cnn(frames).flatten(1)))
+        lip_feat = functional.relu(self.lip_fc(lips.reshape(-1, LIP_FEATURES)))
         if self.training and self.branch_dropout > 0:
-            # Drop a whole branch now and then so each one learns to carry sync alone.
-            n = crops.shape[0]
-            drop = torch.rand(n, 1, device=crops.device)
-            keep_crop = (drop >= self.branch_dropout / 2).float()
-            keep_lip = (drop < 1 - self.branch_dropout / 2).float()
-            crop_feat = crop_feat * keep_crop
-            lip_feat = lip_feat * keep_lip
-        return functional.normalize(self.fuse(torch.cat([crop_feat, lip_feat], dim=1)), dim=1)
+            # Drop a whole branch for a whole window now and then, so that each branch
+            # learns to carry sync on its own (crops fail in the dark, landmarks jitter).
+            drop = (
+                torch.rand(batch, 1, 1, device=crops.device).expand(batch, steps, 1).reshape(-1, 1)
+            )
+            crop_feat = crop_feat * (drop >= self.branch_dropout / 2).float()
+            lip_feat = lip_feat * (drop < 1 - self.branch_dropout / 2).float()
+        frame_feat = functional.relu(self.fuse(torch.cat([crop_feat, lip_feat], dim=1)))
+        sequence = frame_feat.reshape(batch, steps, -1).transpose(1, 2)
+        return functional.normalize(self.temporal(sequence), dim=1).transpose(1, 2)
 
 
 class AudioTower(nn.Module):
-    """(N, 20, 80) normalized log-mel -> (N, D) unit embeddings."""
+    """(B, 4*S, 80) normalized log-mel -> (B, S, D) unit embeddings, one per 40 ms."""
 
     def __init__(self, config: SyncModelConfig) -> None:
         super().__init__()
         c = config.audio_channels
-        strides = (1, 1, 2, 1, 2)  # 20 -> 5 time steps
-        layers: list[nn.Module] = []
-        c_in = N_MELS
-        for c_out, stride in zip(c, strides, strict=True):
-            layers.append(_conv_bn(c_in, c_out, stride, dims=1))
-            c_in = c_out
-        self.cnn = nn.Sequential(*layers)
-        self.fc = nn.Sequential(
-            nn.Linear(c[-1] * 5, 256),
-            nn.ReLU(inplace=True),
-            nn.Linear(256, config.embedding),
+        self.front = nn.Sequential(
+            _conv_bn(N_MELS, c[0], dims=1, kernel=5),
+            _conv_bn(c[0], c[1], stride=2, dims=1),
+            _conv_bn(c[1], c[2], stride=2, dims=1),
         )
+        self.to_temporal = nn.Conv1d(c[2], config.temporal_channels, kernel_size=1)
+        self.temporal = TemporalEncoder(config.temporal_channels, config.embedding)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        # (N, T, F) -> (N, F, T): mel bands are the channels, time is convolved.
-        features = self.cnn(mel.transpose(1, 2)).flatten(1)
-        return functional.normalize(self.fc(features), dim=1)
+        # (B, T, F) -> (B, F, T): mel bands are the channels, time is convolved.
+        features = self.to_temporal(self.front(mel.transpose(1, 2)))
+        return functional.normalize(self.temporal(features), dim=1).transpose(1, 2)
 
 
 class SyncNetLite(nn.Module):
@@ -140,7 +156,7 @@ class SyncNetLite(nn.Module):
     def forward(
         self, crops: torch.Tensor, lips: torch.Tensor, mel: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Video stacks and audio windows have independent batch sizes (N_v and N_a)."""
+        """(B, T) video steps and (B, 4*(T + 2*MAX_LAG)) mel rows -> (B, T, D), (B, T+30, D)."""
         return (
             self.video(crops, lips) * DISTANCE_SCALE,
             self.audio(mel) * DISTANCE_SCALE,
@@ -186,9 +202,15 @@ def count_macs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
     return total
 
 
-def example_inputs(n_video: int = 1, n_audio: int = 1) -> tuple[torch.Tensor, ...]:
+def example_inputs(batch: int = 1, steps: int = 50) -> tuple[torch.Tensor, ...]:
+    """Zero inputs for ``batch`` windows of ``steps`` video steps (50 = 2 s at 25 fps)."""
     return (
-        torch.zeros(n_video, STACK_FRAMES, CROP_HEIGHT, CROP_WIDTH),
-        torch.zeros(n_video, STACK_FRAMES, LIP_FEATURES),
-        torch.zeros(n_audio, MEL_FRAMES, N_MELS),
+        torch.zeros(batch, steps, CROP_HEIGHT, CROP_WIDTH),
+        torch.zeros(batch, steps, LIP_FEATURES),
+        torch.zeros(batch, MEL_ROWS_PER_STEP * (steps + 2 * MAX_LAG), N_MELS),
     )
+
+
+def macs_per_video_frame(model: nn.Module, steps: int = 50) -> float:
+    """Compute of one window divided by its video frames (audio context included)."""
+    return count_macs(model, example_inputs(1, steps)) / steps
