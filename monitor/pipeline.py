@@ -54,7 +54,9 @@ class AudioBuffer:
             data, start = data[-start:], 0
         end = start + len(data)
         if end > len(self.samples):
-            self.samples = np.concatenate([self.samples, np.zeros(end - len(self.samples), np.float32)])
+            self.samples = np.concatenate(
+                [self.samples, np.zeros(end - len(self.samples), np.float32)]
+            )
         self.samples[start:end] = data
 
     def span(self, t_from: float, t_to: float) -> np.ndarray:
@@ -88,7 +90,12 @@ class SessionStats:
     frames_dropped: dict[str, int] = field(default_factory=lambda: {"video": 0, "audio": 0})
     alerts: int = 0
     stage_seconds: dict[str, float] = field(
-        default_factory=lambda: {"landmarks": 0.0, "audio_features": 0.0, "detectors": 0.0, "fusion": 0.0}
+        default_factory=lambda: {
+            "landmarks": 0.0,
+            "audio_features": 0.0,
+            "detectors": 0.0,
+            "fusion": 0.0,
+        }
     )
     detector_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -193,7 +200,7 @@ class SessionAnalyzer:
         self.stats.frames_dropped[kind] = self.stats.frames_dropped.get(kind, 0) + count
 
     def finish(self, reason: str | None = None) -> dict[str, Any]:
-        """Score what is left, then emit ``session_ended`` (when a reason is given) and ``summary``."""
+        """Score what is left, then emit ``session_ended`` (given a reason) and ``summary``."""
         if self._finished:
             raise RuntimeError("session already finished")
         self._finished = True
@@ -215,8 +222,10 @@ class SessionAnalyzer:
         return start, start + self.config.window.window_s
 
     def _ready(self, t_end: float, final: bool) -> bool:
-        video_done = self._last_frame_t + self._frame_interval >= t_end if final else (
-            self._last_frame_t >= t_end
+        video_done = (
+            self._last_frame_t + self._frame_interval >= t_end
+            if final
+            else (self._last_frame_t >= t_end)
         )
         if not video_done:
             return False
@@ -268,7 +277,11 @@ class SessionAnalyzer:
             except Exception as exc:
                 log.exception("detector %s failed", name)
                 del self.detectors[name]
-                self._error(f"detector {name} raised {type(exc).__name__}: {exc}; disabled for this session", detector=name)
+                self._error(
+                    f"detector {name} raised {type(exc).__name__}: {exc}; "
+                    "disabled for this session",
+                    detector=name,
+                )
                 continue
             elapsed = time.perf_counter() - started
             self.stats.detector_seconds[name] = self.stats.detector_seconds.get(name, 0.0) + elapsed
@@ -323,7 +336,11 @@ class SessionAnalyzer:
         )
         if change is None:
             return
-        if change.previous_level == "unknown" and change.level == "clear" and not self._first_clear_seen:
+        if (
+            change.previous_level == "unknown"
+            and change.level == "clear"
+            and not self._first_clear_seen
+        ):
             self._first_clear_seen = True
             return
         self._first_clear_seen = True
@@ -387,7 +404,11 @@ class SessionAnalyzer:
         else:
             risk = session_risk
             level = max(self.risk.peak_level, self.risk.level_for(risk), key=LEVEL_RANK.__getitem__)
-            parts = [f"{e.detector} {e.score:.2f}: {e.rationale}" for e in session_evidence if e.score is not None]
+            parts = [
+                f"{e.detector} {e.score:.2f}: {e.rationale}"
+                for e in session_evidence
+                if e.score is not None
+            ]
             rationale = "; ".join(parts) or f"mean window risk {risk:.2f}"
         return self.events.make(
             "summary",

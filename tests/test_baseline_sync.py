@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from monitor.config import MonitorConfig
@@ -57,6 +59,6 @@ def test_lip_motion_without_speech_is_mild_evidence() -> None:
 
 def test_few_tracked_frames_are_insufficient() -> None:
     window = window_from_signals()
-    sparse = window.__class__(**{**{f: getattr(window, f) for f in window.__slots__}, "frames": window.frames[:1]})
+    sparse = dataclasses.replace(window, frames=window.frames[:1])
     evidence = BaselineSyncDetector(MonitorConfig()).analyze(sparse)
     assert evidence.score is None

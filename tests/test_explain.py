@@ -184,7 +184,7 @@ def test_sync_model_scores_agree_between_white_box_and_black_box_paths() -> None
     )
     from monitor.features.types import AudioFeatures
     from monitor.sync.features import FrameTrack
-    from monitor.sync.model import SyncModelConfig, SyncNetLite
+    from monitor.sync.model import LIP_FEATURES, SyncModelConfig, SyncNetLite
 
     torch.manual_seed(0)
     rng = np.random.default_rng(1)
@@ -193,7 +193,7 @@ def test_sync_model_scores_agree_between_white_box_and_black_box_paths() -> None
         times=10.0 + np.arange(n) * 0.04,
         face=np.ones(n, bool),
         crops=rng.integers(0, 255, (n, 48, 96)).astype(np.uint8),
-        lips=rng.normal(size=(n, 82)).astype(np.float32),
+        lips=rng.normal(size=(n, LIP_FEATURES)).astype(np.float32),
     )
     audio = AudioFeatures(
         t0=9.4,
@@ -204,9 +204,11 @@ def test_sync_model_scores_agree_between_white_box_and_black_box_paths() -> None
     )
     narrow = SyncModelConfig(
         crop_channels=(8, 8, 8, 8, 8, 8),
-        crop_embedding=32,
-        lip_hidden=32,
-        audio_channels=(16, 16, 16, 16, 16),
+        crop_features=16,
+        lip_features=16,
+        frame_features=32,
+        audio_channels=(16, 16, 16),
+        temporal_channels=32,
         embedding=16,
     )
     model = SyncNetLite(narrow).eval()  # the real architecture, narrow so the test is quick
@@ -223,16 +225,20 @@ def test_sync_model_scores_agree_between_white_box_and_black_box_paths() -> None
     expected = (curve[:, target.lag0] - curve[:, target.lag_best]).mean()
     assert black[0] == pytest.approx(expected, abs=1e-5)
     assert white[0] == pytest.approx(expected, abs=1e-4)
-    # An occluded video segment re-embeds only the stacks it touches and still agrees.
+    # Perturbed windows go to the backend as one batch and agree with the torch module.
     occluded_mouth = ex.mouth.copy()
     occluded_mouth[20:25] = ex.mouth_baseline
+    occluded_mel = ex.mel.copy()
+    occluded_mel[100:200] = ex.mel_baseline
     scorer = SyncMismatchScorer(target, embed)
-    a = scorer(occluded_mouth[None], ex.mel[None], ex.lips[None])
-    assert scorer.embedded == {"video": 9, "audio": 0}  # the stacks touching frames 20-24
-    b = torch_score_fn(sync_mismatch_module(model, target))(  # type: ignore[arg-type]
-        occluded_mouth[None], ex.mel[None], ex.lips[None]
+    a = scorer(
+        np.stack([occluded_mouth] * 3), np.stack([occluded_mel] * 3), np.stack([ex.lips] * 3)
     )
-    assert a[0] == pytest.approx(b[0], abs=1e-4) and a[0] != pytest.approx(black[0], abs=1e-7)
+    assert scorer.windows_embedded == 3 and np.allclose(a, a[0])
+    b = torch_score_fn(sync_mismatch_module(model, target))(  # type: ignore[arg-type]
+        occluded_mouth[None], occluded_mel[None], ex.lips[None]
+    )
+    assert a[0] == pytest.approx(b[0], abs=1e-4) and abs(a[0] - black[0]) > 1e-5
     # Integrated at the input layer, attributions add up to the score change (completeness)
     # and fold back onto frames, mel rows and lip geometry.
     maps = integrated_gradients(sync_mismatch_module(model, target), ex, steps=16)  # type: ignore[arg-type]

@@ -110,11 +110,17 @@ def test_cli_stdout_is_pure_jsonl(synthetic_calls: dict[str, Path]) -> None:
     assert lines and all(json.loads(line)["schema"] == 1 for line in lines)
 
 
+def _corrupt_file(directory: Path) -> Path:
+    path = directory / "corrupt.mp4"
+    path.write_bytes(b"\x00\x01garbage" * 500)
+    return path
+
+
 @pytest.mark.parametrize(
     ("make_input", "message"),
     [
         (lambda d: d / "missing.mp4", "not found"),
-        (lambda d: (d / "corrupt.mp4").write_bytes(b"\x00\x01garbage" * 500) and d / "corrupt.mp4", "corrupt.mp4"),
+        (_corrupt_file, "corrupt.mp4"),
         (lambda d: d, "directory"),
     ],
 )
@@ -161,9 +167,18 @@ async def test_alert_channel_needs_the_token_and_mirrors_the_jsonl(
 ) -> None:
     out = tmp_path / "events.jsonl"
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "monitor", "replay", str(synthetic_calls["short"]),
-        "--out", str(out), "--realtime", "--serve-alerts", f"127.0.0.1:{free_port}",
-        "--token", "s3cret",
+        sys.executable,
+        "-m",
+        "monitor",
+        "replay",
+        str(synthetic_calls["short"]),
+        "--out",
+        str(out),
+        "--realtime",
+        "--serve-alerts",
+        f"127.0.0.1:{free_port}",
+        "--token",
+        "s3cret",
         stderr=asyncio.subprocess.PIPE,
     )
     try:

@@ -95,9 +95,11 @@ def small_sync_model() -> LearnedSync:
     torch.manual_seed(0)
     config = SyncModelConfig(
         crop_channels=(8, 8, 8, 8, 8, 8),
-        crop_embedding=32,
-        lip_hidden=32,
-        audio_channels=(16, 16, 16, 16, 16),
+        crop_features=16,
+        lip_features=16,
+        frame_features=32,
+        audio_channels=(16, 16, 16),
+        temporal_channels=32,
         embedding=16,
     )
     model = SyncNetLite(config).eval()

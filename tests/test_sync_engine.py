@@ -107,7 +107,7 @@ def test_cache_key_changes_with_every_field() -> None:
         engine.engine_key(trt, b"onnx-bytes", "fp16", ("NVIDIA H200", "9.0"), profile),
         engine.engine_key(trt, b"onnx-bytes", "fp16", (GPU[0], "8.9"), profile),
         engine.engine_key(trt, b"onnx-bytes", "fp32", GPU, profile),
-        engine.engine_key(trt, b"onnx-bytes", "fp16", GPU, engine.Profile(video=(1, 64, 512))),
+        engine.engine_key(trt, b"onnx-bytes", "fp16", GPU, engine.Profile(windows=(1, 8, 64))),
     ]
     digests = {base.digest()} | {v.digest() for v in variants}
     assert len(digests) == 1 + len(variants)
@@ -117,10 +117,11 @@ def test_cache_key_changes_with_every_field() -> None:
 def test_profile_config_in_the_repository_is_valid(tmp_path: Path) -> None:
     profile = engine.Profile.load(engine.REPO_ENGINE_DIR / "engines.toml")
     shapes = profile.shapes()
-    assert shapes["crops"][0] == (profile.video[0], 5, 48, 96)
-    assert shapes["mel"][2] == (profile.audio[2], 20, 80)
+    assert shapes["crops"][0] == (profile.windows[0], profile.steps[0], 48, 96)
+    assert shapes["lips"][1] == (profile.windows[1], profile.steps[1], 83)
+    assert shapes["mel"][2] == (profile.windows[2], 4 * (profile.steps[2] + 30), 80)
     bad = tmp_path / "engines.toml"
-    bad.write_text("[profile]\nvideo_batch = [8, 4, 2]\n")
+    bad.write_text("[profile]\nwindows = [8, 4, 2]\n")
     with pytest.raises(ConfigError):
         engine.Profile.load(bad)
 
@@ -211,7 +212,7 @@ def test_real_tensorrt_engine_matches_onnxruntime(tmp_path: Path) -> None:
     path, _ = engine.build_engine("fp32", trt=trt, cache_dir=tmp_path)
     runner = engine.TensorRTBackend(path, trt)
     rng = np.random.default_rng(0)
-    inputs = [rng.normal(size=t.shape).astype(np.float32) for t in example_inputs(3, 5)]
+    inputs = [rng.normal(size=t.shape).astype(np.float32) for t in example_inputs(3, 50)]
     got = runner.embed(*inputs)
     want = OnnxBackend().embed(*inputs)
     for a, b in zip(got, want, strict=True):

@@ -28,7 +28,7 @@ def _track(times: np.ndarray, face: np.ndarray | None = None) -> FrameTrack:
         times=np.asarray(times, np.float64),
         face=np.ones(n, bool) if face is None else face,
         crops=rng.integers(0, 255, (n, 48, 96), dtype=np.uint8),
-        lips=rng.normal(size=(n, 82)).astype(np.float32),
+        lips=rng.normal(size=(n, 83)).astype(np.float32),
     )
 
 
@@ -69,41 +69,39 @@ def test_build_inputs_shapes_and_audio_alignment(fps: float) -> None:
     audio = _audio(t_start - 0.6, 3.2)
     inputs = build_inputs(track, audio, t_start, t_start + 2.0)
     assert inputs is not None
-    assert inputs.crops.shape == (46, 5, 48, 96)
-    assert inputs.lips.shape == (46, 5, 82)
-    assert inputs.mel.shape == (76, 20, 80)
-    # Audio window m starts at t_start + (m - 15) * 40 ms: its first raw row is 4 * m.
-    raw_first_rows = np.arange(76) * 4 * 0.02
-    normalized = (raw_first_rows - audio.log_mel.mean()) / audio.log_mel.std()
-    np.testing.assert_allclose(inputs.mel[:, 0, 0], normalized, atol=1e-4)
-    # Stack p at lag L uses audio window p + L + 15; lag 0 is the stack's own time.
+    assert inputs.crops.shape == (50, 48, 96)
+    assert inputs.lips.shape == (50, 83)
+    assert inputs.mel.shape == (320, 80)  # 4 rows per step, 50 + 2 * 15 steps
+    # Row r of the window's mel is the audio at t_start - 0.6 + r * 10 ms.
+    raw = np.arange(320) * 0.02
+    np.testing.assert_allclose(inputs.mel[:, 0], (raw - raw.mean()) / raw.std(), atol=1e-4)
+    # Steps 2..47 have the 5 frames around them; step k at lag L is audio step k + L + 15.
+    np.testing.assert_array_equal(inputs.positions, np.arange(2, 48))
     index = inputs.audio_index()
     assert index.shape == (46, 31)
-    assert (index[:, 15] == inputs.starts + 15).all()
+    assert (index[:, 15] == inputs.positions + 15).all()
 
 
-def test_stacks_need_five_face_frames() -> None:
+def test_steps_need_five_face_frames_around_them() -> None:
     face = np.ones(50, bool)
     face[20] = False
     inputs = build_inputs(_track(np.arange(50) * 0.04, face), _audio(-0.6, 3.2), 0.0, 2.0)
     assert inputs is not None
-    assert len(inputs.starts) == 46 - 5
-    assert not np.isin(np.arange(16, 21), inputs.starts).any()
-    assert (
-        build_inputs(_track(np.arange(50) * 0.04, np.zeros(50, bool)), _audio(-0.6, 3.2), 0.0, 2.0)
-        is None
-    )
+    assert len(inputs.positions) == 46 - 5
+    assert not np.isin(np.arange(18, 23), inputs.positions).any()
+    assert not inputs.crops[20].any() and not inputs.lips[20].any()  # no face: zeros
+    no_face = _track(np.arange(50) * 0.04, np.zeros(50, bool))
+    assert build_inputs(no_face, _audio(-0.6, 3.2), 0.0, 2.0) is None
 
 
-def test_crop_normalization_matches_direct_statistics() -> None:
+def test_crop_normalization_per_frame() -> None:
     rng = np.random.default_rng(1)
-    crops = rng.integers(0, 255, (12, 48, 96), dtype=np.uint8)
-    index = np.array([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [7, 8, 9, 10, 11]])
-    out = normalize_crops(crops, index)
-    for row, frames in enumerate(index):
-        stack = crops[frames].astype(np.float64)
-        expected = (stack - stack.mean()) / max(stack.std(), 8.0)
-        np.testing.assert_allclose(out[row], expected, atol=1e-3)
+    crops = rng.integers(0, 255, (6, 48, 96), dtype=np.uint8)
+    crops[5] = 100  # flat: contrast is not stretched past MIN_CROP_STD
+    out = normalize_crops(crops)
+    for frame, normalized in zip(crops, out, strict=True):
+        x = frame.astype(np.float64)
+        np.testing.assert_allclose(normalized, (x - x.mean()) / max(x.std(), 8.0), atol=1e-4)
 
 
 def test_lip_geometry_ignores_head_roll_and_position() -> None:
@@ -125,11 +123,11 @@ def test_lip_geometry_ignores_head_roll_and_position() -> None:
 def test_window_inputs_and_lag_distances_on_a_pipeline_window() -> None:
     window = window_from_signals(fps=30.0)
     inputs = window_inputs(window)
-    assert inputs is not None and len(inputs.starts) == 46
+    assert inputs is not None and len(inputs.positions) == 46
     rng = np.random.default_rng(3)
-    video = rng.normal(size=(46, 8))
-    audio = rng.normal(size=(76, 8))
-    # Make every stack match its audio exactly 3 frames later: the minimum is at lag +3.
-    audio[inputs.starts + 15 + 3] = video
+    video = rng.normal(size=(50, 8))
+    audio = rng.normal(size=(80, 8))
+    # Make every step match its audio exactly 3 steps later: the minimum is at lag +3.
+    audio[inputs.positions + 15 + 3] = video[inputs.positions]
     curve = lag_distances(inputs, video, audio).mean(axis=0)
     assert int(inputs.lags[np.argmin(curve)]) == 3

@@ -2,8 +2,10 @@
 
 SyncNet (joonson/syncnet_python, "S") is rebuilt here from its published layer list with
 random weights: compute and speed do not depend on the weights. Both models are timed
-on the same machine, in the same run, on one analysis window's worth of work: a 2 s
-window at 25 fps is 46 video stacks (5 frames each) and 76 audio slices (46 + 2*15 lags).
+on the same machine, in the same run, on one analysis window's worth of work. A 2 s
+window at 25 fps is, for our model, 50 frames and 320 log-mel rows (the window plus
+0.6 s of audio each side) in one pass; for SyncNet, 46 five-frame stacks of 224x224
+faces and 76 MFCC windows of 0.2 s (46 + 2*15 lags), its own way of scoring a window.
 
     .venv/bin/python tools/bench_sync.py [--threads 2] [--repeats 5] [--json out.json]
 """
@@ -27,10 +29,11 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from monitor.sync.model import count_macs, parameter_count  # noqa: E402
+from monitor.sync.model import count_macs, macs_per_video_frame, parameter_count  # noqa: E402
 
 VIDEO_STACKS = 46
 AUDIO_WINDOWS = 76
+WINDOW_STEPS = 50
 FPS = 25
 
 # SyncNet "S": (kind, out_channels, kernel, stride, padding) then pooling, per tower.
@@ -105,15 +108,15 @@ def syncnet_inputs(n_video: int, n_audio: int) -> tuple[torch.Tensor, torch.Tens
     return torch.randn(n_video, 3, 5, 224, 224), torch.randn(n_audio, 1, 13, 20)
 
 
-def ours_inputs(n_video: int, n_audio: int) -> tuple[torch.Tensor, ...]:
+def ours_inputs(windows: int, steps: int = WINDOW_STEPS) -> tuple[torch.Tensor, ...]:
     from monitor.sync.model import example_inputs
 
-    return tuple(torch.randn_like(t) for t in example_inputs(n_video, n_audio))
+    return tuple(torch.randn_like(t) for t in example_inputs(windows, steps))
 
 
-def macs_per_frame(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
-    """One video stack plus one audio slice: the work per video frame when sliding."""
-    return count_macs(model, inputs)
+def syncnet_macs_per_frame(model: nn.Module) -> int:
+    """One video stack plus one audio slice: SyncNet's work per video frame when sliding."""
+    return count_macs(model, syncnet_inputs(1, 1))
 
 
 def _time(fn, repeats: int) -> list[float]:  # noqa: ANN001
@@ -135,6 +138,10 @@ def _summary(times: list[float]) -> dict[str, float]:
     }
 
 
+def _per_window(times: list[float], windows: int) -> dict[str, float]:
+    return _summary([t / windows for t in times]) | {"windows_per_call": windows}
+
+
 def benchmark(threads: int, repeats: int, syncnet_repeats: int, include_onnx_syncnet: bool) -> dict:
     import onnxruntime
 
@@ -146,11 +153,15 @@ def benchmark(threads: int, repeats: int, syncnet_repeats: int, include_onnx_syn
     ours = SyncNetLite().eval() if not WEIGHTS_PATH.exists() else TorchBackend("cpu").model
     reference = SyncNetReference().eval()
 
-    our_macs = macs_per_frame(ours, ours_inputs(1, 1))
-    ref_macs = macs_per_frame(reference, syncnet_inputs(1, 1))
+    our_macs = macs_per_video_frame(ours, WINDOW_STEPS)
+    ref_macs = syncnet_macs_per_frame(reference)
     result: dict = {
         "threads": threads,
-        "cpu_window": {"video_stacks": VIDEO_STACKS, "audio_windows": AUDIO_WINDOWS},
+        "window": {
+            "seconds": WINDOW_STEPS / FPS,
+            "ours": f"{WINDOW_STEPS} frames + {4 * (WINDOW_STEPS + 30)} mel rows",
+            "syncnet": f"{VIDEO_STACKS} stacks + {AUDIO_WINDOWS} MFCC windows",
+        },
         "ours": {"parameters": parameter_count(ours), "macs_per_video_frame": our_macs},
         "syncnet": {"parameters": parameter_count(reference), "macs_per_video_frame": ref_macs},
     }
@@ -159,12 +170,21 @@ def benchmark(threads: int, repeats: int, syncnet_repeats: int, include_onnx_syn
     result["macs_ratio"] = round(ref_macs / our_macs, 1)
     result["parameter_ratio"] = round(parameter_count(reference) / parameter_count(ours), 1)
 
-    window = ours_inputs(VIDEO_STACKS, AUDIO_WINDOWS)
+    window = ours_inputs(1)
     with torch.inference_mode():
         result["ours"]["torch_cpu"] = _summary(_time(lambda: ours(*window), repeats))
     onnx_backend = OnnxBackend()
     arrays = [t.numpy() for t in window]
     result["ours"]["onnx_cpu"] = _summary(_time(lambda: onnx_backend.embed(*arrays), repeats))
+
+    # Eight windows in one call: what the shared runner does for concurrent sessions.
+    batch = ours_inputs(8)
+    with torch.inference_mode():
+        result["ours"]["torch_cpu_batch8"] = _per_window(_time(lambda: ours(*batch), repeats), 8)
+    batch_arrays = [t.numpy() for t in batch]
+    result["ours"]["onnx_cpu_batch8"] = _per_window(
+        _time(lambda: onnx_backend.embed(*batch_arrays), repeats), 8
+    )
 
     ref_window = syncnet_inputs(VIDEO_STACKS, AUDIO_WINDOWS)
     with torch.inference_mode():
@@ -208,7 +228,7 @@ def _gpu_benchmark(ours: nn.Module, reference: nn.Module, repeats: int) -> dict:
     device = torch.device("cuda")
     out: dict = {"device": torch.cuda.get_device_name(0)}
     for name, model, inputs in (
-        ("ours", ours, ours_inputs(VIDEO_STACKS, AUDIO_WINDOWS)),
+        ("ours", ours, ours_inputs(1)),
         ("syncnet", reference, syncnet_inputs(VIDEO_STACKS, AUDIO_WINDOWS)),
     ):
         model = model.to(device)

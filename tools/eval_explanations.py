@@ -102,9 +102,10 @@ def explain_clip(
         prepare_target,
         sync_mismatch_module,
     )
-    from monitor.sync.features import lag_distances, track_from_frames, window_inputs
+    from monitor.sync.features import track_from_frames, window_inputs
 
     shifted = group == "real+400ms"
+    curve_fn = distance_curve_fn(embed)
     windows = list(
         data_tool.clip_windows(clip, shift_s=SHIFT_S if shifted else 0.0, hop_s=args.hop)
     )
@@ -121,7 +122,7 @@ def explain_clip(
             curves.append(None)
             lags.append(None)
             continue
-        curves.append(lag_distances(inputs, *embed(inputs.crops, inputs.lips, inputs.mel)).mean(0))
+        curves.append(curve_fn(inputs).mean(axis=0))
         lags.append(inputs.lags)
     scored = sum(c is not None for c in curves)
     flagged = sum(
@@ -139,7 +140,7 @@ def explain_clip(
             window.audio,
             window.t_start,
             window.t_end,
-            distance_curve_fn(embed),
+            curve_fn,
             offset_ms=offset_ms,
         )
         started = time.perf_counter()

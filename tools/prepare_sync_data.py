@@ -283,9 +283,9 @@ def extract_clip(path: Path) -> dict[str, np.ndarray]:
     from monitor.features.face import create_face_tracker
     from monitor.media import AUDIO_RATE, VideoFrame
     from monitor.sources.file import FileSource
-    from monitor.sync.features import gray_crop, lip_geometry
+    from monitor.sync.features import gray_crop
 
-    times, faces, crops, lips, boxes, lip_marks, marks, apertures, widths = ([] for _ in range(9))
+    times, faces, crops, boxes, lip_marks, marks, apertures, widths = ([] for _ in range(8))
     chunks = []
     frame_size = (0, 0)
     tracker = create_face_tracker(FaceConfig())
@@ -301,7 +301,6 @@ def extract_clip(path: Path) -> dict[str, np.ndarray]:
                 faces.append(face is not None)
                 if face is None:
                     crops.append(np.zeros((48, 96), np.uint8))
-                    lips.append(np.zeros(82, np.float32))
                     boxes.append(np.zeros(4, np.float32))
                     lip_marks.append(np.zeros((40, 2), np.float32))
                     marks.append(np.zeros((478, 2), np.float16))
@@ -309,7 +308,6 @@ def extract_clip(path: Path) -> dict[str, np.ndarray]:
                     widths.append(0.0)
                     continue
                 crops.append(gray_crop(face))
-                lips.append(lip_geometry(face))
                 boxes.append(np.asarray(face.face_box, np.float32))
                 lip_marks.append(face.lip_landmarks.astype(np.float32))
                 marks.append(face.landmarks.astype(np.float16))
@@ -330,7 +328,6 @@ def extract_clip(path: Path) -> dict[str, np.ndarray]:
         "times": np.asarray(times, np.float64),
         "face": np.asarray(faces, bool),
         "crops": np.asarray(crops, np.uint8).reshape(-1, 48, 96),
-        "lips": np.asarray(lips, np.float32).reshape(-1, 82),
         "face_box": np.asarray(boxes, np.float32).reshape(-1, 4),
         "lip_landmarks": np.asarray(lip_marks, np.float32).reshape(-1, 40, 2),
         "landmarks": np.asarray(marks, np.float16).reshape(-1, 478, 2),
@@ -542,11 +539,12 @@ class CachedClip:
     def audio_t0(self) -> float:
         return float(self.data["audio_t0"])
 
-    def track(self):  # noqa: ANN201 - FrameTrack, imported lazily
-        from monitor.sync.features import FrameTrack
+    def track(self, frames: list | None = None):  # noqa: ANN201 - FrameTrack, imported lazily
+        """Per-frame model features, made from the stored observations exactly as
+        :func:`monitor.sync.features.track_from_frames` makes them from a window."""
+        from monitor.sync.features import track_from_frames
 
-        d = self.data
-        return FrameTrack(d["times"], d["face"], d["crops"], d["lips"])
+        return track_from_frames(frames if frames is not None else self.frame_features())
 
     def frame_features(self) -> list:
         """FrameFeatures as the pipeline would hold them (face crop not kept: zeros)."""

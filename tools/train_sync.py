@@ -17,7 +17,6 @@ is fit on four train-pool speakers kept out of training, with shifted and swappe
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -153,12 +152,8 @@ def augment_audio(samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def sample_window(
-    clips: list[TrainClip],
-    weights: np.ndarray,
-    rng: np.random.Generator,
-    augment: bool,
-    positions: int = 46,
-):
+    clips: list[TrainClip], weights: np.ndarray, rng: np.random.Generator, augment: bool
+):  # noqa: ANN201 - SyncInputs
     """One augmented training window's SyncInputs (retries until a usable one is drawn)."""
     from monitor.config import AudioConfig
     from monitor.features.audio import compute_audio_features
@@ -179,19 +174,8 @@ def sample_window(
             span = augment_audio(span, rng)
         audio = compute_audio_features(span, t_start - CONTEXT_S, config, clip.floor_db)
         inputs = build_inputs(track, audio, t_start, t_end)
-        if inputs is not None and len(inputs.starts) >= 8:
-            return subsample_stacks(inputs, rng, positions)
-
-
-def subsample_stacks(inputs, rng: np.random.Generator, positions: int):  # noqa: ANN001, ANN201
-    """Keep a random subset of a window's video stacks: neighbouring stacks overlap in 4 of
-    5 frames, so half of them carry most of the signal for half the compute."""
-    if len(inputs.starts) <= positions:
-        return inputs
-    keep = np.sort(rng.choice(len(inputs.starts), size=positions, replace=False))
-    return dataclasses.replace(
-        inputs, crops=inputs.crops[keep], lips=inputs.lips[keep], starts=inputs.starts[keep]
-    )
+        if inputs is not None and len(inputs.positions) >= 8:
+            return inputs
 
 
 def sampling_weights(clips: list[TrainClip]) -> np.ndarray:
@@ -205,45 +189,42 @@ def sampling_weights(clips: list[TrainClip]) -> np.ndarray:
 
 
 def batch_loss(model, logit_scale, batch, torch):  # noqa: ANN001, ANN201
-    """InfoNCE: each stack picks its lag-0 audio among 31 lags and the batch's other audio."""
-    crops = torch.from_numpy(np.concatenate([b.crops for b in batch]))
-    lips = torch.from_numpy(np.concatenate([b.lips for b in batch]))
-    mel = torch.from_numpy(np.stack([b.mel for b in batch]))  # all windows have equal M
-    n_windows, n_audio = mel.shape[:2]
-    video, audio = model(crops, lips, mel.reshape(-1, *mel.shape[2:]))
-    video = torch.nn.functional.normalize(video, dim=1)
-    audio = torch.nn.functional.normalize(audio, dim=1).reshape(n_windows, n_audio, -1)
-    losses, weights, correct, total = [], [], 0, 0
-    offset = 0
+    """InfoNCE: each video step picks its lag-0 audio among 31 lags and the batch's other
+    windows' audio at the same step (swapped-audio negatives)."""
+    crops = torch.from_numpy(np.stack([b.crops for b in batch]))
+    lips = torch.from_numpy(np.stack([b.lips for b in batch]))
+    mel = torch.from_numpy(np.stack([b.mel for b in batch]))
+    video, audio = model(crops, lips, mel)
+    video = torch.nn.functional.normalize(video, dim=2)
+    audio = torch.nn.functional.normalize(audio, dim=2)
+    n_windows = len(batch)
     scale = logit_scale.exp().clamp(max=50.0)
+    losses, weights, correct, total = [], [], 0, 0
     for b, inputs in enumerate(batch):
-        count = len(inputs.starts)
-        v = video[offset : offset + count]
-        offset += count
-        lag_index = torch.from_numpy(inputs.audio_index())  # (P, L)
-        lag_audio = audio[b][lag_index]  # (P, L, D)
-        lag_logits = torch.einsum("pd,pld->pl", v, lag_audio)
+        positions = torch.from_numpy(inputs.positions)
+        v = video[b][positions]  # (K, D)
+        lag_audio = audio[b][torch.from_numpy(inputs.audio_index())]  # (K, L, D)
+        lag_logits = torch.einsum("kd,kld->kl", v, lag_audio)
         others = [o for o in range(n_windows) if o != b]
-        zero_index = torch.from_numpy(inputs.starts + inputs.max_lag)
-        other_audio = audio[others][:, zero_index].permute(1, 0, 2)  # (P, B-1, D)
-        other_logits = torch.einsum("pd,pod->po", v, other_audio)
+        zero_index = positions + inputs.max_lag
+        other_audio = audio[others][:, zero_index].permute(1, 0, 2)  # (K, B-1, D)
+        other_logits = torch.einsum("kd,kod->ko", v, other_audio)
         logits = torch.cat([lag_logits, other_logits], dim=1) * scale
-        target = torch.full((count,), inputs.max_lag, dtype=torch.long)
+        target = torch.full((len(positions),), inputs.max_lag, dtype=torch.long)
         losses.append(torch.nn.functional.cross_entropy(logits, target, reduction="none"))
-        voiced = inputs.voiced[inputs.starts + inputs.max_lag]
-        weights.append(torch.from_numpy(np.where(voiced >= 0.3, 1.0, 0.1).astype(np.float32)))
+        voiced = inputs.voiced[inputs.positions + inputs.max_lag]
+        speech = voiced >= 0.3
+        weights.append(torch.from_numpy(np.where(speech, 1.0, 0.1).astype(np.float32)))
         with torch.no_grad():
-            hit = (lag_logits.argmax(dim=1) - inputs.max_lag).abs() <= 1
-            correct += int((hit.float() * (torch.from_numpy(voiced) >= 0.3).float()).sum())
-            total += int((voiced >= 0.3).sum())
+            hit = ((lag_logits.argmax(dim=1) - inputs.max_lag).abs() <= 1).numpy()
+            correct += int((hit & speech).sum())
+            total += int(speech.sum())
     loss_all = torch.cat(losses)
     weight_all = torch.cat(weights)
     return (loss_all * weight_all).sum() / weight_all.sum(), correct / max(total, 1)
 
 
-def train(
-    clips: list[TrainClip], steps: int, batch_size: int, seed: int, lr: float, positions: int = 24
-):  # noqa: ANN201
+def train(clips: list[TrainClip], steps: int, batch_size: int, seed: int, lr: float):  # noqa: ANN201
     import torch
 
     from monitor.sync.model import SyncNetLite
@@ -268,10 +249,7 @@ def train(
     started = time.perf_counter()
     running_loss, running_acc = 0.0, 0.0
     for step in range(steps):
-        batch = [
-            sample_window(clips, weights, rng, augment=True, positions=positions)
-            for _ in range(batch_size)
-        ]
+        batch = [sample_window(clips, weights, rng, augment=True) for _ in range(batch_size)]
         loss, accuracy = batch_loss(model, logit_scale, batch, torch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -320,8 +298,8 @@ def window_curves(backend, clip, frames, shift_s: float, donor) -> list[np.ndarr
         inputs = window_inputs(window)
         if inputs is None:
             continue
-        video, audio = backend.embed(inputs.crops, inputs.lips, inputs.mel)
-        curves.append(lag_distances(inputs, video, audio).mean(axis=0))
+        video, audio = backend.embed(inputs.crops[None], inputs.lips[None], inputs.mel[None])
+        curves.append(lag_distances(inputs, video[0], audio[0]).mean(axis=0))
     return curves
 
 
@@ -432,10 +410,9 @@ def save_checkpoint(model, calibration, meta: dict, path: Path) -> None:  # noqa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train the learned lip-sync model.")
-    parser.add_argument("--steps", type=int, default=1600)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=8, help="windows per step")
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--positions", type=int, default=24, help="video stacks per window")
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, help="data preparation processes")
     parser.add_argument("--variants", type=int, default=2)
@@ -467,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         sum(len(c.starts) for c in clips),
     )
 
-    model, train_stats = train(clips, args.steps, args.batch, args.seed, args.lr, args.positions)
+    model, train_stats = train(clips, args.steps, args.batch, args.seed, args.lr)
     train_s = time.perf_counter() - started - prep_s
     calibration, calibration_stats = calibrate(
         model, [j.cache_path for j in calibration_jobs], args.seed
@@ -482,7 +459,6 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "steps": args.steps,
         "batch_windows": args.batch,
-        "stacks_per_window": args.positions,
         "lr": args.lr,
         "train_clips": len(clips),
         "parameters": parameter_count(model),

@@ -47,9 +47,7 @@ def run(args: argparse.Namespace) -> int:
     for name, call in calls.items():
         events_path = out_dir / f"{name}.jsonl"
         with JsonlSink(events_path) as sink:
-            result = replay_file(
-                call.path, config, sink.write, audio_path=None, participant=name
-            )
+            result = replay_file(call.path, config, sink.write, audio_path=None, participant=name)
         summary = result.summary
         offset = _session_offset(summary)
         print(

@@ -21,7 +21,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--audio", metavar="FILE", help="separate audio for a video-only INPUT")
     parser.add_argument("--out", metavar="EVENTS.jsonl", help="write events here (default: stdout)")
     parser.add_argument("--realtime", action="store_true", help="pace input to the wall clock")
-    parser.add_argument("--window", type=float, metavar="SECONDS", help="window length (default 2.0)")
+    parser.add_argument(
+        "--window", type=float, metavar="SECONDS", help="window length (default 2.0)"
+    )
     parser.add_argument("--hop", type=float, metavar="SECONDS", help="window hop (default 0.5)")
     parser.add_argument(
         "--serve-alerts", metavar="HOST:PORT", help="also broadcast events on ws://HOST:PORT/alerts"

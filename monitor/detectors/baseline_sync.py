@@ -43,7 +43,9 @@ def _zscore(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / std if std > 1e-9 else np.zeros_like(x)
 
 
-def _lagged_correlation(lips: np.ndarray, audio: np.ndarray, lag_steps: np.ndarray, lo: int) -> np.ndarray:
+def _lagged_correlation(
+    lips: np.ndarray, audio: np.ndarray, lag_steps: np.ndarray, lo: int
+) -> np.ndarray:
     """corr(lips[t], audio[t + lag]) for each lag; ``lips`` covers audio[lo : lo + len(lips)]."""
     n = len(lips)
     out = np.empty(len(lag_steps))
@@ -58,7 +60,7 @@ def _best_lag(curve: np.ndarray, lags_ms: np.ndarray) -> int:
 
 
 def lip_motion_on_audio_clock(window: AnalysisWindow) -> tuple[np.ndarray, np.ndarray] | None:
-    """Lip aperture resampled onto the audio-feature times inside the window, and a validity mask."""
+    """Lip aperture on the audio-feature times inside the window, and that inside-mask."""
     faces = window.face_frames
     if len(faces) < 2:
         return None
@@ -94,7 +96,9 @@ class BaselineSyncDetector:
             return self._insufficient(f"insufficient evidence: {lacking} over {span}")
         motion = lip_motion_on_audio_clock(window)
         if motion is None or len(motion[0]) < MIN_FACE_FRAMES:
-            return self._insufficient(f"insufficient evidence: too little lip motion data over {span}")
+            return self._insufficient(
+                f"insufficient evidence: too little lip motion data over {span}"
+            )
         aperture, inside = motion
         speech = window.speech_fraction()
         aperture_std = float(aperture.std())

@@ -79,11 +79,13 @@ class LearnedSyncDetector:
                 },
             )
         assert inputs is not None
-        video, audio = self.runner.embed(inputs.crops, inputs.lips, inputs.mel)
-        curve = lag_distances(inputs, video, audio).mean(axis=0)
+        video, audio = self.runner.embed(inputs.crops[None], inputs.lips[None], inputs.mel[None])
+        curve = lag_distances(inputs, video[0], audio[0]).mean(axis=0)
         lags = inputs.lags
         self._accumulate(curve, lags, window)
-        return self._evidence(curve, lags, span, (window.t_start, window.t_end), len(inputs.starts))
+        return self._evidence(
+            curve, lags, span, (window.t_start, window.t_end), len(inputs.positions)
+        )
 
     def summarize(self) -> Evidence | None:
         """Session evidence from the mean lag curve of every scored window."""
@@ -127,7 +129,7 @@ class LearnedSyncDetector:
             "backend": self.backend,
         }
         if stacks is not None:
-            fields["video_stacks"] = stacks
+            fields["scored_frames"] = stacks
         return Evidence(
             self.name,
             1.0 - probability,

@@ -53,7 +53,9 @@ def discover(config: MonitorConfig) -> dict[str, DetectorSpec]:
             log.warning("broken %s from %s ignored: %s", spec.name, spec.source, spec.error)
             continue
         if spec.name in specs:
-            log.warning("detector %s from %s shadows %s", spec.name, spec.source, specs[spec.name].source)
+            log.warning(
+                "detector %s from %s shadows %s", spec.name, spec.source, specs[spec.name].source
+            )
         specs[spec.name] = spec
     return specs
 

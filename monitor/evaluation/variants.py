@@ -264,7 +264,7 @@ def exact_rate(fps: float) -> Fraction:
 
 
 class _VideoWriter:
-    """A video-only mp4 with fixed x264 settings; frames are RGB arrays already scaled."""
+    """A video-only mp4 with fixed x264 settings, fed RGB frames (scaled here) or YUV planes."""
 
     def __init__(self, path: Path, rate: Fraction, size: tuple[int, int], settings: EncodeSettings):
         self.path = path
@@ -491,13 +491,17 @@ def mux_variant(
 def build_variant(
     spec: VariantSpec, clips: dict[str, PreparedClip], settings: EncodeSettings
 ) -> Path:
-    """The variant's mp4 (cached next to its clip): a video track with its audio."""
+    """The variant's mp4 (cached next to its clip): a video track with its audio.
+
+    The audio is always recomputed (cheap) and its digest names the file, so a change in
+    how audio is made (a new espeak-ng, a fixed shift) never reuses a stale variant.
+    """
     clip = clips[spec.clip]
     if spec.video not in clip.video_tracks:
         raise ConfigError(f"clip {spec.clip} has no {spec.video} video track")
-    out_path = clip.directory / "variants" / f"{spec.name}.mp4"
+    samples = variant_audio(spec, clips)
+    digest = hashlib.sha1(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()
+    out_path = clip.directory / "variants" / f"{spec.name}__{digest[:10]}.mp4"
     if out_path.exists():
         return out_path
-    return mux_variant(
-        clip.video_tracks[spec.video], variant_audio(spec, clips), out_path, settings
-    )
+    return mux_variant(clip.video_tracks[spec.video], samples, out_path, settings)

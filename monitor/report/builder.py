@@ -486,7 +486,7 @@ def _lip_sync_section(
             duration,
         )
         how = (
-            "per 5-frame stack (0.2 s), median-filtered over 9 stacks as SyncNet does"
+            "per 40 ms step, median-filtered over 9 steps as SyncNet does"
             if conf.method == "learned"
             else "per 1 s sub-window every 0.2 s (baseline detector re-run)"
         )

@@ -3,9 +3,9 @@
 Events carry one curve per 2 s window; an investigator wants to see *when* lips and
 speech part ways. So the report re-runs a model on short pieces:
 
-* learned model: every 5-frame stack gets its own distance-vs-lag curve; its confidence
-  is SyncNet's (median minus minimum distance) and its offset the curve's argmin, both
-  median-filtered over 9 stacks as SyncNet does for its per-frame confidence;
+* learned model: every 40 ms step gets its own distance-vs-lag curve; its confidence is
+  SyncNet's (median minus minimum distance) and its offset the curve's argmin, both
+  median-filtered over 9 steps as SyncNet does for its per-frame confidence;
 * baseline: the training-free detector on 1 s sub-windows every 0.2 s.
 
 Media is processed in 4 s chunks as it is decoded, so memory stays flat on long calls.
@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 
 CHUNK_S = 4.0
 CONTEXT_S = 0.6  # +-600 ms of lags, as the detectors search
-STACK_MARGIN_S = 0.16  # a chunk also takes the 4 frames that finish its last stacks
-MEDIAN_KERNEL = 9  # SyncNet's per-frame confidence filter, in stacks
-MIN_STACK_VOICED = 0.3  # a stack whose zero-lag audio is quieter than this is not scored
+STACK_MARGIN_S = 0.16  # a chunk also takes the 2 frames either side its steps need
+MEDIAN_KERNEL = 9  # SyncNet's per-frame confidence filter, in steps
+MIN_STACK_VOICED = 0.3  # a step whose zero-lag audio is quieter than this is not scored
 BASELINE_SUBWINDOW_S = 1.0
 BASELINE_STEP_S = 0.2
 
@@ -189,16 +189,15 @@ class ConfidenceTracker:
 
     def _score_learned(self, start: float, end: float) -> None:
         from monitor.sync.features import GRID_STEP_S, lag_distances, window_inputs
-        from monitor.sync.model import STACK_FRAMES
 
         assert self.learned is not None
         window = self._window(start, end + STACK_MARGIN_S)
         inputs = window_inputs(window)
         if inputs is None:
             return
-        video, audio = self.learned.embed(inputs.crops, inputs.lips, inputs.mel)
-        distances = lag_distances(inputs, video, audio)  # (P, L)
-        centers = start + (inputs.starts + STACK_FRAMES / 2.0) * GRID_STEP_S
+        video, audio = self.learned.embed(inputs.crops[None], inputs.lips[None], inputs.mel[None])
+        distances = lag_distances(inputs, np.asarray(video[0]), np.asarray(audio[0]))  # (K, L)
+        centers = start + inputs.positions * GRID_STEP_S
         voiced = inputs.voiced[inputs.audio_index()[:, inputs.max_lag]]
         confidence = np.median(distances, axis=1) - distances.min(axis=1)
         offsets = (np.argmin(distances, axis=1) - inputs.max_lag) * GRID_STEP_S * 1000.0

@@ -1,7 +1,8 @@
 """Inference backends for the sync model, chosen automatically, shared across sessions.
 
 Every backend answers one call, ``embed(crops, lips, mel) -> (video_emb, audio_emb)``,
-on numpy arrays; the video and audio batches have independent sizes.
+on numpy arrays with a leading batch of windows: crops (B, T, 48, 96), lips (B, T, 83),
+mel (B, 4 * (T + 30), 80) -> (B, T, D) and (B, T + 30, D).
 
 * ``torch``: the PyTorch module from ``sync_v1.pt`` on CPU; ``torch-cuda`` on a GPU.
 * ``onnx``: onnxruntime on ``sync_v1.onnx`` (CPU provider); faster than torch on CPU
@@ -226,23 +227,18 @@ class _Request:
 
 
 class BatchingRunner:
-    """One inference thread for a backend; concurrent callers' requests run as one batch.
+    """One inference thread for a backend; concurrent callers' windows run as one batch.
 
     The backend is created on the worker thread (TensorRT/pycuda contexts must stay on
     the thread that made them). ``embed`` blocks until its own slice of the batch is back.
+    Windows of different lengths cannot share a batch; they run one after the other.
     """
 
     def __init__(
-        self,
-        backend_name: str = "auto",
-        *,
-        max_video_batch: int = 1024,
-        max_audio_batch: int = 2048,
-        gather_s: float = 0.002,
+        self, backend_name: str = "auto", *, max_windows: int = 32, gather_s: float = 0.002
     ) -> None:
         self.requested = backend_name
-        self.max_video_batch = max_video_batch
-        self.max_audio_batch = max_audio_batch
+        self.max_windows = max_windows
         self.gather_s = gather_s
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._ready: Future = Future()
@@ -279,13 +275,13 @@ class BatchingRunner:
             if first is None:
                 return
             batch = [first]
+            windows = len(first.crops)
             deadline = time.monotonic() + self.gather_s
-            n_video, n_audio = len(first.crops), len(first.mel)
-            while True:
+            while windows < self.max_windows:
                 remaining = deadline - time.monotonic()
                 try:
                     item = (
-                        self._queue.get(timeout=max(remaining, 0.0))
+                        self._queue.get(timeout=remaining)
                         if remaining > 0
                         else self._queue.get_nowait()
                     )
@@ -295,22 +291,24 @@ class BatchingRunner:
                     self._queue.put(None)  # finish this batch, then stop
                     break
                 batch.append(item)
-                n_video += len(item.crops)
-                n_audio += len(item.mel)
-                if n_video >= self.max_video_batch or n_audio >= self.max_audio_batch:
-                    break
-            self._run(backend, batch)
+                windows += len(item.crops)
+            groups: dict[tuple, list[_Request]] = {}
+            for request in batch:
+                groups.setdefault((request.crops.shape[1:], request.mel.shape[1:]), []).append(
+                    request
+                )
+            for group in groups.values():
+                self._run(backend, group)
 
     def _run(self, backend: SyncBackend, batch: list[_Request]) -> None:
         try:
+            crops = np.concatenate([r.crops for r in batch])
+            lips = np.concatenate([r.lips for r in batch])
+            mel = np.concatenate([r.mel for r in batch])
             video_parts, audio_parts = [], []
-            for chunk in _chunks(batch, self.max_video_batch, self.max_audio_batch):
-                crops = np.concatenate([r.crops for r in chunk])
-                lips = np.concatenate([r.lips for r in chunk])
-                mel = np.concatenate([r.mel for r in chunk])
-                video, audio = _run_limited(
-                    backend, crops, lips, mel, self.max_video_batch, self.max_audio_batch
-                )
+            for lo in range(0, len(crops), self.max_windows):
+                hi = lo + self.max_windows
+                video, audio = backend.embed(crops[lo:hi], lips[lo:hi], mel[lo:hi])
                 video_parts.append(video)
                 audio_parts.append(audio)
             video_all = np.concatenate(video_parts)
@@ -321,52 +319,11 @@ class BatchingRunner:
             return
         self.batches_run += 1
         self.requests_run += len(batch)
-        v0 = a0 = 0
+        start = 0
         for request in batch:
-            v1, a1 = v0 + len(request.crops), a0 + len(request.mel)
-            request.future.set_result((video_all[v0:v1], audio_all[a0:a1]))
-            v0, a0 = v1, a1
-
-
-def _chunks(batch: list[_Request], max_video: int, max_audio: int) -> list[list[_Request]]:
-    chunks: list[list[_Request]] = [[]]
-    n_video = n_audio = 0
-    for request in batch:
-        if chunks[-1] and (
-            n_video + len(request.crops) > max_video or n_audio + len(request.mel) > max_audio
-        ):
-            chunks.append([])
-            n_video = n_audio = 0
-        chunks[-1].append(request)
-        n_video += len(request.crops)
-        n_audio += len(request.mel)
-    return chunks
-
-
-def _run_limited(
-    backend: SyncBackend,
-    crops: np.ndarray,
-    lips: np.ndarray,
-    mel: np.ndarray,
-    max_video: int,
-    max_audio: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One request larger than an engine's profile is split into profile-sized runs."""
-    if len(crops) <= max_video and len(mel) <= max_audio:
-        return backend.embed(crops, lips, mel)
-    steps = max(-(-len(crops) // max_video), -(-len(mel) // max_audio))
-    v_edges = np.linspace(0, len(crops), steps + 1).astype(int)
-    a_edges = np.linspace(0, len(mel), steps + 1).astype(int)
-    video, audio = [], []
-    for i in range(steps):
-        v, a = backend.embed(
-            crops[v_edges[i] : v_edges[i + 1]] if v_edges[i + 1] > v_edges[i] else crops[:1],
-            lips[v_edges[i] : v_edges[i + 1]] if v_edges[i + 1] > v_edges[i] else lips[:1],
-            mel[a_edges[i] : a_edges[i + 1]] if a_edges[i + 1] > a_edges[i] else mel[:1],
-        )
-        video.append(v[: v_edges[i + 1] - v_edges[i]])
-        audio.append(a[: a_edges[i + 1] - a_edges[i]])
-    return np.concatenate(video), np.concatenate(audio)
+            end = start + len(request.crops)
+            request.future.set_result((video_all[start:end], audio_all[start:end]))
+            start = end
 
 
 _shared: dict[str, BatchingRunner] = {}

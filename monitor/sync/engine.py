@@ -38,9 +38,9 @@ from monitor.sync.model import (
     CROP_HEIGHT,
     CROP_WIDTH,
     LIP_FEATURES,
-    MEL_FRAMES,
+    MAX_LAG,
+    MEL_ROWS_PER_STEP,
     N_MELS,
-    STACK_FRAMES,
 )
 
 log = logging.getLogger(__name__)
@@ -61,10 +61,12 @@ def engine_dir() -> Path:
 
 @dataclass(frozen=True)
 class Profile:
-    """Batch sizes an engine accepts: (min, opt, max) for video stacks and audio windows."""
+    """Shapes an engine accepts, each (min, opt, max): windows per batch and 25 fps steps
+    per window (50 = a 2 s window); the mel input follows the steps (4 rows per step plus
+    2 * 15 steps of lag context)."""
 
-    video: tuple[int, int, int] = (1, 184, 1024)
-    audio: tuple[int, int, int] = (1, 304, 2048)
+    windows: tuple[int, int, int] = (1, 4, 32)
+    steps: tuple[int, int, int] = (5, 50, 150)
     workspace_mb: int = 1024
 
     @classmethod
@@ -75,13 +77,13 @@ class Profile:
         try:
             data = tomllib.loads(path.read_text()).get("profile", {})
             profile = cls(
-                video=tuple(data.get("video_batch", cls.video)),  # type: ignore[arg-type]
-                audio=tuple(data.get("audio_batch", cls.audio)),  # type: ignore[arg-type]
+                windows=tuple(data.get("windows", cls.windows)),  # type: ignore[arg-type]
+                steps=tuple(data.get("steps", cls.steps)),  # type: ignore[arg-type]
                 workspace_mb=int(data.get("workspace_mb", cls.workspace_mb)),
             )
         except (tomllib.TOMLDecodeError, TypeError, ValueError) as exc:
             raise ConfigError(f"{path} is not a valid engine config: {exc}") from exc
-        for name, dims in (("video_batch", profile.video), ("audio_batch", profile.audio)):
+        for name, dims in (("windows", profile.windows), ("steps", profile.steps)):
             if len(dims) != 3 or not (1 <= dims[0] <= dims[1] <= dims[2]):
                 raise ConfigError(
                     f"{path}: {name} must be [min, opt, max] with 1 <= min <= opt <= max"
@@ -90,16 +92,14 @@ class Profile:
 
     def shapes(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
         """Per input name: (min, opt, max) full shapes for the optimization profile."""
-        tails = {
-            "crops": (STACK_FRAMES, CROP_HEIGHT, CROP_WIDTH),
-            "lips": (STACK_FRAMES, LIP_FEATURES),
-            "mel": (MEL_FRAMES, N_MELS),
-        }
-        out = {}
-        for name, tail in tails.items():
-            batch = self.audio if name == "mel" else self.video
-            out[name] = tuple((b, *tail) for b in batch)  # type: ignore[assignment]
-        return out  # type: ignore[return-value]
+        out: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {}
+        pairs = list(zip(self.windows, self.steps, strict=True))
+        out["crops"] = tuple((b, t, CROP_HEIGHT, CROP_WIDTH) for b, t in pairs)  # type: ignore[assignment]
+        out["lips"] = tuple((b, t, LIP_FEATURES) for b, t in pairs)  # type: ignore[assignment]
+        out["mel"] = tuple(  # type: ignore[assignment]
+            (b, MEL_ROWS_PER_STEP * (t + 2 * MAX_LAG), N_MELS) for b, t in pairs
+        )
+        return out
 
 
 @dataclass(frozen=True)

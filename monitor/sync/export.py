@@ -1,4 +1,4 @@
-"""ONNX export of the sync model: fp32 with dynamic batch dims, and a strongly typed fp16.
+"""ONNX export of the sync model: fp32 with dynamic batch and time, and a strongly typed fp16.
 
 The fp32 graph is what onnxruntime runs and what TensorRT 10 builds (with its FP16 flag
 for fp16). TensorRT 11 dropped the FP16 builder flag, its networks are strongly typed, so
@@ -18,11 +18,11 @@ from monitor.sync.backends import INPUT_NAMES, OUTPUT_NAMES, WEIGHTS_PATH, load_
 
 OPSET = 17
 DYNAMIC_AXES = {
-    "crops": {0: "video_batch"},
-    "lips": {0: "video_batch"},
-    "mel": {0: "audio_batch"},
-    "video_embedding": {0: "video_batch"},
-    "audio_embedding": {0: "audio_batch"},
+    "crops": {0: "windows", 1: "steps"},
+    "lips": {0: "windows", 1: "steps"},
+    "mel": {0: "windows", 1: "mel_rows"},
+    "video_embedding": {0: "windows", 1: "steps"},
+    "audio_embedding": {0: "windows", 1: "audio_steps"},
 }
 
 
@@ -41,7 +41,7 @@ def export_onnx_bytes(weights: Path = WEIGHTS_PATH, *, fp16: bool = False) -> by
         warnings.simplefilter("ignore")  # the legacy exporter announces its deprecation
         torch.onnx.export(
             module,
-            example_inputs(2, 3),
+            example_inputs(2, 50),
             buffer,
             dynamo=False,
             input_names=list(INPUT_NAMES),

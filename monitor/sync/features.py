@@ -1,6 +1,6 @@
 """Turn an analysis window into the sync model's inputs, on a 25 fps grid.
 
-The model was trained at 25 fps (0.2 s = 5 frames = 20 log-mel frames), so every
+The model was trained at 25 fps (one step = one frame = 4 log-mel rows), so every
 window is first put on a 25 fps grid anchored at ``t_start``: each grid step takes
 the frame nearest in time (a 30 fps call drops every sixth frame, a 15 fps call
 repeats frames). Feeding other rates unresampled shifts every lag (SyncNet issue #2).
@@ -18,11 +18,12 @@ import cv2
 import numpy as np
 
 from monitor.features.types import AudioFeatures, FaceObservation, FrameFeatures
-from monitor.sync.model import LIP_FEATURES, MEL_FRAMES, STACK_FRAMES
+from monitor.sync.model import LIP_FEATURES, MAX_LAG, MEL_ROWS_PER_STEP
 from monitor.windows import AnalysisWindow
 
 GRID_STEP_S = 0.04  # 25 fps
-MAX_LAG_FRAMES = 15  # +-600 ms, SyncNet's search range
+MAX_LAG_FRAMES = MAX_LAG  # +-600 ms, SyncNet's search range
+STACK_FRAMES = 5  # frames around a step that must show a face for it to be scored
 # A grid step whose nearest frame is further away than this has no frame (dropped frames).
 MAX_FRAME_DISTANCE_S = 0.07
 # Log-mel values more than this far (natural log units, about 43 dB) below the window's
@@ -42,7 +43,7 @@ class FrameTrack:
     times: np.ndarray  # (n,) float64 media seconds
     face: np.ndarray  # (n,) bool, a face was tracked
     crops: np.ndarray  # (n, 48, 96) uint8 grayscale mouth crops (zeros without a face)
-    lips: np.ndarray  # (n, 82) float32 lip geometry (zeros without a face)
+    lips: np.ndarray  # (n, 83) float32 lip geometry (zeros without a face)
 
     def __len__(self) -> int:
         return len(self.times)
@@ -57,33 +58,38 @@ class FrameTrack:
 class SyncInputs:
     """Model inputs of one window and how to read the outputs back into a lag curve.
 
-    Video stack ``p`` covers grid frames ``starts[p] .. starts[p] + 4``; audio window
-    ``m`` starts at ``t_start + (m - max_lag) * 0.04`` s. Stack ``p`` at lag ``L``
-    frames compares with audio window ``starts[p] + L + max_lag``.
+    Video step ``k`` is grid frame ``k`` (``t_start + k * 0.04``); audio step ``m``
+    summarizes mel rows ``4m .. 4m+3`` of a span starting ``max_lag`` steps before
+    ``t_start``, so video step ``k`` at lag ``L`` compares with audio step ``k + L + max_lag``.
     """
 
-    crops: np.ndarray  # (P, 5, 48, 96) float32, normalized per stack
-    lips: np.ndarray  # (P, 5, 82) float32
-    mel: np.ndarray  # (M, 20, 80) float32, normalized per window
-    starts: np.ndarray  # (P,) int, grid index of each stack's first frame
-    voiced: np.ndarray  # (M,) float32, voiced fraction of each audio window
+    crops: np.ndarray  # (N, 48, 96) float32, normalized per frame (zeros: no face)
+    lips: np.ndarray  # (N, 83) float32
+    mel: np.ndarray  # (4 * (N + 2 * max_lag), 80) float32, normalized per window
+    positions: np.ndarray  # (K,) video steps whose 5 frames around them all show a face
+    voiced: np.ndarray  # (N + 2 * max_lag,) voiced fraction of each audio step
     max_lag: int
     t_start: float
+
+    @property
+    def steps(self) -> int:
+        return len(self.crops)
 
     @property
     def lags(self) -> np.ndarray:
         return np.arange(-self.max_lag, self.max_lag + 1)
 
     def audio_index(self) -> np.ndarray:
-        """(P, 2*max_lag+1) audio window index for each stack and lag."""
-        return self.starts[:, None] + self.lags[None, :] + self.max_lag
+        """(K, 2*max_lag+1) audio step for each scored video step and lag."""
+        return self.positions[:, None] + self.lags[None, :] + self.max_lag
 
 
 def lip_geometry(face: FaceObservation) -> np.ndarray:
-    """(82,) lip shape: landmarks about their centroid, roll removed, in face heights.
+    """(83,) lip shape: landmarks about their centroid, roll removed, in face heights.
 
     Scaled so that values are of order one; aperture and mouth width are appended
-    because they are the tracker's cleanest measures of opening and spreading.
+    because they are the tracker's cleanest measures of opening and spreading, and a
+    last 1 says that a face was there (frames without one are all zeros).
     """
     lips = face.lip_landmarks.astype(np.float64)
     x0, y0, x1, y1 = face.face_box
@@ -101,6 +107,7 @@ def lip_geometry(face: FaceObservation) -> np.ndarray:
     out[:80] = (centered * 4.0).reshape(-1)
     out[80] = face.aperture * 10.0
     out[81] = (face.mouth_width - 0.4) * 5.0
+    out[82] = 1.0
     return out
 
 
@@ -144,19 +151,12 @@ def normalize_mel(log_mel: np.ndarray) -> np.ndarray:
     return mel / max(float(mel.std()), 1e-3)
 
 
-def normalize_crops(crops: np.ndarray, frame_index: np.ndarray) -> np.ndarray:
-    """Gather (P, 5) frames of (n, H, W) uint8 crops; zero mean, unit contrast per stack.
-
-    Statistics are summed per frame first (each frame sits in up to five stacks).
-    """
+def normalize_crops(crops: np.ndarray) -> np.ndarray:
+    """(N, H, W) uint8 -> float32 with zero mean and unit contrast per frame."""
     flat = crops.reshape(len(crops), -1).astype(np.float32)
-    frame_mean = flat.mean(axis=1)
-    frame_square = np.einsum("ij,ij->i", flat, flat) / flat.shape[1]
-    mean = frame_mean[frame_index].mean(axis=1)
-    variance = np.maximum(frame_square[frame_index].mean(axis=1) - mean**2, 0.0)
-    std = np.maximum(np.sqrt(variance), MIN_CROP_STD)
-    stacks = flat[frame_index].reshape(*frame_index.shape, *crops.shape[1:])
-    return ((stacks - mean[:, None, None, None]) / std[:, None, None, None]).astype(np.float32)
+    mean = flat.mean(axis=1, keepdims=True)
+    std = np.maximum(flat.std(axis=1, keepdims=True), MIN_CROP_STD)
+    return ((flat - mean) / std).reshape(crops.shape)
 
 
 def build_inputs(
@@ -166,7 +166,8 @@ def build_inputs(
     t_end: float,
     max_lag: int = MAX_LAG_FRAMES,
 ) -> SyncInputs | None:
-    """Model inputs for the window ``[t_start, t_end)``; None when no 5-frame stack has faces.
+    """Model inputs for the window ``[t_start, t_end)``; None when no 5 consecutive grid
+    frames show a face.
 
     ``audio`` must cover ``[t_start - max_lag * 0.04, t_end + max_lag * 0.04]``; rows
     missing at either end are filled with the window's quietest level.
@@ -177,35 +178,36 @@ def build_inputs(
     pick = grid_frames(track.times, t_start, n_grid)
     has_face = np.zeros(n_grid, bool)
     has_face[pick >= 0] = track.face[pick[pick >= 0]]
-    n_stacks = n_grid - STACK_FRAMES + 1
-    window_ok = np.lib.stride_tricks.sliding_window_view(has_face, STACK_FRAMES).all(axis=1)
-    starts = np.flatnonzero(window_ok)
-    if len(starts) == 0:
+    # A step is scored when the 5 frames centred on it (SyncNet's 0.2 s) all show a face.
+    half = STACK_FRAMES // 2
+    full = np.lib.stride_tricks.sliding_window_view(has_face, STACK_FRAMES).all(axis=1)
+    positions = np.flatnonzero(full) + half
+    if len(positions) == 0:
         return None
-    frame_index = pick[starts[:, None] + np.arange(STACK_FRAMES)[None, :]]  # (P, 5)
-    crops = normalize_crops(track.crops, frame_index)
-    lips = track.lips[frame_index].astype(np.float32)
+    crops = np.zeros((n_grid, *track.crops.shape[1:]), np.float32)
+    lips = np.zeros((n_grid, LIP_FEATURES), np.float32)
+    shown = np.flatnonzero(has_face)
+    crops[shown] = normalize_crops(track.crops[pick[shown]])
+    lips[shown] = track.lips[pick[shown]]
 
-    # Audio windows: one per grid step from -max_lag to the last stack start + max_lag.
-    n_audio = n_stacks + 2 * max_lag
-    hop = audio.hop_s
+    n_audio = n_grid + 2 * max_lag
+    n_rows = n_audio * MEL_ROWS_PER_STEP
     mel = normalize_mel(audio.log_mel)
-    first_row = int(round((t_start - max_lag * GRID_STEP_S - audio.t0) / hop))
-    step_rows = GRID_STEP_S / hop
-    rows = first_row + np.round(np.arange(n_audio) * step_rows).astype(int)
-    row_index = rows[:, None] + np.arange(MEL_FRAMES)[None, :]  # (M, 20)
-    valid_rows = (row_index >= 0) & (row_index < len(mel))
+    first_row = int(round((t_start - max_lag * GRID_STEP_S - audio.t0) / audio.hop_s))
+    rows = first_row + np.arange(n_rows)
+    valid_rows = (rows >= 0) & (rows < len(mel))
+    n_mels = mel.shape[1] if mel.ndim == 2 else 80
     floor_value = float(mel.min()) if mel.size else 0.0
-    gathered = np.full((n_audio, MEL_FRAMES, mel.shape[1] if mel.ndim == 2 else 80), floor_value)
-    gathered[valid_rows] = mel[row_index[valid_rows]]
-    voiced_rows = np.zeros(row_index.shape, np.float32)
-    voiced_rows[valid_rows] = audio.voiced[row_index[valid_rows]]
+    gathered = np.full((n_rows, n_mels), floor_value, np.float32)
+    gathered[valid_rows] = mel[rows[valid_rows]]
+    voiced_rows = np.zeros(n_rows, np.float32)
+    voiced_rows[valid_rows] = audio.voiced[rows[valid_rows]]
     return SyncInputs(
         crops=crops,
         lips=lips,
-        mel=gathered.astype(np.float32),
-        starts=starts,
-        voiced=voiced_rows.mean(axis=1),
+        mel=gathered,
+        positions=positions,
+        voiced=voiced_rows.reshape(n_audio, MEL_ROWS_PER_STEP).mean(axis=1),
         max_lag=max_lag,
         t_start=t_start,
     )
@@ -220,6 +222,6 @@ def window_inputs(window: AnalysisWindow) -> SyncInputs | None:
 
 
 def lag_distances(inputs: SyncInputs, video_emb: np.ndarray, audio_emb: np.ndarray) -> np.ndarray:
-    """(P, 2*max_lag+1) distance of each video stack to the audio at each lag."""
-    paired = audio_emb[inputs.audio_index()]  # (P, L, D)
-    return np.linalg.norm(paired - video_emb[:, None, :], axis=2)
+    """(K, 2*max_lag+1) distance of each scored video step to the audio at each lag."""
+    paired = audio_emb[inputs.audio_index()]  # (K, L, D)
+    return np.linalg.norm(paired - video_emb[inputs.positions][:, None, :], axis=2)
