@@ -194,8 +194,11 @@ def summarize(records: list[dict[str, Any]]) -> str:
     ]
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
-        groups[record["group"]].append(record)
-    groups["all"] = list(records)
+        # Offset mode (score -> 0 when the desync evidence is gone) and distance mode
+        # (a distance with no natural zero) are not comparable: summarize them apart.
+        groups[f"{record['group']}, {record['mode']} mode"].append(record)
+    for record in records:
+        groups[f"all, {record['mode']} mode"].append(record)
     for group, items in groups.items():
         for family in FAMILIES:
             for kind in ("white-box", "black-box"):
@@ -252,8 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--json", type=Path, help="write every window's record here")
     parser.add_argument("--jobs", type=int, default=1, help="extraction processes (cache misses)")
+    parser.add_argument("--from-json", type=Path, help="only summarize an earlier --json run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.from_json:
+        print(summarize(json.loads(args.from_json.read_text())["records"]))
+        return 0
 
     import torch
 

@@ -8,10 +8,11 @@ frames, low light, background noise) and then extracting the re-encoded file the
 way. Results are cached as npz files under /tmp/dfmon_sync_cache (never in the repo).
 
 Splits (see monitor/models/MODEL_CARD.md):
-* train: the real clips of ../shared/data/train except the two near-silent ones, plus
-  four dev clips (two GRID sentences, the HDTF Katie Hill clip, the MEAD clip);
-  lip-sync fakes are left out (their generated mouths would teach the model that
-  generated sync is genuine);
+* train: the real clips of ../shared/data/train except the two near-silent ones and the
+  four calibration speakers, plus four dev clips (two GRID sentences, the HDTF Katie
+  Hill clip, the MEAD clip), plus the train pool's lip-sync fakes as extra in-sync
+  positives (ten more faces; their mouths were generated from their own audio);
+* calibration: four train-pool speakers kept out of training;
 * held out: every other dev real clip with audio; rows marked DUPLICATE SOURCE are
   the same speech as a held-out clip and are used nowhere.
 
@@ -105,6 +106,17 @@ def train_clips() -> list[Clip]:
     chosen = [c for c in read_manifest("train") if c.label == "real" and c.stem not in excluded]
     chosen += [c for c in read_manifest("dev") if c.label == "real" and c.stem in DEV_TRAIN]
     return chosen
+
+
+def train_fake_clips() -> list[Clip]:
+    """Train-pool lip-sync fakes, used as extra in-sync positives (see the model card):
+    their mouths were generated from their own audio, and they bring ten more faces.
+    The two one-shot talking heads (whole head generated from a still) are left out."""
+    return [
+        c
+        for c in read_manifest("train")
+        if c.label == "fake" and "NOT video lip-sync" not in c.notes
+    ]
 
 
 def calibration_clips() -> list[Clip]:
@@ -466,6 +478,11 @@ def training_jobs(variants_per_clip: int = 2, synth_count: int = 0, seed: int = 
             variant_seed = seed * 1000 + index * 10 + v
             variant = CallVariant.random(variant_seed, f"call{v}")
             jobs.append(Job("call", str(clip.path), variant, variant_seed, split="train"))
+    for index, clip in enumerate(train_fake_clips()):
+        jobs.append(Job("file", str(clip.path), split="train_fake"))
+        variant_seed = seed * 1000 + 700 + index
+        variant = CallVariant.random(variant_seed, "call0")
+        jobs.append(Job("call", str(clip.path), variant, variant_seed, split="train_fake"))
     jobs += synth_jobs(synth_count, seed + 7)
     return jobs
 

@@ -40,7 +40,7 @@ log = logging.getLogger("train_sync")
 WINDOW_S = 2.0
 CONTEXT_S = 0.6
 # Share of training windows drawn from each kind of clip.
-GROUP_SHARES = {"file": 0.4, "call": 0.4, "synth": 0.2}
+GROUP_SHARES = {"file": 0.3, "call": 0.3, "fake": 0.2, "synth": 0.2}
 # A clip contributes at most this many seconds' worth of sampling weight (one 60 s
 # speaker must not dominate 16 others).
 CLIP_WEIGHT_CAP_S = 15.0
@@ -82,10 +82,11 @@ def load_training_clips(paths: list[Path]) -> list[TrainClip]:
                 keep.append(t)
         if not keep:
             continue
+        group = "fake" if cached.split == "train_fake" else cached.kind
         clips.append(
             TrainClip(
                 cached.name,
-                cached.kind,
+                group,
                 track,
                 cached.samples,
                 cached.audio_t0,
@@ -234,7 +235,7 @@ def train(clips: list[TrainClip], steps: int, batch_size: int, seed: int, lr: fl
     model = SyncNetLite()
     logit_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
     params = list(model.parameters()) + [logit_scale]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     warmup = max(1, steps // 20)
 
     def lr_at(step: int) -> float:
@@ -410,7 +411,7 @@ def save_checkpoint(model, calibration, meta: dict, path: Path) -> None:  # noqa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train the learned lip-sync model.")
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=8, help="windows per step")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -452,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("calibration: %s %s", calibration, calibration_stats)
 
     from monitor.sync.export import export_onnx
-    from monitor.sync.model import count_macs, example_inputs, parameter_count
+    from monitor.sync.model import macs_per_video_frame, parameter_count
 
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -462,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         "lr": args.lr,
         "train_clips": len(clips),
         "parameters": parameter_count(model),
-        "macs_per_video_frame": count_macs(model, example_inputs(1, 1)),
+        "macs_per_video_frame": macs_per_video_frame(model),
         "prep_seconds": round(prep_s, 1),
         "train_seconds": round(train_s, 1),
         "torch": torch.__version__,

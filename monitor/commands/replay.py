@@ -103,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         from monitor.report import write_report_for_replay
 
-        write_report_for_replay(events, args.input, args.report, audio_path=args.audio)
+        write_report_for_replay(
+            events, args.input, args.report, audio_path=args.audio, config=config
+        )
     return 0
 
 

@@ -8,6 +8,7 @@ aperture, the mouth filmstrip, and attribution of each alert with the learned mo
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -173,8 +174,8 @@ def write_report(
     out = Path(out_html)
     _check_output(out)
     log_ = load_events(events)
-    config = config or MonitorConfig()
-    config.window.window_s = log_.window_s
+    config = copy.deepcopy(config) if config is not None else MonitorConfig()
+    config.window.window_s = log_.window_s  # as the events were scored
     attribution = attribution or AttributionOptions()
     duration = _probe_duration(media_path, audio_path)
     if duration is not None and log_.last_time() > duration + log_.window_s + 1.0:
@@ -474,7 +475,7 @@ def _lip_sync_section(
 
     conf = trace.confidence
     times, values, offsets = conf.arrays()
-    if len(times):
+    if len(times) and np.isfinite(values).any():
         image = plots.frame_confidence(
             times,
             values,
@@ -502,7 +503,10 @@ def _lip_sync_section(
             )
         )
     else:
-        parts.append("<p class='note'>No sync confidence: the media has no audio or no face.</p>")
+        parts.append(
+            "<p class='note'>No sync confidence: no stretch of the media has both a face and "
+            "speech.</p>"
+        )
 
     image = plots.audio_and_lips(
         trace.wave_min,

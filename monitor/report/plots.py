@@ -101,12 +101,12 @@ def risk_timeline(
     ax.plot(
         t, _block_reduce(risk, blocks, "max"), "-", lw=1.8, color="#263238", label="smoothed risk"
     )
-    for event in alerts:
+    for i, event in enumerate(alerts):
         colour = LEVEL_COLOURS.get(event["level"], "#000")
         ax.axvline(event["t_end"], color=colour, lw=1.5)
-        ax.annotate(
+        ax.annotate(  # alternate heights so that close alerts' labels do not collide
             f"-> {event['level']}",
-            (event["t_end"], 1.0),
+            (event["t_end"], 1.0 if i % 2 == 0 else 0.92),
             xytext=(3, -2),
             textcoords="offset points",
             fontsize=8,

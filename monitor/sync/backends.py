@@ -150,7 +150,7 @@ class TorchBackend:
 
 
 class OnnxBackend:
-    """onnxruntime on the exported graph (dynamic batch on both inputs)."""
+    """onnxruntime on the exported graph (dynamic windows and steps)."""
 
     name = "onnx"
 
