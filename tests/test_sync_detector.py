@@ -95,7 +95,7 @@ def test_offset_of_a_shifted_synthetic_call_within_one_frame(
     offsets = np.array([e.fields["offset_ms"] for e in scored])
     assert abs(np.median(offsets) - truth_ms) <= 40.0
     assert summary is not None and abs(summary.fields["offset_ms"] - truth_ms) <= 40.0
-    direction = "audio lags lips" if truth_ms > 0 else "audio leads lips"
+    direction = "audio lags lips" if truth_ms > 0 else "speech leads lips"
     assert direction in summary.rationale
     assert summary.score is not None and summary.score > 0.5
 

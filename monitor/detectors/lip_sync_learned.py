@@ -145,7 +145,7 @@ class LearnedSyncDetector:
         elif offset > 0:
             timing = f"audio lags lips by {offset:.0f} ms"
         else:
-            timing = f"audio leads lips by {-offset:.0f} ms"
+            timing = f"speech leads lips by {-offset:.0f} ms"
         genuine = self.calibration.genuine_confidence
         if summary.confidence < genuine:
             timing = f"no clear audio-lip match (best at {offset:+.0f} ms)"

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from monitor.detectors.base import Evidence, format_media_time
+from monitor.fusion import POWER
 from monitor.windows import AnalysisWindow
 
 EXPLANATION_VERSION = 1
@@ -40,9 +41,9 @@ CLEAR_MINIMUM_SHARE = 0.3
 def contributions(
     evidence: Sequence[Evidence], weights: Mapping[str, float]
 ) -> list[dict[str, Any]]:
-    """Each sufficient detector's share of the fused risk (the quadratic mean's terms)."""
+    """Each sufficient detector's share of the fused risk (the power mean's terms)."""
     terms = {
-        e.detector: weights.get(e.detector, 1.0) * e.score**2
+        e.detector: weights.get(e.detector, 1.0) * e.score**POWER
         for e in evidence
         if e.score is not None and weights.get(e.detector, 1.0) > 0
     }

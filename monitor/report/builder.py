@@ -366,7 +366,8 @@ def _timeline_section(log_: EventLog, config: MonitorConfig, duration: float) ->
     thresholds = (config.fusion.suspicious_threshold, config.fusion.alert_threshold)
     image = plots.risk_timeline(log_.scores, log_.alerts, thresholds, duration)
     caption = (
-        "Smoothed risk (line) and per-window risk (dots) with the thresholds of suspicious "
+        "Smoothed risk (line) and per-window risk (dots), each at the end of its window "
+        "(when it was known), with the thresholds of suspicious "
         f"({thresholds[0]}) and alert ({thresholds[1]}); the bar below shows each window's "
         "level; vertical lines mark alerts (level changes)."
     )
@@ -399,8 +400,8 @@ def _contributions_section(log_: EventLog, config: MonitorConfig, duration: floa
         )
     caption = (
         "Top: each detector's score per window. Bottom: the window risk split by detector "
-        "(the fused risk is the weighted quadratic mean, so a detector's share is its "
-        "weight x score^2 over the sum)."
+        "(the fused risk is the weighted power mean with p = 4, so a detector's share is "
+        "its weight x score^4 over the sum)."
     )
     return html.section(
         "contributions",

@@ -18,6 +18,8 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from monitor.fusion import POWER
+
 DPI = 80
 MAX_POINTS = 1500
 LEVEL_COLOURS = {
@@ -77,7 +79,8 @@ def risk_timeline(
     grid = figure.add_gridspec(2, 1, height_ratios=[5, 1])
     ax = figure.add_subplot(grid[0])
     strip = figure.add_subplot(grid[1], sharex=ax)
-    centers = np.array([(e["t_start"] + e["t_end"]) / 2 for e in scores])
+    # At each window's end: when the risk was known, as the alerts and the level strip.
+    centers = np.array([e["t_end"] for e in scores], dtype=float)
     risk = np.array([e["risk"] for e in scores], dtype=float)
     window_risk = np.array(
         [np.nan if e.get("window_risk") is None else e["window_risk"] for e in scores], dtype=float
@@ -160,7 +163,7 @@ def detector_contributions(
         )
         top.plot(t, _block_reduce(values, blocks, "max"), lw=1.4, label=name)
         weight = weights.get(name, 1.0)
-        stacked.append(weight * np.nan_to_num(values) ** 2)
+        stacked.append(weight * np.nan_to_num(values) ** POWER)
     terms = np.array(stacked) if stacked else np.zeros((0, len(scores)))
     total = terms.sum(axis=0)
     window_risk = np.array(
