@@ -63,3 +63,12 @@ def format_media_time(t: float) -> str:
 
 def format_span(t_start: float, t_end: float) -> str:
     return f"{format_media_time(t_start)}-{format_media_time(t_end)}"
+
+
+def describe_offset(offset_ms: float, aligned_within_ms: float) -> str:
+    """Plain words for a lag, in the sign convention of ``offset_ms`` (audio later: > 0)."""
+    if abs(offset_ms) <= aligned_within_ms:
+        return f"lips and speech aligned within {abs(offset_ms):.0f} ms"
+    if offset_ms > 0:
+        return f"audio lags lips by {offset_ms:.0f} ms"
+    return f"speech leads lips by {-offset_ms:.0f} ms"

@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 
 from monitor.config import MonitorConfig
-from monitor.detectors.base import Evidence, format_span
+from monitor.detectors.base import Evidence, describe_offset, format_span
 from monitor.windows import AnalysisWindow
 
 # Offsets genuine calls show (codec and jitter-buffer delays, tracker smoothing) stay inside
@@ -228,12 +228,7 @@ class BaselineSyncDetector:
 
     @staticmethod
     def _rationale(offset_ms: float, peak: float, confidence: float, span: str) -> str:
-        if abs(offset_ms) <= GENUINE_OFFSET_MS:
-            timing = f"lips and speech aligned within {abs(offset_ms):.0f} ms"
-        elif offset_ms > 0:
-            timing = f"audio lags lips by {offset_ms:.0f} ms"
-        else:
-            timing = f"speech leads lips by {-offset_ms:.0f} ms"
+        timing = describe_offset(offset_ms, GENUINE_OFFSET_MS)
         return (
             f"{timing} over {span}; lip-audio correlation {peak:.2f} "
             f"(sync confidence {confidence:.2f}; coupled speech gives > {STRONG_COUPLING})"

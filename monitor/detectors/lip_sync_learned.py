@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from monitor.config import MonitorConfig
-from monitor.detectors.base import Evidence, format_span
+from monitor.detectors.base import Evidence, describe_offset, format_span
 from monitor.errors import BackendUnavailableError
 from monitor.sync.backends import WEIGHTS_PATH, BatchingRunner, Calibration, shared_runner
 from monitor.sync.features import GRID_STEP_S, lag_distances, window_inputs
@@ -140,12 +140,7 @@ class LearnedSyncDetector:
 
     def _rationale(self, summary: CurveSummary, probability: float, span: str) -> str:
         offset = summary.offset_ms
-        if abs(offset) <= ALIGNED_MS:
-            timing = f"lips and audio aligned within {abs(offset):.0f} ms"
-        elif offset > 0:
-            timing = f"audio lags lips by {offset:.0f} ms"
-        else:
-            timing = f"speech leads lips by {-offset:.0f} ms"
+        timing = describe_offset(offset, ALIGNED_MS)
         genuine = self.calibration.genuine_confidence
         if summary.confidence < genuine:
             timing = f"no clear audio-lip match (best at {offset:+.0f} ms)"
