@@ -11,7 +11,7 @@ def test_defaults_are_valid() -> None:
 
 def test_toml_overrides_and_unknown_keys(tmp_path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('[window]\nhop_s = 1.0\n[detectors.weights]\ntemporal = 0.25\n')
+    path.write_text("[window]\nhop_s = 1.0\n[detectors.weights]\ntemporal = 0.25\n")
     config = load_config(path)
     assert config.window.hop_s == 1.0
     assert config.detectors.weights == {"lip_sync": 1.0, "temporal": 0.25}
