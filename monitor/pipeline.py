@@ -139,8 +139,6 @@ class SessionAnalyzer:
         self._last_frame_t = -np.inf
         self._frame_interval = 0.04
         self._next_window = 0
-        self._first_clear_seen = False
-        self._started = False
         self._finished = False
 
     # ----- construction -------------------------------------------------------------------
@@ -161,7 +159,6 @@ class SessionAnalyzer:
 
     def start(self, info: StreamInfo) -> None:
         self._has_audio = info.has_audio
-        self._started = True
         self.emit(
             self.events.make(
                 "session_started",
@@ -336,14 +333,8 @@ class SessionAnalyzer:
         )
         if change is None:
             return
-        if (
-            change.previous_level == "unknown"
-            and change.level == "clear"
-            and not self._first_clear_seen
-        ):
-            self._first_clear_seen = True
-            return
-        self._first_clear_seen = True
+        if change.previous_level == "unknown" and change.level == "clear" and not self.stats.alerts:
+            return  # the first evidence establishing "clear" is not news
         self.stats.alerts += 1
         self.emit(
             self.events.make(
