@@ -17,9 +17,9 @@ from monitor.cli import main
 from monitor.config import MonitorConfig, load_config
 from monitor.errors import EventsError, OutputError
 from monitor.events import dumps, validate_event
+from monitor.features.face import mouth_crop_matrix
 from monitor.report import AttributionOptions, write_report
 from monitor.report.confidence import LearnedSync
-from monitor.report.media import mouth_crop_matrix
 from tests.browser import open_page, require_chromium
 
 ARTIFACTS = Path(__file__).parent / "artifacts"

@@ -103,6 +103,37 @@ def _warp(image: np.ndarray, matrix: np.ndarray, size_dst: tuple[int, int]) -> n
     )
 
 
+def _mouth_box(
+    upright: np.ndarray, to_image: np.ndarray, config: FaceConfig
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """Centre (image pixels) and (w, h) of the lower-face box the mouth crop shows."""
+    crop_h, crop_w = config.mouth_crop_size
+    mouth_w = abs(float(upright[CHEEK_RIGHT, 0] - upright[CHEEK_LEFT, 0])) * MOUTH_CROP_WIDTH_SCALE
+    mouth_w = max(mouth_w, 1.0)
+    mouth_h = mouth_w * crop_h / crop_w
+    top = float(upright[NOSE_TIP, 1]) - MOUTH_CROP_TOP_OFFSET * mouth_w
+    center_upright = np.array(
+        [(upright[CHEEK_LEFT, 0] + upright[CHEEK_RIGHT, 0]) / 2.0, top + mouth_h / 2.0]
+    )
+    return to_image @ center_upright, (mouth_w, mouth_h)
+
+
+def mouth_crop_matrix(
+    landmarks: np.ndarray, config: FaceConfig, scale: float = 1.0
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The affine map of :func:`observe_face`'s mouth crop (times ``scale``) and its size,
+    so landmarks can be drawn where they are in the crop the model sees."""
+    eye_dx, eye_dy = landmarks[EYE_OUTER_RIGHT] - landmarks[EYE_OUTER_LEFT]
+    angle = math.atan2(float(eye_dy), float(eye_dx))
+    cos, sin = math.cos(angle), math.sin(angle)
+    to_image = np.array([[cos, -sin], [sin, cos]], dtype=np.float64)
+    upright = landmarks.astype(np.float64) @ to_image
+    center, box = _mouth_box(upright, to_image, config)
+    crop_h, crop_w = config.mouth_crop_size
+    size = (int(round(crop_w * scale)), int(round(crop_h * scale)))
+    return _crop_warp(center, angle, box, size), size
+
+
 def observe_face(image: np.ndarray, landmarks: np.ndarray, config: FaceConfig) -> FaceObservation:
     """Geometry and aligned crops from pixel landmarks (any tracker with the FaceMesh topology)."""
     height, width = image.shape[:2]
@@ -130,15 +161,8 @@ def observe_face(image: np.ndarray, landmarks: np.ndarray, config: FaceConfig) -
     face_crop = _warp(image, face_matrix, face_size)
 
     crop_h, crop_w = config.mouth_crop_size
-    mouth_w = abs(float(upright[CHEEK_RIGHT, 0] - upright[CHEEK_LEFT, 0])) * MOUTH_CROP_WIDTH_SCALE
-    mouth_w = max(mouth_w, 1.0)
-    mouth_h = mouth_w * crop_h / crop_w
-    top = float(upright[NOSE_TIP, 1]) - MOUTH_CROP_TOP_OFFSET * mouth_w
-    mouth_center_upright = np.array(
-        [(upright[CHEEK_LEFT, 0] + upright[CHEEK_RIGHT, 0]) / 2.0, top + mouth_h / 2.0]
-    )
-    mouth_center = to_image @ mouth_center_upright
-    mouth_matrix = _crop_warp(mouth_center, angle, (mouth_w, mouth_h), (crop_w, crop_h))
+    mouth_center, mouth_size = _mouth_box(upright, to_image, config)
+    mouth_matrix = _crop_warp(mouth_center, angle, mouth_size, (crop_w, crop_h))
     mouth_crop = _warp(image, mouth_matrix, (crop_w, crop_h))
 
     return FaceObservation(

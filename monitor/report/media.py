@@ -25,16 +25,7 @@ import numpy as np
 
 from monitor.config import FaceConfig, MonitorConfig
 from monitor.features.audio import compute_audio_features
-from monitor.features.face import (
-    CHEEK_LEFT,
-    CHEEK_RIGHT,
-    EYE_OUTER_LEFT,
-    EYE_OUTER_RIGHT,
-    MOUTH_CROP_TOP_OFFSET,
-    MOUTH_CROP_WIDTH_SCALE,
-    NOSE_TIP,
-    create_face_tracker,
-)
+from monitor.features.face import create_face_tracker, mouth_crop_matrix
 from monitor.features.types import FaceObservation, FrameFeatures
 from monitor.media import AUDIO_RATE, AudioChunk, StreamInfo, VideoFrame
 from monitor.pipeline import AudioBuffer
@@ -93,32 +84,6 @@ class MediaTrace:
         if len(self.frame_times):
             ends.append(float(self.frame_times[-1]))
         return max(ends)
-
-
-def mouth_crop_matrix(
-    landmarks: np.ndarray, config: FaceConfig, scale: float = 1.0
-) -> tuple[np.ndarray, tuple[int, int]]:
-    """The affine map of :func:`monitor.features.face.observe_face`'s mouth crop (times
-    ``scale``), so landmarks can be drawn where they are in the crop the model sees."""
-    eye_dx, eye_dy = landmarks[EYE_OUTER_RIGHT] - landmarks[EYE_OUTER_LEFT]
-    angle = math.atan2(float(eye_dy), float(eye_dx))
-    cos, sin = math.cos(angle), math.sin(angle)
-    upright = landmarks.astype(np.float64) @ np.array([[cos, -sin], [sin, cos]])
-    to_image = np.array([[cos, -sin], [sin, cos]])
-    crop_h, crop_w = config.mouth_crop_size
-    mouth_w = abs(float(upright[CHEEK_RIGHT, 0] - upright[CHEEK_LEFT, 0])) * MOUTH_CROP_WIDTH_SCALE
-    mouth_w = max(mouth_w, 1.0)
-    mouth_h = mouth_w * crop_h / crop_w
-    top = float(upright[NOSE_TIP, 1]) - MOUTH_CROP_TOP_OFFSET * mouth_w
-    center_upright = np.array(
-        [(upright[CHEEK_LEFT, 0] + upright[CHEEK_RIGHT, 0]) / 2.0, top + mouth_h / 2.0]
-    )
-    center = to_image @ center_upright
-    size = (int(round(crop_w * scale)), int(round(crop_h * scale)))
-    sx, sy = size[0] / mouth_w, size[1] / mouth_h
-    linear = np.array([[sx * cos, sx * sin], [-sy * sin, sy * cos]])
-    offset = np.array(size, dtype=np.float64) / 2.0 - linear @ center
-    return np.hstack([linear, offset[:, None]]), size
 
 
 def draw_mouth_still(image: np.ndarray, face: FaceObservation, config: FaceConfig) -> np.ndarray:
