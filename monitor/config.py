@@ -40,7 +40,8 @@ class AudioConfig:
 @dataclass
 class FaceConfig:
     mouth_crop_size: tuple[int, int] = (48, 96)  # height, width; lower face, as in Wav2Lip
-    face_crop_size: int = 112
+    # Whole face at up to this detail: texture cues need the fine scale generators lose.
+    face_crop_size: int = 256
     min_detection_confidence: float = 0.5
 
 

@@ -3,7 +3,9 @@
 :class:`SessionAnalyzer` owns everything of one participant's session: the face tracker,
 the bounded frame and audio buffers that form windows, the detectors, the risk state.
 It is synchronous and not thread-safe on purpose: one thread drives one session, so
-file replay and live ingest share exactly the same code.
+file replay and live ingest share exactly the same code. The only other threads are one
+worker per detector (:mod:`monitor.detectors.runner`), waited for one call at a time, so
+that a detector that hangs is abandoned after its time budget instead of stalling the session.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from monitor.config import MonitorConfig
 from monitor.detectors.base import Detector, Evidence, format_span
+from monitor.detectors.runner import CallTimeout, DetectorRunner
 from monitor.events import EventFactory
 from monitor.explain.live import compact_explanation
 from monitor.features.audio import AudioFeatureExtractor
@@ -129,6 +133,7 @@ class SessionAnalyzer:
         self.detectors: dict[str, Detector] = (
             detectors if detectors is not None else self._create_detectors()
         )
+        self._runners: dict[str, DetectorRunner] = {}  # started on a detector's first call
         windows_per_unknown = max(1, round(2 * config.window.window_s / config.window.hop_s))
         self.risk = RiskState(config.fusion, unknown_after_windows=windows_per_unknown)
         self._frames: deque[FrameFeatures] = deque()
@@ -140,6 +145,7 @@ class SessionAnalyzer:
         self._frame_interval = 0.04
         self._next_window = 0
         self._finished = False
+        self._closed = False
 
     # ----- construction -------------------------------------------------------------------
 
@@ -202,15 +208,31 @@ class SessionAnalyzer:
             raise RuntimeError("session already finished")
         self._finished = True
         self._audio_ended = True
-        self._pump(final=True)
-        if reason is not None:
-            self.emit(self.events.make("session_ended", reason=reason))
-        summary = self._summary()
-        self.emit(summary)
+        try:
+            self._pump(final=True)
+            if reason is not None:
+                self.emit(self.events.make("session_ended", reason=reason))
+            summary = self._summary()
+            self.emit(summary)
+        finally:
+            self.close()
+        return summary
+
+    def close(self) -> None:
+        """Release the detector threads and the face tracker; idempotent.
+
+        :meth:`finish` calls it, even when it fails. A caller that gives a session up
+        without finishing it (its input failed) calls it so that no worker thread is left.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for runner in self._runners.values():
+            runner.close()
+        self._runners.clear()
         close = getattr(self.face_tracker, "close", None)
         if close is not None:
             close()
-        return summary
 
     # ----- windows ------------------------------------------------------------------------
 
@@ -264,28 +286,51 @@ class SessionAnalyzer:
             has_audio_stream=self._has_audio,
         )
 
+    def _runner(self, name: str) -> DetectorRunner:
+        runner = self._runners.get(name)
+        if runner is None:
+            if self._closed:  # a new thread now would never be stopped
+                raise RuntimeError("session already closed")
+            runner = self._runners[name] = DetectorRunner(name)
+        return runner
+
+    def _disable(self, name: str) -> None:
+        """Drop a detector for the rest of the session and stop its thread (unless it hung)."""
+        del self.detectors[name]
+        runner = self._runners.pop(name, None)
+        if runner is not None:
+            runner.close()
+
     def _run_detectors(self, window: AnalysisWindow) -> list[Evidence]:
+        """Each detector on its own thread, one after another, each given the time budget."""
         evidence = []
         budget = self.config.detectors.time_budget_s
         for name, detector in list(self.detectors.items()):
             started = time.perf_counter()
             try:
-                item = detector.analyze(window)
+                item, elapsed = self._runner(name).call(partial(detector.analyze, window), budget)
+            except CallTimeout:
+                # Still running, maybe forever: abandon its thread rather than wait.
+                log.warning("detector %s hung on window %d; abandoned", name, window.index)
+                elapsed = time.perf_counter() - started
+                took = f"more than {budget:.2f} s"
             except Exception as exc:
                 log.exception("detector %s failed", name)
-                del self.detectors[name]
+                self._disable(name)
                 self._error(
                     f"detector {name} raised {type(exc).__name__}: {exc}; "
                     "disabled for this session",
                     detector=name,
                 )
                 continue
-            elapsed = time.perf_counter() - started
+            else:
+                # A result that came just past the deadline is over budget all the same.
+                took = f"{elapsed:.2f} s" if elapsed > budget else None
             self.stats.detector_seconds[name] = self.stats.detector_seconds.get(name, 0.0) + elapsed
-            if elapsed > budget:
-                del self.detectors[name]
+            if took is not None:
+                self._disable(name)
                 self._error(
-                    f"detector {name} took {elapsed:.2f} s for one window (budget {budget:.2f} s); "
+                    f"detector {name} took {took} for one window (budget {budget:.2f} s); "
                     "disabled for this session",
                     detector=name,
                 )
@@ -368,12 +413,20 @@ class SessionAnalyzer:
 
     def _summary(self) -> dict[str, Any]:
         session_evidence: list[Evidence] = []
+        budget = self.config.detectors.time_budget_s
         for name, detector in self.detectors.items():
             summarize = getattr(detector, "summarize", None)
             if summarize is None:
                 continue
-            try:
-                item = summarize()
+            try:  # on the detector's thread, so a hung summarize cannot hang finish either
+                item, _ = self._runner(name).call(summarize, budget)
+            except CallTimeout:
+                log.warning("detector %s hung in summarize; abandoned", name)
+                self._error(
+                    f"detector {name} took more than {budget:.2f} s to summarize; left out",
+                    detector=name,
+                )
+                continue
             except Exception as exc:
                 log.exception("detector %s failed to summarize", name)
                 self._error(f"detector {name} failed to summarize: {exc}", detector=name)

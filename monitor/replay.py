@@ -6,6 +6,7 @@ live call would arrive. Events go to the given sinks as they are produced.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -73,13 +74,18 @@ def replay_file(
     from monitor.sources.file import FileSource
 
     wall_started = time.perf_counter()
-    with FileSource(path, audio_path=audio_path) as source:
-        analyzer = SessionAnalyzer(
-            config,
-            session=session or uuid.uuid4().hex[:12],
-            participant=participant or Path(path).stem,
-            emit=emit,
-        )
+    # closing(): no detector thread outlives a replay that fails before finish().
+    with (
+        FileSource(path, audio_path=audio_path) as source,
+        contextlib.closing(
+            SessionAnalyzer(
+                config,
+                session=session or uuid.uuid4().hex[:12],
+                participant=participant or Path(path).stem,
+                emit=emit,
+            )
+        ) as analyzer,
+    ):
         analyzer.start(source.info)
         progress = Progress(source.info.duration_s)
         media_t = 0.0

@@ -59,6 +59,10 @@ def calls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             out / f"{name}.mp4", text=TEXT, seed=1, size=(240, 320), audio_shift_s=shift
         )
         paths[name] = call.path
+    # Long enough that a loaded machine cannot finish publishing it before a test interrupts.
+    paths["long"] = make_call(
+        out / "long.mp4", text=" ".join([TEXT] * 3), seed=2, size=(240, 320)
+    ).path
     return paths
 
 
@@ -198,7 +202,7 @@ async def test_publisher_processes_interrupted_and_killed(calls: dict[str, Path]
         processes = {}
         for name in ("erin", "dave"):
             processes[name] = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "monitor", "push", str(calls["sync"]),
+                sys.executable, "-m", "monitor", "push", str(calls["long"]),
                 "--url", server.url, "--token", TOKEN, "--participant", name,
                 cwd=root, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import importlib.metadata
+import sys
 import textwrap
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -286,11 +290,138 @@ def test_failing_and_slow_plugins_are_disabled_and_the_session_goes_on(tmp_path:
     for score in scores:
         detectors = [item["detector"] for item in score["evidence"]]
         assert "good" in detectors and "failing" not in detectors
-    # The slow one finished its first window (then went over budget) and never ran again.
+    # The slow one was abandoned at the budget on its first window and never ran again.
     assert all("slow" not in [i["detector"] for i in s["evidence"]] for s in scores)
     numbers = [next(i["n"] for i in s["evidence"] if i["detector"] == "good") for s in scores]
     assert numbers == list(range(1, len(scores) + 1))
     assert events[-1]["type"] == "summary"
+
+
+# Detectors that never return until the test releases them: one in analyze, one in summarize.
+HUNG_SOURCE = textwrap.dedent(
+    """
+    import threading
+    from monitor.detectors.base import Evidence
+
+    RELEASE = threading.Event()  # set by the test at teardown, so the threads end
+
+    class Hung:
+        name = "hung"
+        version = "h-1"
+
+        def __init__(self, config):
+            pass
+
+        def analyze(self, window):
+            RELEASE.wait()
+            return Evidence(self.name, 0.9, "too late")
+
+    class HungSummary:
+        name = "hung_summary"
+        version = "hs-1"
+
+        def __init__(self, config):
+            pass
+
+        def analyze(self, window):
+            return Evidence(self.name, 0.1, "quick")
+
+        def summarize(self):
+            RELEASE.wait()
+
+    DETECTORS = [Hung, HungSummary]
+    """
+)
+
+
+@pytest.fixture
+def hung_plugin(tmp_path: Path) -> Iterator[Path]:
+    """The folder with the hung plugins; teardown releases every copy of them that was loaded."""
+    write_plugin(tmp_path, "trio.py", PLUGIN_SOURCE)
+    write_plugin(tmp_path, "hung.py", HUNG_SOURCE)
+    yield tmp_path
+    release_hung_plugins()
+
+
+def release_hung_plugins() -> None:
+    """Every discovery loads hung.py afresh, as its own module: release them all."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith("dfmon_plugin_hung_"):
+            module.RELEASE.set()
+
+
+def detector_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("dfmon-detector-")}
+
+
+def test_hung_plugin_is_abandoned_at_the_budget_and_the_session_goes_on(
+    hung_plugin: Path,
+) -> None:
+    config = config_for(hung_plugin, enabled=["good", "hung"], time_budget_s=0.2)
+    before = detector_threads()
+    started = time.perf_counter()
+    events, analyzer = run_session(config)
+    # One wait of 0.2 s, not forever; generous for a loaded machine.
+    assert time.perf_counter() - started < 3.0
+
+    errors = [e for e in events if e["type"] == "error"]
+    assert [e["detector"] for e in errors] == ["hung"]
+    message = errors[0]["message"]
+    assert "hung took more than 0.20 s for one window (budget 0.20 s)" in message
+    assert message.endswith("disabled for this session")
+    assert set(analyzer.detectors) == {"good"}
+    assert analyzer.stats.detector_seconds["hung"] >= 0.2
+
+    after_error = events[events.index(errors[0]) + 1 :]
+    scores = [e for e in after_error if e["type"] == "score"]
+    assert len(scores) >= 4
+    for score in scores:
+        assert [item["detector"] for item in score["evidence"]] == ["good"]
+    assert events[-1]["type"] == "summary"
+
+    # Only the hung thread is left, and it ends once its call returns.
+    (left,) = detector_threads() - before
+    assert left.name == "dfmon-detector-hung" and left.daemon
+    release_hung_plugins()
+    left.join(timeout=5.0)
+    assert not left.is_alive()
+
+
+def test_hung_summarize_does_not_hang_finish(hung_plugin: Path) -> None:
+    config = config_for(hung_plugin, enabled=["good", "hung_summary"], time_budget_s=0.2)
+    started = time.perf_counter()
+    events, _ = run_session(config, seconds=2.0)
+    assert time.perf_counter() - started < 3.0
+    errors = [e for e in events if e["type"] == "error"]
+    assert [e["detector"] for e in errors] == ["hung_summary"]
+    assert "to summarize" in errors[0]["message"]
+    assert events[-1]["type"] == "summary"
+
+
+def test_detector_threads_end_with_the_session_even_when_it_fails(tmp_path: Path) -> None:
+    write_plugin(tmp_path, "trio.py", PLUGIN_SOURCE)
+    config = config_for(tmp_path, enabled=["good", "failing"])
+    before = detector_threads()
+    run_session(config, seconds=2.0)
+    assert not detector_threads() - before
+
+    def emit(event: dict[str, Any]) -> None:
+        if event["type"] == "score":
+            raise OSError("sink gone")
+
+    analyzer = SessionAnalyzer(
+        config, session="s", participant="p", emit=emit, face_tracker=NoFace()
+    )
+    analyzer.start(StreamInfo("synthetic", 25.0, 64, 48, 16000, 2.0))
+    image = np.zeros((48, 64, 3), np.uint8)
+    with pytest.raises(OSError, match="sink gone"):
+        for i in range(100):
+            analyzer.add_audio(AudioChunk(i * 0.04, np.zeros(640, np.float32)))
+            analyzer.add_video(VideoFrame(i * 0.04, i, image))
+    assert detector_threads() - before  # the good detector's thread is running
+    with pytest.raises(OSError, match="sink gone"):
+        analyzer.finish("error")  # scoring the rest fails again; the threads end anyway
+    assert not detector_threads() - before
 
 
 def test_plugin_that_fails_to_start_gives_an_error_event(tmp_path: Path) -> None:

@@ -139,7 +139,7 @@ def lower_face_box(landmarks: np.ndarray) -> tuple[slice, slice]:
 
 
 def frame_measure(image: np.ndarray, landmarks: np.ndarray, t: float = 0.0) -> cues.FrameMeasure:
-    return cues.measure_frame(t, observed(image, landmarks))
+    return cues.measure_frame(t, round(t * 25), observed(image, landmarks))
 
 
 # ----- tests: geometry ---------------------------------------------------------------------
@@ -242,6 +242,35 @@ def test_mouth_box_flicker_raises_mouth_flicker() -> None:
         )
 
     assert flicker(flickering) > flicker(steady) + 1.5
+
+
+def test_mouth_box_detail_coming_and_going_raises_texture_flicker() -> None:
+    """A mouth box blurred in every other frame flickers in fine detail; camera noise over
+    the whole face, or one steady blur, does not raise the cue."""
+    rng = np.random.default_rng(4)
+    image, landmarks = render_face(0.04)
+    rows, cols = lower_face_box(landmarks)
+
+    def texture_flicker(blur_sigmas: list[float]) -> float:
+        measures = []
+        for i, sigma in enumerate(blur_sigmas):
+            frame = (image + rng.normal(0, 3, image.shape)).clip(0, 255).astype(np.uint8)
+            if sigma > 0:
+                frame[rows, cols] = cv2.GaussianBlur(frame, (0, 0), sigma)[rows, cols]
+            measures.append(frame_measure(frame, landmarks, i / 25))
+        return cues.texture_flicker(
+            np.array([m.lower_texture for m in measures]),
+            np.array([m.upper_texture for m in measures]),
+            np.array([m.index for m in measures]),
+        )
+
+    steady = texture_flicker([0.0] * 20)
+    steady_blur = texture_flicker([1.2] * 20)
+    flickering = texture_flicker([0.0, 1.2] * 10)
+    assert steady < 0.7 and steady_blur < 0.7
+    assert flickering > max(steady, steady_blur) + 1.5
+    # Too few consecutive frames: not measurable.
+    assert math.isnan(cues.texture_flicker(np.zeros(6), np.zeros(6), np.arange(0, 12, 2)))
 
 
 def speaking_tracks(

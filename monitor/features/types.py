@@ -15,7 +15,7 @@ class FaceObservation:
     landmarks: np.ndarray  # (N, 2) float32, the tracker's full mesh (478 for FaceMesh)
     lip_landmarks: np.ndarray  # (40, 2) float32
     mouth_crop: np.ndarray  # (48, 96, 3) uint8 RGB, lower face, size-normalized
-    face_crop: np.ndarray  # (112, 112, 3) uint8 RGB, whole face, size-normalized
+    face_crop: np.ndarray  # (256, 256, 3) uint8 RGB, whole face, size-normalized
     aperture: float  # inner-lip gap / face height
     mouth_width: float  # mouth corner distance / face width
 

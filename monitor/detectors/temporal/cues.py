@@ -25,6 +25,14 @@ earlier), so that who the person is, the camera and the codec largely cancel out
 - ``mouth_colour``: YCbCr chroma offset of the skin around the mouth against the upper face.
 - ``boundary_seam``: the sharpest step in how much the lower face changes between frames,
   going down from the lips: a pasted box changes inside and not outside its edge.
+- ``texture_flicker``: how much the fine-detail sharpness of the skin around the mouth jumps
+  from frame to frame, against the same for the upper face. A generator renders the mouth
+  box afresh in every frame, so its detail comes and goes; a camera's does not. On the
+  training pool's fakes paired with their own real input, the fake read higher in 7 of 8
+  pairs (measured at up to 256 px, where the upscaled generator output still shows).
+
+The detail cue (``texture_flicker``) reads the face crop at its full resolution; the others
+read it at :data:`COARSE_SIDE` pixels, the resolution they were designed and calibrated at.
 
 The functions here are pure (arrays in, numbers out) so each can be tested on synthetic
 input with a known answer.
@@ -57,6 +65,14 @@ STRUCTURE_PERCENTILE = 60
 MIN_STRUCTURED_PIXELS = 30
 # Landmark motion is measured per frame at this reference rate.
 REFERENCE_FPS = 25.0
+# Every cue but the detail cue reads the face crop resampled to this side.
+COARSE_SIDE = 112
+# Skin texture sharpness: fine detail (grey minus a 1 px blur) per unit of mid-scale detail
+# (1 px minus 3 px blur), over skin patches this fraction of the crop side across.
+TEXTURE_FINE_SIGMA, TEXTURE_MID_SIGMA = 1.0, 3.0
+TEXTURE_PATCH_FRACTION = 20 / 256
+# Fewer runs of three consecutive frames than this: no texture flicker for the window.
+MIN_FLICKER_TRIPLES = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +91,10 @@ CUES: tuple[CueInfo, ...] = (
     CueInfo("mouth_flicker", "brightness flicker around the mouth relative to the upper face"),
     CueInfo("mouth_colour", "chroma offset of the mouth region relative to the upper face"),
     CueInfo("boundary_seam", "seam in frame-to-frame change below the mouth"),
+    CueInfo(
+        "texture_flicker",
+        "frame-to-frame sharpness flicker of the skin around the mouth relative to the upper face",
+    ),
 )
 CUE_NAMES = tuple(cue.name for cue in CUES)
 CUE_LABELS = {cue.name: cue.label for cue in CUES}
@@ -85,6 +105,7 @@ class FrameMeasure:
     """What one face frame contributes to the cues (computed once, reused by every window)."""
 
     t: float
+    index: int  # frame number in the stream: consecutive frames differ by one
     eye_sharpness: float
     mouth_sharpness: float
     face_blur: float  # log ratio of edge sharpness inside vs outside the face outline
@@ -94,7 +115,9 @@ class FrameMeasure:
     upper_skin: np.ndarray  # (3,) mean Y, Cr, Cb on the upper cheeks and forehead
     landmarks: np.ndarray  # (N, 2) pixels
     face_grey: np.ndarray  # (S, S) float32, for frame-to-frame change
-    face_points: np.ndarray  # (N, 2) landmarks in face-crop pixels
+    face_points: np.ndarray  # (N, 2) landmarks in coarse face-crop pixels
+    lower_texture: float  # log fine/mid detail of the skin around the mouth (full resolution)
+    upper_texture: float  # the same on the upper cheeks and forehead
 
 
 # ----- per-frame measurements ---------------------------------------------------------------
@@ -154,20 +177,52 @@ def edge_sharpness_ratio(grey: np.ndarray, face_points: np.ndarray) -> float:
     return math.log(ratios[0] / ratios[1])
 
 
+def texture_sharpness(fine: np.ndarray, mid: np.ndarray, points: np.ndarray, radius: int) -> float:
+    """log(fine / mid-scale detail) summed over squares centred on ``points``; nan if flat.
+
+    Contrast and lighting scale both alike and cancel; what is left is how much of the
+    detail sits at the finest scale, which an upscaled or denoised region lacks.
+    """
+    height, width = fine.shape
+    mask = np.zeros((height, width), bool)
+    for x, y in np.round(points).astype(int):
+        mask[
+            max(y - radius, 0) : max(y + radius + 1, 0), max(x - radius, 0) : max(x + radius + 1, 0)
+        ] = True
+    fine_sum, mid_sum = float(fine[mask].sum()), float(mid[mask].sum())
+    if fine_sum <= 0 or mid_sum <= 0:
+        return math.nan
+    return math.log(fine_sum / mid_sum)
+
+
 def polygon_mask(shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:
     mask = np.zeros(shape, np.uint8)
     cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], 1)
     return mask.astype(bool)
 
 
-def measure_frame(t: float, face: FaceObservation) -> FrameMeasure:
+def measure_frame(t: float, index: int, face: FaceObservation) -> FrameMeasure:
     """The per-frame numbers every cue is built from."""
-    side = face.face_crop.shape[0]
-    face_points = geometry.face_crop_points(face.landmarks, side)
+    detail_grey = cv2.cvtColor(face.face_crop, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    detail_side = detail_grey.shape[0]
+    detail_points = geometry.face_crop_points(face.landmarks, detail_side)
+    fine_blur = cv2.GaussianBlur(detail_grey, (0, 0), TEXTURE_FINE_SIGMA)
+    fine = np.abs(detail_grey - fine_blur)
+    mid = np.abs(fine_blur - cv2.GaussianBlur(detail_grey, (0, 0), TEXTURE_MID_SIGMA))
+    radius = max(int(round(TEXTURE_PATCH_FRACTION * detail_side / 2)), 1)
+    lower_texture = texture_sharpness(fine, mid, detail_points[list(geometry.LOWER_SKIN)], radius)
+    upper_texture = texture_sharpness(fine, mid, detail_points[list(geometry.UPPER_SKIN)], radius)
+
+    coarse_crop = face.face_crop
+    if detail_side != COARSE_SIDE:
+        coarse_crop = cv2.resize(
+            face.face_crop, (COARSE_SIDE, COARSE_SIDE), interpolation=cv2.INTER_AREA
+        )
+    face_points = geometry.face_crop_points(face.landmarks, COARSE_SIDE)
     crop_h, crop_w = face.mouth_crop.shape[:2]
     mouth_points = geometry.mouth_crop_points(face.landmarks, crop_h, crop_w)
 
-    face_grey = cv2.cvtColor(face.face_crop, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    face_grey = cv2.cvtColor(coarse_crop, cv2.COLOR_RGB2GRAY).astype(np.float32)
     face_detail = laplacian_energy(face_grey)
     eyes = 0.5 * (
         box_mean(face_detail, face_points[list(geometry.LEFT_EYE)], 0.2)
@@ -182,9 +237,10 @@ def measure_frame(t: float, face: FaceObservation) -> FrameMeasure:
             mouth_grey = cv2.cvtColor(face.mouth_crop, cv2.COLOR_RGB2GRAY).astype(np.float32)
             interior = float(laplacian_energy(mouth_grey)[opening].mean())
 
-    ycrcb = cv2.cvtColor(face.face_crop, cv2.COLOR_RGB2YCrCb).astype(np.float32)
+    ycrcb = cv2.cvtColor(coarse_crop, cv2.COLOR_RGB2YCrCb).astype(np.float32)
     return FrameMeasure(
         t=t,
+        index=index,
         eye_sharpness=eyes,
         mouth_sharpness=mouth,
         face_blur=edge_sharpness_ratio(face_grey, face_points),
@@ -195,6 +251,8 @@ def measure_frame(t: float, face: FaceObservation) -> FrameMeasure:
         landmarks=face.landmarks,
         face_grey=face_grey,
         face_points=face_points,
+        lower_texture=lower_texture,
+        upper_texture=upper_texture,
     )
 
 
@@ -295,6 +353,23 @@ def boundary_seam(face_grey: np.ndarray, face_points: np.ndarray) -> float:
     return float(drops.max())
 
 
+def texture_flicker(lower: np.ndarray, upper: np.ndarray, indices: np.ndarray) -> float:
+    """log(mean |second difference| of the lower-face texture sharpness over that of the upper
+    face), over runs of three consecutive frames; nan with too few runs.
+
+    Second differences ignore slow drifts (focus, lighting, the face turning); what is
+    left is frame-to-frame flicker. Codec effects (a sharper key frame) hit the whole face
+    and cancel in the ratio.
+    """
+    consecutive = (np.diff(indices)[1:] == 1) & (np.diff(indices)[:-1] == 1)
+    lower_jumps = np.abs(lower[2:] - 2 * lower[1:-1] + lower[:-2])[consecutive]
+    upper_jumps = np.abs(upper[2:] - 2 * upper[1:-1] + upper[:-2])[consecutive]
+    measured = np.isfinite(lower_jumps) & np.isfinite(upper_jumps)
+    if measured.sum() < MIN_FLICKER_TRIPLES:
+        return math.nan
+    return math.log((lower_jumps[measured].mean() + 1e-4) / (upper_jumps[measured].mean() + 1e-4))
+
+
 def window_cues(frames: list[FrameMeasure], fps: float) -> dict[str, float]:
     """Every cue's raw value for one window of face frames (nan where it cannot be measured)."""
     eyes = np.array([f.eye_sharpness for f in frames])
@@ -311,4 +386,9 @@ def window_cues(frames: list[FrameMeasure], fps: float) -> dict[str, float]:
     cues["mouth_colour"] = mouth_colour(lower, upper)
     mean_points = np.mean([f.face_points for f in frames], axis=0)
     cues["boundary_seam"] = boundary_seam(np.stack([f.face_grey for f in frames]), mean_points)
+    cues["texture_flicker"] = texture_flicker(
+        np.array([f.lower_texture for f in frames]),
+        np.array([f.upper_texture for f in frames]),
+        np.array([f.index for f in frames]),
+    )
     return {name: float(cues[name]) for name in CUE_NAMES}

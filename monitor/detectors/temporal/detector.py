@@ -54,7 +54,7 @@ class TemporalDetector:
     """Per-session state: per-frame measures (reused by overlapping windows) and window cues."""
 
     name: ClassVar[str] = "temporal"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
 
     def __init__(self, config: MonitorConfig, calibration: Calibration | None = None) -> None:
         self.window_config = config.window
@@ -71,7 +71,7 @@ class TemporalDetector:
         for frame in window.face_frames:
             measure = self._measures.get(frame.index)
             if measure is None:
-                measure = measure_frame(frame.t, frame.face)  # type: ignore[arg-type]
+                measure = measure_frame(frame.t, frame.index, frame.face)  # type: ignore[arg-type]
                 self._measures[frame.index] = measure
             measures.append(measure)
         # Windows move forward: frames before this one's start are not needed again.

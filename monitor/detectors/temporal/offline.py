@@ -22,7 +22,7 @@ from monitor.media import VideoFrame
 from monitor.windows import AnalysisWindow
 
 # Bump when the cached arrays change meaning (crop geometry, fields).
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def cache_path(cache_dir: Path, clip: Path) -> Path:
@@ -36,7 +36,7 @@ def cache_path(cache_dir: Path, clip: Path) -> Path:
 def _pack(frames: list[FrameFeatures]) -> dict[str, np.ndarray]:
     n = len(frames)
     crop_h, crop_w = (48, 96)
-    face_side = 112
+    face_side = 256
     first = next((f.face for f in frames if f.face is not None), None)
     if first is not None:
         crop_h, crop_w = first.mouth_crop.shape[:2]
