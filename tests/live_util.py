@@ -166,11 +166,13 @@ async def make_offer(audio: int = 1, video: int = 1, direction: str = "sendonly"
 
 
 def thread_names() -> set[str]:
-    """Live threads other than the thread pools aiortc and asyncio keep between calls."""
+    """Live threads other than those kept on purpose between sessions: aiortc's and asyncio's
+    thread pools, and the one process-wide lip-sync inference thread (started by whichever
+    session first needs the model)."""
     return {
         t.name
         for t in threading.enumerate()
-        if not t.name.startswith(("ThreadPoolExecutor", "asyncio_"))
+        if not t.name.startswith(("ThreadPoolExecutor", "asyncio_", "dfmon-sync-inference"))
     }
 
 

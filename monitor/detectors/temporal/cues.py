@@ -27,9 +27,9 @@ earlier), so that who the person is, the camera and the codec largely cancel out
   going down from the lips: a pasted box changes inside and not outside its edge.
 - ``texture_flicker``: how much the fine-detail sharpness of the skin around the mouth jumps
   from frame to frame, against the same for the upper face. A generator renders the mouth
-  box afresh in every frame, so its detail comes and goes; a camera's does not. On the
-  training pool's fakes paired with their own real input, the fake read higher in 7 of 8
-  pairs (measured at up to 256 px, where the upscaled generator output still shows).
+  box afresh in every frame, so its detail comes and goes; a camera's does not. Of the
+  training pool's fakes paired with their own real input, all 8 read higher than the
+  input. It needs fine detail (read at 256 px), which strong call compression removes.
 
 The detail cue (``texture_flicker``) reads the face crop at its full resolution; the others
 read it at :data:`COARSE_SIDE` pixels, the resolution they were designed and calibrated at.
