@@ -199,10 +199,16 @@ async def test_publisher_processes_interrupted_and_killed(calls: dict[str, Path]
         listener,
     ):
         root = Path(__file__).resolve().parents[1]
+        # A test run started as a background job inherits SIGINT ignored, and so would the
+        # publishers: give them Ctrl-C back, as in a terminal.
+        as_in_a_terminal = (
+            "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from monitor.cli import main; sys.exit(main(sys.argv[1:]))"
+        )
         processes = {}
         for name in ("erin", "dave"):
             processes[name] = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "monitor", "push", str(calls["long"]),
+                sys.executable, "-c", as_in_a_terminal, "push", str(calls["long"]),
                 "--url", server.url, "--token", TOKEN, "--participant", name,
                 cwd=root, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
