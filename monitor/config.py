@@ -127,6 +127,11 @@ class MonitorConfig:
             raise ConfigError("need 0 < suspicious_threshold < alert_threshold <= 1")
         if not (0 < f.ewma_alpha <= 1):
             raise ConfigError("ewma_alpha must be in (0, 1]")
+        budget = self.detectors.time_budget_s
+        if not (0 < budget <= 3600):
+            raise ConfigError(f"detectors.time_budget_s must be in (0, 3600] s, got {budget}")
+        if any(weight < 0 for weight in self.detectors.weights.values()):
+            raise ConfigError("detector weights must not be negative")
         return self
 
 

@@ -22,7 +22,14 @@ def test_toml_overrides_and_unknown_keys(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"window": {"hop_s": 0}}, {"window": {"hop_s": 3.0}}, {"fusion": {"alert_threshold": 0.2}}],
+    [
+        {"window": {"hop_s": 0}},
+        {"window": {"hop_s": 3.0}},
+        {"fusion": {"alert_threshold": 0.2}},
+        {"detectors": {"time_budget_s": 0}},
+        {"detectors": {"time_budget_s": float("inf")}},
+        {"detectors": {"weights": {"temporal": -1.0}}},
+    ],
 )
 def test_invalid_values_are_rejected(overrides) -> None:
     with pytest.raises(ConfigError):
