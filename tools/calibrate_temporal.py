@@ -183,10 +183,10 @@ def calibrate(
     min_auc: float,
     min_pair_agreement: float,
 ) -> tuple[Calibration, dict[str, dict[str, float]]]:
+    """``pairs`` are the recorded fakes with their recorded real inputs."""
     real = [c for c in clips if c.label == "real"]  # genuine speech: every condition
     recorded_real = [c for c in real if c.condition == "recorded"]
     fake = [c for c in clips if c.label == "fake" and c.condition == "recorded"]
-    pairs = [(f, r) for f, r in pairs if f.condition == "recorded"]
     if len(real) < 3:
         raise SystemExit(f"need at least 3 real clips with a face, got {len(real)}")
     cues: dict[str, CueCalibration] = {}
@@ -267,11 +267,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.data} has no MANIFEST.tsv")
     config = MonitorConfig()
     rows = [r for r in read_manifest(args.data) if not is_duplicate(r)]
-    clips, pairs = [], []
-    for condition in CONDITIONS:
-        measured = measure_clips(args.data, rows, config, args.cache, condition)
-        clips += measured
-        pairs += find_pairs(rows, measured)
+    clips = [
+        clip
+        for condition in CONDITIONS
+        for clip in measure_clips(args.data, rows, config, args.cache, condition)
+    ]
+    pairs = find_pairs(rows, [c for c in clips if c.condition == "recorded"])
     calibration, evidence = calibrate(clips, pairs, args.min_auc, args.min_pair_agreement)
     calibration.meta = {
         "detector": TemporalDetector.name,
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             for cue, values in evidence.items()
         },
         "conditions": {"recorded": "as in the pool", "call": CALL_ENCODING.describe()},
-        "pairs": [[fake.file, real.file] for fake, real in pairs if fake.condition == "recorded"],
+        "pairs": [[fake.file, real.file] for fake, real in pairs],
         "real_clips": [c.file for c in clips if c.label == "real" and c.condition == "recorded"],
         "fake_clips": [c.file for c in clips if c.label == "fake" and c.condition == "recorded"],
         "clips_per_condition": {
