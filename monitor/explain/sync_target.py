@@ -45,6 +45,8 @@ from monitor.sync.features import (
     build_inputs,
     grid_frames,
     lag_distances,
+    normalize_crops,
+    normalize_mel,
 )
 
 # Offsets genuine calls show (codec and jitter-buffer delays); the detectors' band.
@@ -145,19 +147,14 @@ def _model_inputs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One example's raw evidence -> the model's (crops, lips, mel rows), as build_inputs."""
     face = target.has_face
-    flat = mouth.reshape(len(mouth), -1)
-    mean = flat.mean(axis=1, keepdims=True)
-    std = np.maximum(flat.std(axis=1, keepdims=True), MIN_CROP_STD)
-    crops = ((flat - mean) / std).reshape(mouth.shape).astype(np.float32)
+    crops = normalize_crops(mouth)
     crops[~face] = 0.0
     if lips is None:
         lip_in = np.zeros_like(target.inputs.lips)
     else:
         lip_in = lips.astype(np.float32).copy()
         lip_in[~face] = 0.0
-    normed = np.maximum(mel, mel.max() - MEL_DYNAMIC_RANGE)
-    normed = normed - normed.mean(axis=0, keepdims=True)
-    normed = normed / max(float(normed.std()), 1e-3)
+    normed = normalize_mel(mel)
     rows = target.mel_rows
     valid = (rows >= 0) & (rows < len(normed))
     gathered = np.full((len(rows), normed.shape[1]), float(normed.min()), np.float32)
