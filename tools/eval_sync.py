@@ -110,7 +110,7 @@ def evaluate(backend: str, with_baseline: bool, limit: int | None = None) -> dic
     fake_jobs = [j for j in prep.evaluation_jobs() if j.split == "fake"]
     prep.run_jobs(heldout_jobs + fake_jobs, 2)
     all_clips = [prep.load_cached(j.cache_path) for j in heldout_jobs]
-    clips = all_clips[::-1][:limit][::-1] if limit else all_clips
+    clips = all_clips[-limit:] if limit else all_clips
     fakes = [prep.load_cached(j.cache_path) for j in fake_jobs][:limit]
     factories = make_detectors(backend, with_baseline)
     names = list(factories)
