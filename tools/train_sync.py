@@ -287,7 +287,7 @@ def curve_features(curve: np.ndarray, lags: np.ndarray) -> np.ndarray:
 
 def window_curves(backend, clip, frames, shift_s: float, donor) -> list[np.ndarray]:  # noqa: ANN001
     from monitor.config import MonitorConfig
-    from monitor.sync.features import lag_distances, window_inputs
+    from monitor.sync.features import window_inputs, window_lag_distances
 
     config = MonitorConfig().window
     curves = []
@@ -299,8 +299,7 @@ def window_curves(backend, clip, frames, shift_s: float, donor) -> list[np.ndarr
         inputs = window_inputs(window)
         if inputs is None:
             continue
-        video, audio = backend.embed(inputs.crops[None], inputs.lips[None], inputs.mel[None])
-        curves.append(lag_distances(inputs, video[0], audio[0]).mean(axis=0))
+        curves.append(window_lag_distances(inputs, backend.embed).mean(axis=0))
     return curves
 
 

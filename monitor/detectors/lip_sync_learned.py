@@ -19,7 +19,7 @@ from monitor.config import MonitorConfig
 from monitor.detectors.base import Evidence, describe_offset, format_span
 from monitor.errors import BackendUnavailableError
 from monitor.sync.backends import WEIGHTS_PATH, BatchingRunner, Calibration, shared_runner
-from monitor.sync.features import GRID_STEP_S, lag_distances, window_inputs
+from monitor.sync.features import GRID_STEP_S, window_inputs, window_lag_distances
 from monitor.sync.scoring import CurveSummary, curve_features, summarize_curve
 from monitor.windows import AnalysisWindow
 
@@ -79,8 +79,7 @@ class LearnedSyncDetector:
                 },
             )
         assert inputs is not None
-        video, audio = self.runner.embed(inputs.crops[None], inputs.lips[None], inputs.mel[None])
-        curve = lag_distances(inputs, video[0], audio[0]).mean(axis=0)
+        curve = window_lag_distances(inputs, self.runner.embed).mean(axis=0)
         lags = inputs.lags
         self._accumulate(curve, lags, window)
         return self._evidence(

@@ -47,6 +47,7 @@ from monitor.sync.features import (
     lag_distances,
     normalize_crops,
     normalize_mel,
+    window_lag_distances,
 )
 
 # Offsets genuine calls show (codec and jitter-buffer delays); the detectors' band.
@@ -217,8 +218,7 @@ def distance_curve_fn(embed: EmbedFn) -> Callable[[SyncInputs], np.ndarray]:
     """(K, L) distances of prepared inputs, as the detector computes them."""
 
     def curve(inputs: SyncInputs) -> np.ndarray:
-        video, audio = embed(inputs.crops[None], inputs.lips[None], inputs.mel[None])
-        return lag_distances(inputs, np.asarray(video[0]), np.asarray(audio[0]))
+        return window_lag_distances(inputs, embed)
 
     return curve
 

@@ -188,15 +188,14 @@ class ConfidenceTracker:
             self._score_baseline(start, end)
 
     def _score_learned(self, start: float, end: float) -> None:
-        from monitor.sync.features import GRID_STEP_S, lag_distances, window_inputs
+        from monitor.sync.features import GRID_STEP_S, window_inputs, window_lag_distances
 
         assert self.learned is not None
         window = self._window(start, end + STACK_MARGIN_S)
         inputs = window_inputs(window)
         if inputs is None:
             return
-        video, audio = self.learned.embed(inputs.crops[None], inputs.lips[None], inputs.mel[None])
-        distances = lag_distances(inputs, np.asarray(video[0]), np.asarray(audio[0]))  # (K, L)
+        distances = window_lag_distances(inputs, self.learned.embed)  # (K, L)
         centers = start + inputs.positions * GRID_STEP_S
         voiced = inputs.voiced[inputs.audio_index()[:, inputs.max_lag]]
         confidence = np.median(distances, axis=1) - distances.min(axis=1)

@@ -11,7 +11,7 @@ Training (tools/train_sync.py) calls :func:`build_inputs` on the same
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -225,3 +225,13 @@ def lag_distances(inputs: SyncInputs, video_emb: np.ndarray, audio_emb: np.ndarr
     """(K, 2*max_lag+1) distance of each scored video step to the audio at each lag."""
     paired = audio_emb[inputs.audio_index()]  # (K, L, D)
     return np.linalg.norm(paired - video_emb[inputs.positions][:, None, :], axis=2)
+
+
+def window_lag_distances(
+    inputs: SyncInputs,
+    embed: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+) -> np.ndarray:
+    """:func:`lag_distances` of one window, embedded by ``embed`` (any backend's
+    ``embed(crops, lips, mel)``) as a batch of one."""
+    video, audio = embed(inputs.crops[None], inputs.lips[None], inputs.mel[None])
+    return lag_distances(inputs, np.asarray(video[0]), np.asarray(audio[0]))
