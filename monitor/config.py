@@ -62,6 +62,38 @@ class FusionConfig:
 
 
 @dataclass
+class DecisionConfig:
+    """The calibrated sequential decision (monitor/decision.py, docs/CALIBRATION.md).
+
+    Each window's detector scores become log-likelihood ratios (nats, manipulated against
+    genuine; the maps are in ``calibration_file``), weighted for window overlap and summed
+    over the session with a floor. A level is raised when that evidence crosses its
+    threshold. ``tools/calibrate_decision.py`` chose the thresholds below for the target
+    false-alarm rates on the train pool's genuine-call corpus.
+    """
+
+    # What the thresholds were chosen for: false level raises per hour of genuine calls.
+    target_false_alerts_per_hour: float = 0.1
+    target_false_suspicious_per_hour: float = 1.0
+    suspicious_nats: float = 3.0
+    alert_nats: float = 6.0
+    # A level is left only when the evidence falls this far below its threshold.
+    hysteresis_nats: float = 1.0
+    # Evidence of a genuine call (from a detector in ``fusion.clear_requires``) needed
+    # before a session reads "clear": no evidence never reads as clear.
+    clear_nats: float = 0.5
+    # The accumulated evidence stays within [floor, ceiling]: old innocence cannot hide a
+    # new attack, and an old attack stops counting once genuine evidence returns.
+    floor_nats: float = 0.0
+    ceiling_nats: float = 9.0
+    # A detector without a calibration map for its version: its score is read as a
+    # probability and its log-likelihood ratio clipped to this many nats.
+    uncalibrated_llr_limit: float = 1.0
+    # None: the packaged monitor/models/decision_calibration.json.
+    calibration_file: str | None = None
+
+
+@dataclass
 class DetectorsConfig:
     enabled: list[str] = field(default_factory=lambda: ["lip_sync", "temporal"])
     disabled: list[str] = field(default_factory=list)
@@ -111,6 +143,7 @@ class MonitorConfig:
     audio: AudioConfig = field(default_factory=AudioConfig)
     face: FaceConfig = field(default_factory=FaceConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
     detectors: DetectorsConfig = field(default_factory=DetectorsConfig)
     lip_sync: LipSyncConfig = field(default_factory=LipSyncConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
@@ -127,6 +160,17 @@ class MonitorConfig:
             raise ConfigError("need 0 < suspicious_threshold < alert_threshold <= 1")
         if not (0 < f.ewma_alpha <= 1):
             raise ConfigError("ewma_alpha must be in (0, 1]")
+        d = self.decision
+        if not (d.floor_nats < d.suspicious_nats < d.alert_nats <= d.ceiling_nats):
+            raise ConfigError(
+                "need decision floor_nats < suspicious_nats < alert_nats <= ceiling_nats"
+            )
+        if not (0 <= d.hysteresis_nats < d.suspicious_nats - d.floor_nats):
+            raise ConfigError("decision hysteresis_nats must be in [0, suspicious_nats - floor)")
+        if d.clear_nats < 0 or d.uncalibrated_llr_limit < 0:
+            raise ConfigError("decision clear_nats and uncalibrated_llr_limit must be >= 0")
+        if d.target_false_alerts_per_hour <= 0 or d.target_false_suspicious_per_hour <= 0:
+            raise ConfigError("decision false-alarm targets must be positive")
         budget = self.detectors.time_budget_s
         if not (0 < budget <= 3600):
             raise ConfigError(f"detectors.time_budget_s must be in (0, 3600] s, got {budget}")
