@@ -49,6 +49,8 @@ LEVEL_RANK = {"unknown": -1, "clear": 0, "suspicious": 1, "alert": 2}
 CALIBRATION_PATH = Path(__file__).resolve().parent / "models" / "decision_calibration.json"
 # Scores are clamped this far from 0 and 1 before their logit is taken.
 _SCORE_EPSILON = 1e-4
+# Detectors already warned about (once per process, not once per session).
+_WARNED_UNCALIBRATED: set[tuple[str, str | None]] = set()
 
 
 def logit(score: float) -> float:
@@ -244,7 +246,6 @@ class SequentialDecision:
         self.windows_with_evidence = 0
         self.total_llr = 0.0  # unweighted sum over every window with evidence
         self._insufficient_streak = 0
-        self._warned: set[str] = set()
 
     # ----- per window -------------------------------------------------------------------
 
@@ -266,8 +267,9 @@ class SequentialDecision:
                 limit = self.config.uncalibrated_llr_limit
                 llr = max(-limit, min(limit, logit(item.score)))
                 uncalibrated.append(item.detector)
-                if item.detector not in self._warned:
-                    self._warned.add(item.detector)
+                key = (item.detector, self.versions.get(item.detector))
+                if key not in _WARNED_UNCALIBRATED:
+                    _WARNED_UNCALIBRATED.add(key)
                     log.warning(
                         "detector %s has no decision calibration for its version; its scores "
                         "count as probabilities, clipped to +-%.1f nats",

@@ -54,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attacks", action="store_true", help="also shifted and swapped audio")
     parser.add_argument("--max-seconds", type=float, help="cut clips here (default: whole clips)")
     parser.add_argument("--config", help="TOML config file")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="another dfmon checkout (e.g. a clone of main) whose own pipeline replays the "
+        "genuine sessions too: the 'before' figures",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     pools = [p.strip() for p in args.pools.split(",") if p.strip()]
@@ -75,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         max_seconds=args.max_seconds,
         config_path=args.config,
         log_path=args.out / "workers.log",
+        before=args.before,
     )
     results["runtime_seconds"] = round(time.monotonic() - started, 1)
     results["command"] = " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])

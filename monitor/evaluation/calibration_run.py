@@ -156,7 +156,7 @@ def run(
             return (GENUINE,)
         return shifts_and_swap(CALIBRATION_SHIFTS_MS, pick_donor(clip, reals, donors))
 
-    records, skipped, timings = collect_records(
+    records, _, skipped, timings = collect_records(
         reals + fakes,
         calls_per_clip=calls_per_clip,
         variants_for=variants_for,

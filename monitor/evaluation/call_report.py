@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from monitor.config import load_config
 from monitor.decision import load_calibration
-from monitor.evaluation import genuine_calls
+from monitor.evaluation import decide, genuine_calls
+from monitor.evaluation.baseline import baseline_records, checkout_commit
 from monitor.evaluation.calibration_run import clip_file, detector_training_files
 from monitor.evaluation.corpus import CorpusClip, collect_records, pick_donor, read_pool
 from monitor.evaluation.decide import RULES
@@ -31,7 +33,10 @@ def evaluate(
     max_seconds: float | None,
     config_path: str | None,
     log_path: Path | None,
+    before: Path | None = None,
 ) -> dict[str, Any]:
+    """Figures per decision rule. ``before``: another checkout whose own pipeline replays
+    the genuine sessions too (its model, its decision), reported as rule ``before``."""
     config = load_config(config_path)
     calibration = load_calibration(config.decision)
     machine = describe_machine()
@@ -45,7 +50,7 @@ def evaluate(
             return (GENUINE,)
         return shifts_and_swap(ATTACK_SHIFTS_MS, pick_donor(clip, held_out_dev, donors))
 
-    records, skipped, timings = collect_records(
+    records, prepared, skipped, timings = collect_records(
         clips,
         calls_per_clip=calls_per_clip,
         variants_for=variants_for,
@@ -57,6 +62,12 @@ def evaluate(
     )
     by_key = {c.key: c for c in clips}
     genuine = [r for r in records if not r.manipulated]
+    sessions_by_rule = {rule: genuine for rule in RULES}
+    if before is not None:
+        started = time.monotonic()
+        sessions_by_rule = {"before": baseline_records(prepared, before, cache_dir, jobs, log_path)}
+        sessions_by_rule.update({rule: genuine for rule in RULES})
+        timings["before_seconds"] = round(time.monotonic() - started, 1)
     results: dict[str, Any] = {
         "machine": machine,
         "machine_line": machine_line(machine),
@@ -73,9 +84,21 @@ def evaluate(
         "detectors": sorted({f"{k} {v}" for r in records for k, v in r.detectors.items()}),
         "rules": {},
     }
-    for rule in RULES:
-        traces = genuine_calls.session_traces(genuine, config, calibration, rule)
-        pairs = list(zip(genuine, traces, strict=True))
+    for rule, sessions in sessions_by_rule.items():
+        if rule == "before":
+            traces = [decide.pipeline_trace(r) for r in sessions]
+            replayed = genuine_calls.session_traces(sessions, config, calibration, "legacy")
+            results["before"] = {
+                "checkout": str(before),
+                "commit": checkout_commit(before) if before else None,
+                "legacy_replay_matches": sum(
+                    t.levels == r.levels for t, r in zip(traces, replayed, strict=True)
+                ),
+                "sessions": len(sessions),
+            }
+        else:
+            traces = genuine_calls.session_traces(sessions, config, calibration, rule)
+        pairs = list(zip(sessions, traces, strict=True))
 
         def figures(select: Any, pairs: list = pairs) -> dict[str, Any]:
             chosen = [(r, t) for r, t in pairs if select(r)]
@@ -107,10 +130,15 @@ def evaluate(
                 for r, t in worst
             ],
             "long_calls": genuine_calls.long_calls(
-                genuine, config, calibration, rule, call_minutes=call_minutes, calls=calls
+                sessions,
+                config,
+                calibration,
+                "legacy" if rule == "before" else rule,
+                call_minutes=call_minutes,
+                calls=calls,
             ),
         }
-        if attacks:
+        if attacks and rule != "before":
             attacked_records = [r for r in records if r.clip in attacked]
             results["rules"][rule]["attacks"] = genuine_calls.attack_figures(
                 attacked_records, config, calibration, rule
@@ -123,6 +151,7 @@ def _pct(value: float | None) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    before = results.get("before")
     lines = [
         f"Genuine-call corpus: {results['clips']} real clips of {', '.join(results['pools'])}, "
         f"conditions {', '.join(results['conditions'])}; detectors "
@@ -136,6 +165,14 @@ def markdown(results: dict[str, Any]) -> str:
         "suspicious / alert | long-call false alerts / h |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    if before:
+        lines[1:1] = [
+            "",
+            f"`before`: the pipeline of {before['checkout']} at {before['commit'][:10]} "
+            f"replaying the same files ({before['sessions']} sessions; the legacy rule "
+            f"replayed on its evidence matches its own levels in "
+            f"{before['legacy_replay_matches']}).",
+        ]
     for rule, data in results["rules"].items():
         for name, f in data["sessions"].items():
             long = data["long_calls"] if name == "all" else None

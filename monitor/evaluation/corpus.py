@@ -202,6 +202,69 @@ def run_all(
 # ----- from clips to session records ---------------------------------------------------------
 
 
+def prepare_all(
+    clips: Sequence[CorpusClip],
+    *,
+    calls_per_clip: int,
+    cache_dir: Path,
+    pool: ProcessPoolExecutor | None,
+    max_seconds: float | None = None,
+) -> tuple[list[PreparedCondition], list[str]]:
+    """Every clip under ``recorded`` and its call conditions (cached); and what was skipped."""
+    prepare = [
+        PrepareTask(clip, condition, str(cache_dir), max_seconds)
+        for clip in clips
+        for condition in call_conditions(clip, calls_per_clip)
+    ]
+    # Longest clips first: the pool then ends with short ones and idles less.
+    prepare.sort(key=lambda t: -t.clip.duration_s)
+    prepared = run_all(pool, prepare_condition, prepare, "preparing call conditions")
+    skipped = sorted({p for p in prepared if isinstance(p, str)})
+    return [p for p in prepared if not isinstance(p, str)], skipped
+
+
+def run_passes(
+    prepared: Sequence[PreparedCondition],
+    *,
+    variants_for: Callable[[CorpusClip, dict[str, str]], tuple[Any, ...]],
+    cache_dir: Path,
+    pool: ProcessPoolExecutor | None,
+    config_path: str | None = None,
+    config_overrides: dict[str, Any] | None = None,
+    max_seconds: float | None = None,
+) -> list[Any]:
+    """One cached pipeline pass per prepared condition; its sessions' records, in order.
+
+    ``variants_for(clip, donors)`` gives the pass's audio variants; ``donors`` maps every
+    clip's key to its audio under the same condition, for swaps.
+    """
+    from monitor.evaluation.sessions import SessionTask, run_task
+
+    audio_by_condition: dict[str, dict[str, str]] = {}
+    for item in prepared:
+        audio_by_condition.setdefault(item.condition, {})[item.clip.key] = item.audio_path
+    tasks = []
+    for item in prepared:
+        donors = audio_by_condition[item.condition]
+        variants = variants_for(item.clip, donors)
+        tasks.append(
+            SessionTask(
+                clip=item.clip.key,
+                condition=item.condition,
+                media_path=item.media_path,
+                audio_path=item.audio_path,
+                variants=variants,
+                donor_audio={v.donor: donors[v.donor] for v in variants if v.donor},
+                config_path=config_path,
+                config_overrides=config_overrides or {},
+                cache_dir=str(cache_dir),
+                max_seconds=max_seconds,
+            )
+        )
+    results = run_all(pool, run_task, tasks, "running sessions")
+    return [r for batch in results for r in batch]
+
+
 def collect_records(
     clips: Sequence[CorpusClip],
     *,
@@ -213,58 +276,36 @@ def collect_records(
     config_overrides: dict[str, Any] | None = None,
     max_seconds: float | None = None,
     log_path: Path | None = None,
-) -> tuple[list[Any], list[str], dict[str, float]]:
-    """Prepare every clip's conditions, then run one cached pass per clip and condition.
-
-    ``variants_for(clip, donors)`` gives the pass's audio variants; ``donors`` maps every
-    clip's key to its audio under the same condition, for swaps. Returns the records, the
-    reasons clips were skipped, and the seconds each stage took.
-    """
-    from monitor.evaluation.sessions import SessionTask, run_task
-
+) -> tuple[list[Any], list[PreparedCondition], list[str], dict[str, float]]:
+    """:func:`prepare_all` then :func:`run_passes` in one worker pool: the records, the
+    prepared conditions, the reasons clips were skipped, and the seconds each stage took."""
     timings: dict[str, float] = {}
     pool = open_pool(jobs, log_path)
     try:
         started = time.monotonic()
-        prepare = [
-            PrepareTask(clip, condition, str(cache_dir), max_seconds)
-            for clip in clips
-            for condition in call_conditions(clip, calls_per_clip)
-        ]
-        # Longest clips first: the pool then ends with short ones and idles less.
-        prepare.sort(key=lambda t: -t.clip.duration_s)
-        prepared = run_all(pool, prepare_condition, prepare, "preparing call conditions")
+        prepared, skipped = prepare_all(
+            clips,
+            calls_per_clip=calls_per_clip,
+            cache_dir=cache_dir,
+            pool=pool,
+            max_seconds=max_seconds,
+        )
         timings["prepare_seconds"] = round(time.monotonic() - started, 1)
-        skipped = sorted({p for p in prepared if isinstance(p, str)})
-        usable = [p for p in prepared if not isinstance(p, str)]
-        audio_by_condition: dict[str, dict[str, str]] = {}
-        for item in usable:
-            audio_by_condition.setdefault(item.condition, {})[item.clip.key] = item.audio_path
-        tasks = []
-        for item in usable:
-            donors = audio_by_condition[item.condition]
-            variants = variants_for(item.clip, donors)
-            tasks.append(
-                SessionTask(
-                    clip=item.clip.key,
-                    condition=item.condition,
-                    media_path=item.media_path,
-                    audio_path=item.audio_path,
-                    variants=variants,
-                    donor_audio={v.donor: donors[v.donor] for v in variants if v.donor},
-                    config_path=config_path,
-                    config_overrides=config_overrides or {},
-                    cache_dir=str(cache_dir),
-                    max_seconds=max_seconds,
-                )
-            )
         started = time.monotonic()
-        results = run_all(pool, run_task, tasks, "running sessions")
+        records = run_passes(
+            prepared,
+            variants_for=variants_for,
+            cache_dir=cache_dir,
+            pool=pool,
+            config_path=config_path,
+            config_overrides=config_overrides,
+            max_seconds=max_seconds,
+        )
         timings["sessions_seconds"] = round(time.monotonic() - started, 1)
     finally:
         if pool is not None:
             pool.shutdown()
-    return [r for batch in results for r in batch], skipped, timings
+    return records, prepared, skipped, timings
 
 
 def pick_donor(

@@ -110,6 +110,16 @@ def sequential_trace(
     return trace
 
 
+def pipeline_trace(record: SessionRecord, rule: str = "before") -> DecisionTrace:
+    """The decision the session's own pipeline made, read from its events."""
+    trace = DecisionTrace(rule)
+    trace.levels = list(record.pipeline["session_levels"])
+    trace.scores = [float(r or 0.0) for r in record.pipeline["risks"]]
+    for alert in record.pipeline["alerts"]:
+        _note(trace, alert["previous_level"], alert["level"], float(alert["t_end"]))
+    return trace
+
+
 def record_windows(
     record: SessionRecord, offset_s: float = 0.0
 ) -> list[tuple[float, list[Evidence]]]:

@@ -150,6 +150,12 @@ def record_from_events(
         },
         "alerts": alerts,
         "window_levels": [e["level"] for e in events if e["type"] == "score"],
+        # The session's level after each window (``level`` is "unknown" for a window
+        # without evidence even while the session stays clear).
+        "session_levels": [
+            e.get("session_level", e["level"]) for e in events if e["type"] == "score"
+        ],
+        "risks": [e.get("risk") for e in events if e["type"] == "score"],
         "errors": [e["message"] for e in events if e["type"] == "error"],
     }
     return SessionRecord(
