@@ -75,8 +75,8 @@ class DecisionConfig:
     # What the thresholds were chosen for: false level raises per hour of genuine calls.
     target_false_alerts_per_hour: float = 0.1
     target_false_suspicious_per_hour: float = 1.0
-    suspicious_nats: float = 3.0
-    alert_nats: float = 6.0
+    suspicious_nats: float = 4.25
+    alert_nats: float = 6.5
     # A level is left only when the evidence falls this far below its threshold.
     hysteresis_nats: float = 1.0
     # Evidence of a genuine call (from a detector in ``fusion.clear_requires``) needed
@@ -85,7 +85,7 @@ class DecisionConfig:
     # The accumulated evidence stays within [floor, ceiling]: old innocence cannot hide a
     # new attack, and an old attack stops counting once genuine evidence returns.
     floor_nats: float = 0.0
-    ceiling_nats: float = 9.0
+    ceiling_nats: float = 8.75
     # A detector without a calibration map for its version: its score is read as a
     # probability and its log-likelihood ratio clipped to this many nats.
     uncalibrated_llr_limit: float = 1.0

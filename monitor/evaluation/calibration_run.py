@@ -214,7 +214,16 @@ def run(
     genuine_paths = _paths(genuine, calibration_of_clip, config, versions)
     hours = sum(r.media_seconds for r in genuine) / 3600.0
     d = config.decision
-    orders = calibrate.chained(genuine_paths, CHAIN_ORDERS, seed=0)
+    # Persistently manipulated-looking genuine sessions (most windows point to
+    # manipulation): no noise excursion that a threshold controls.
+    persistent = [
+        i
+        for i, path in enumerate(genuine_paths)
+        if np.median([x for x in path if x is not None] or [0.0]) > 0
+    ]
+    noise_paths = [p for i, p in enumerate(genuine_paths) if i not in persistent]
+    tail = calibrate.fit_tail(calibrate.excursion_peaks(noise_paths, d.floor_nats), hours)
+    orders = calibrate.chained(noise_paths, CHAIN_ORDERS, seed=0)
 
     def rises(threshold: float) -> int:
         # The worst of the chain orders: a threshold must hold whatever the order.
@@ -223,21 +232,31 @@ def run(
             for o in orders
         )
 
-    alert = calibrate.choose_threshold(
-        rises, hours, d.target_false_alerts_per_hour, THRESHOLD_GRID, "alert"
-    )
-    suspicious = calibrate.choose_threshold(
-        rises,
-        hours,
-        d.target_false_suspicious_per_hour,
-        [h for h in THRESHOLD_GRID if h < alert.threshold_nats - d.hysteresis_nats],
+    def threshold(level: str, target: float, grid: Sequence[float]) -> dict[str, Any]:
+        counted = calibrate.choose_threshold(rises, hours, target, grid, level)
+        modelled = tail.threshold_for(target) if tail else counted.threshold_nats
+        nats = round(max(counted.threshold_nats, modelled) * 4) / 4  # to the grid's 0.25
+        return {
+            "nats": nats,
+            "target_per_hour": target,
+            "counted_threshold": counted.threshold_nats,
+            "modelled_threshold": round(modelled, 2),
+            "raises_at_threshold": rises(nats),
+            "modelled_rate_per_hour": round(tail.rate(nats), 4) if tail else None,
+        }
+
+    alert = threshold("alert", d.target_false_alerts_per_hour, THRESHOLD_GRID)
+    suspicious = threshold(
         "suspicious",
+        d.target_false_suspicious_per_hour,
+        [h for h in THRESHOLD_GRID if h <= alert["nats"] - d.hysteresis_nats],
     )
+    suspicious["nats"] = min(suspicious["nats"], alert["nats"] - d.hysteresis_nats)
     chosen = dataclasses.replace(
         d,
-        suspicious_nats=suspicious.threshold_nats,
-        alert_nats=alert.threshold_nats,
-        ceiling_nats=alert.threshold_nats + (alert.threshold_nats - suspicious.threshold_nats),
+        suspicious_nats=suspicious["nats"],
+        alert_nats=alert["nats"],
+        ceiling_nats=alert["nats"] + (alert["nats"] - suspicious["nats"]),
     )
     attacks = _attack_figures(records, by_key, calibration_of_clip, config, chosen, versions)
     info = {
@@ -258,15 +277,11 @@ def run(
         "detectors": detectors_report,
         "genuine_hours": round(hours, 3),
         "genuine_sessions": len(genuine),
-        "thresholds": {
-            c.level: {
-                "nats": c.threshold_nats,
-                "target_per_hour": c.target_per_hour,
-                "raises": c.raises,
-                "capped": c.capped,
-            }
-            for c in (suspicious, alert)
-        },
+        "thresholds": {"suspicious": suspicious, "alert": alert},
+        "tail": dataclasses.asdict(tail) if tail else None,
+        "persistent_genuine_sessions": [
+            f"{genuine[i].clip} ({genuine[i].condition})" for i in persistent
+        ],
         "config": {
             "suspicious_nats": chosen.suspicious_nats,
             "alert_nats": chosen.alert_nats,
@@ -347,13 +362,32 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Genuine sessions: {report['genuine_sessions']} ({report['genuine_hours']:.2f} h).",
         "",
-        "| level | threshold (nats) | target per hour | false raises at it | capped |",
-        "|---|---:|---:|---:|---|",
+        "| level | threshold (nats) | target per hour | lowest the counts allow | from the tail "
+        "| raises on the genuine sessions at it | modelled rate per hour |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for level, t in report["thresholds"].items():
         lines.append(
-            f"| {level} | {t['nats']} | {t['target_per_hour']} | {t['raises']} | {t['capped']} |"
+            f"| {level} | {t['nats']} | {t['target_per_hour']} | {t['counted_threshold']} "
+            f"| {t['modelled_threshold']} | {t['raises_at_threshold']} "
+            f"| {t['modelled_rate_per_hour']} |"
         )
+    tail = report.get("tail")
+    if tail:
+        lines += [
+            "",
+            f"Tail: {tail['exceedances']} excursions above {tail['base']} nat "
+            f"({tail['rate_per_hour']:.1f} per hour), decaying by e^-{tail['decay_per_nat']:.2f} "
+            "per nat beyond.",
+        ]
+    if report.get("persistent_genuine_sessions"):
+        lines += [
+            "",
+            "Genuine sessions whose evidence points to manipulation throughout (left out of the "
+            "tail fit, counted everywhere else): "
+            + ", ".join(report["persistent_genuine_sessions"])
+            + ".",
+        ]
     lines += [
         "",
         "| sessions (out of fold) | n | reached suspicious | reached alert "
