@@ -200,3 +200,17 @@ def test_genuine_figures_and_long_calls_from_records() -> None:
     table = genuine_calls.attack_figures(attacked, config, calibration, "sequential")
     row = table[RECORDED]["shift+400ms"]
     assert row["auc"] == 1.0 and row["alarmed"] == 1 and row["genuine_n"] == 1
+
+
+def test_excursion_peaks_and_their_exponential_tail() -> None:
+    path = [1.0, 1.0, -5.0, 0.5, None, -1.0, 2.0, 1.5]
+    assert calibrate.excursion_peaks([path]) == [2.0, 0.5, 3.5]
+    rng = np.random.default_rng(0)
+    peaks = list(1.0 + rng.exponential(0.5, 4000))  # decay 2 per nat beyond 1 nat
+    tail = calibrate.fit_tail(peaks, hours=100.0)
+    assert tail is not None and tail.rate_per_hour == pytest.approx(40.0)
+    assert tail.decay_per_nat == pytest.approx(2.0, rel=0.05)
+    h = tail.threshold_for(0.1)
+    assert tail.rate(h) == pytest.approx(0.1)
+    assert h == pytest.approx(1.0 + math.log(400) / tail.decay_per_nat)
+    assert calibrate.fit_tail([2.0, 3.0], hours=1.0) is None  # too few to fit
