@@ -1,7 +1,7 @@
 """One session's pipeline: timestamped media in, explained events out.
 
 :class:`SessionAnalyzer` owns everything of one participant's session: the face tracker,
-the bounded frame and audio buffers that form windows, the detectors, the risk state.
+its windower (:mod:`monitor.windows`), the detectors, the risk state.
 It is synchronous and not thread-safe on purpose: one thread drives one session, so
 file replay and live ingest share exactly the same code. The only other threads are one
 worker per detector (:mod:`monitor.detectors.runner`), waited for one call at a time, so
@@ -12,76 +12,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
-
-import numpy as np
 
 from monitor.config import MonitorConfig
 from monitor.detectors.base import Detector, Evidence, format_span
 from monitor.detectors.runner import CallTimeout, DetectorRunner
 from monitor.events import EventFactory
 from monitor.explain.live import compact_explanation
-from monitor.features.audio import AudioFeatureExtractor
 from monitor.features.types import FrameFeatures
 from monitor.fusion import LEVEL_RANK, RiskState, fuse_evidence, gate_clearing
 from monitor.media import AUDIO_RATE, AudioChunk, StreamInfo, VideoFrame
-from monitor.windows import AnalysisWindow
+from monitor.windows import AnalysisWindow, Windower, WindowSchedule
 
 log = logging.getLogger(__name__)
 
 EmitFn = Callable[[dict[str, Any]], None]
-# Live audio that stalls this far behind the video no longer holds windows back.
-AUDIO_STALL_S = 3.0
-
-
-class AudioBuffer:
-    """Mono 16 kHz samples placed by timestamp; gaps are zeros, old samples are trimmed."""
-
-    def __init__(self) -> None:
-        self.t0: float | None = None  # time of samples[0]
-        self.samples = np.zeros(0, dtype=np.float32)
-
-    @property
-    def t_end(self) -> float:
-        return -np.inf if self.t0 is None else self.t0 + len(self.samples) / AUDIO_RATE
-
-    def add(self, chunk: AudioChunk) -> None:
-        if self.t0 is None:
-            self.t0 = chunk.t
-        start = int(round((chunk.t - self.t0) * AUDIO_RATE))
-        data = chunk.samples.astype(np.float32, copy=False)
-        if start < 0:  # before the kept span: keep only what is new
-            data, start = data[-start:], 0
-        end = start + len(data)
-        if end > len(self.samples):
-            self.samples = np.concatenate(
-                [self.samples, np.zeros(end - len(self.samples), np.float32)]
-            )
-        self.samples[start:end] = data
-
-    def span(self, t_from: float, t_to: float) -> np.ndarray:
-        """Samples in [t_from, t_to), zero-filled where nothing was received."""
-        n = int(round((t_to - t_from) * AUDIO_RATE))
-        out = np.zeros(n, dtype=np.float32)
-        if self.t0 is None:
-            return out
-        src = int(round((t_from - self.t0) * AUDIO_RATE))
-        lo, hi = max(src, 0), min(src + n, len(self.samples))
-        if hi > lo:
-            out[lo - src : hi - src] = self.samples[lo:hi]
-        return out
-
-    def trim_before(self, t: float) -> None:
-        if self.t0 is None:
-            return
-        drop = int((t - self.t0) * AUDIO_RATE)
-        if drop > 0:
-            self.samples = self.samples[drop:]
-            self.t0 += drop / AUDIO_RATE
 
 
 @dataclass
@@ -136,14 +84,9 @@ class SessionAnalyzer:
         self._runners: dict[str, DetectorRunner] = {}  # started on a detector's first call
         windows_per_unknown = max(1, round(2 * config.window.window_s / config.window.hop_s))
         self.risk = RiskState(config.fusion, unknown_after_windows=windows_per_unknown)
-        self._frames: deque[FrameFeatures] = deque()
-        self._audio = AudioBuffer()
-        self._audio_features = AudioFeatureExtractor(config.audio)
-        self._has_audio = True
-        self._audio_ended = False
-        self._last_frame_t = -np.inf
-        self._frame_interval = 0.04
-        self._next_window = 0
+        self._windower = Windower(
+            WindowSchedule.from_config(config.window), config.audio, session=session
+        )
         self._finished = False
         self._closed = False
 
@@ -164,7 +107,7 @@ class SessionAnalyzer:
     # ----- input --------------------------------------------------------------------------
 
     def start(self, info: StreamInfo) -> None:
-        self._has_audio = info.has_audio
+        self._windower.has_audio = info.has_audio
         self.emit(
             self.events.make(
                 "session_started",
@@ -187,15 +130,12 @@ class SessionAnalyzer:
         self.stats.stage_seconds["landmarks"] += time.perf_counter() - started
         self.stats.video_frames += 1
         self.stats.frames_with_face += face is not None
-        if frame.t > self._last_frame_t and np.isfinite(self._last_frame_t):
-            self._frame_interval = 0.9 * self._frame_interval + 0.1 * (frame.t - self._last_frame_t)
-        self._last_frame_t = max(self._last_frame_t, frame.t)
         height, width = frame.image.shape[:2]
-        self._frames.append(FrameFeatures(frame.t, frame.index, (height, width), face))
+        self._windower.add_frame(FrameFeatures(frame.t, frame.index, (height, width), face))
         self._pump()
 
     def add_audio(self, chunk: AudioChunk) -> None:
-        self._audio.add(chunk)
+        self._windower.add_audio(chunk)
         self.stats.audio_seconds += len(chunk.samples) / AUDIO_RATE
         self._pump()
 
@@ -207,9 +147,9 @@ class SessionAnalyzer:
         if self._finished:
             raise RuntimeError("session already finished")
         self._finished = True
-        self._audio_ended = True
+        self._windower.end_of_media()
         try:
-            self._pump(final=True)
+            self._pump()
             if reason is not None:
                 self.emit(self.events.make("session_ended", reason=reason))
             summary = self._summary()
@@ -236,55 +176,10 @@ class SessionAnalyzer:
 
     # ----- windows ------------------------------------------------------------------------
 
-    def _window_bounds(self, index: int) -> tuple[float, float]:
-        start = index * self.config.window.hop_s
-        return start, start + self.config.window.window_s
-
-    def _ready(self, t_end: float, final: bool) -> bool:
-        video_done = (
-            self._last_frame_t + self._frame_interval >= t_end
-            if final
-            else (self._last_frame_t >= t_end)
-        )
-        if not video_done:
-            return False
-        if not self._has_audio or self._audio_ended:
-            return True
-        audio_needed = t_end + self.config.window.max_lag_s
-        return self._audio.t_end >= audio_needed or (
-            self._last_frame_t - self._audio.t_end > AUDIO_STALL_S
-        )
-
-    def _pump(self, final: bool = False) -> None:
-        while True:
-            t_start, t_end = self._window_bounds(self._next_window)
-            if not self._ready(t_end, final):
-                return
-            self._analyze(self._build_window(t_start, t_end))
-            self._next_window += 1
-            next_start, _ = self._window_bounds(self._next_window)
-            while self._frames and self._frames[0].t < next_start:
-                self._frames.popleft()
-            self._audio.trim_before(next_start - self.config.window.max_lag_s - 1.0)
-
-    def _build_window(self, t_start: float, t_end: float) -> AnalysisWindow:
-        context = self.config.window.max_lag_s
-        frames = tuple(f for f in self._frames if t_start <= f.t < t_end)
-        samples = self._audio.span(t_start - context, t_end + context)
-        started = time.perf_counter()
-        audio = self._audio_features.compute(samples, t_start - context)
-        self.stats.stage_seconds["audio_features"] += time.perf_counter() - started
-        return AnalysisWindow(
-            session=self.events.session,
-            index=self._next_window,
-            t_start=t_start,
-            t_end=t_end,
-            context_s=context,
-            frames=frames,
-            samples=samples,
-            audio=audio,
-            has_audio_stream=self._has_audio,
-        )
+    def _pump(self) -> None:
+        for window in self._windower.windows():
+            self.stats.stage_seconds["audio_features"] = self._windower.audio_feature_seconds
+            self._analyze(window)
 
     def _runner(self, name: str) -> DetectorRunner:
         runner = self._runners.get(name)

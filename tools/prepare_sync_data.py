@@ -612,59 +612,36 @@ def audio_track(clip: CachedClip, shift_s: float = 0.0, donor: CachedClip | None
     return samples[: max(needed, 1)], clip.audio_t0 + shift_s
 
 
-def span_samples(samples: np.ndarray, t0: float, t_from: float, t_to: float) -> np.ndarray:
-    """Samples in [t_from, t_to), zero-filled outside, as the pipeline's audio buffer does."""
-    n = int(round((t_to - t_from) * 16000))
-    out = np.zeros(n, np.float32)
-    src = int(round((t_from - t0) * 16000))
-    lo, hi = max(src, 0), min(src + n, len(samples))
-    if hi > lo:
-        out[lo - src : hi - src] = samples[lo:hi]
-    return out
-
-
 def clip_windows(
     clip: CachedClip,
     *,
     shift_s: float = 0.0,
     donor: CachedClip | None = None,
-    window_s: float = 2.0,
-    hop_s: float = 0.5,
+    window_s: float | None = None,
+    hop_s: float | None = None,
     frames: list | None = None,
 ):  # noqa: ANN201 - Iterator[AnalysisWindow]
-    """Pipeline-equivalent AnalysisWindows over a cached clip (session noise floor too)."""
+    """The session's AnalysisWindows over a cached clip, cut by the session's windower
+    (same schedule, same buffers, same noise floor); window and hop default to the config's."""
     from monitor.config import MonitorConfig
-    from monitor.features.audio import NoiseFloorTracker, compute_audio_features
-    from monitor.windows import AnalysisWindow
+    from monitor.media import AudioChunk
+    from monitor.windows import Windower, WindowSchedule
 
     config = MonitorConfig()
-    context = config.window.max_lag_s
-    frames = frames if frames is not None else clip.frame_features()
-    if not frames:
-        return
+    schedule = WindowSchedule(
+        window_s if window_s is not None else config.window.window_s,
+        hop_s if hop_s is not None else config.window.hop_s,
+        config.window.max_lag_s,
+    )
     samples, t0 = audio_track(clip, shift_s, donor)
-    floor = NoiseFloorTracker(hop_s=config.audio.hop_s)
-    times = np.array([f.t for f in frames])
-    t_start = float(times[0])
-    index = 0
-    while t_start + window_s <= times[-1] + 1e-6:
-        t_end = t_start + window_s
-        lo, hi = np.searchsorted(times, [t_start, t_end])
-        span = span_samples(samples, t0, t_start - context, t_end + context)
-        audio = compute_audio_features(span, t_start - context, config.audio, floor.floor_db)
-        floor.update(audio.loudness_db)
-        yield AnalysisWindow(
-            session=clip.name,
-            index=index,
-            t_start=t_start,
-            t_end=t_end,
-            context_s=context,
-            frames=tuple(frames[lo:hi]),
-            samples=span,
-            audio=audio,
-        )
-        index += 1
-        t_start += hop_s
+    windower = Windower(schedule, config.audio, session=clip.name, has_audio=len(samples) > 0)
+    if len(samples):
+        windower.add_audio(AudioChunk(t0, samples))
+    for frame in frames if frames is not None else clip.frame_features():
+        windower.add_frame(frame)
+        yield from windower.windows()
+    windower.end_of_media()
+    yield from windower.windows()
 
 
 def main(argv: list[str] | None = None) -> int:

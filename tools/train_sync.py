@@ -53,8 +53,7 @@ class TrainClip:
     name: str
     group: str
     track: object  # FrameTrack
-    samples: np.ndarray
-    audio_t0: float
+    audio: object  # AudioBuffer of the clip's samples
     floor_db: float
     starts: np.ndarray  # candidate window starts (s)
 
@@ -88,13 +87,21 @@ def load_training_clips(paths: list[Path]) -> list[TrainClip]:
                 cached.name,
                 group,
                 track,
-                cached.samples,
-                cached.audio_t0,
+                audio_buffer(cached),
                 floor_db,
                 np.asarray(keep),
             )
         )
     return clips
+
+
+def audio_buffer(cached):  # noqa: ANN001, ANN201 - CachedClip -> AudioBuffer
+    from monitor.media import AudioChunk
+    from monitor.windows import AudioBuffer
+
+    buffer = AudioBuffer()
+    buffer.add(AudioChunk(cached.audio_t0, cached.samples))
+    return buffer
 
 
 # -- augmentation -------------------------------------------------------------------------
@@ -168,9 +175,7 @@ def sample_window(
         track = clip.track.select(t_start, t_end)
         if augment:
             track = augment_track(track, rng)
-        span = prep.span_samples(
-            clip.samples, clip.audio_t0, t_start - CONTEXT_S, t_end + CONTEXT_S
-        )
+        span = clip.audio.span(t_start - CONTEXT_S, t_end + CONTEXT_S)
         if augment:
             span = augment_audio(span, rng)
         audio = compute_audio_features(span, t_start - CONTEXT_S, config, clip.floor_db)

@@ -176,6 +176,7 @@ def write_report(
     log_ = load_events(events)
     config = copy.deepcopy(config) if config is not None else MonitorConfig()
     config.window.window_s = log_.window_s  # as the events were scored
+    config.window.hop_s = log_.hop_s
     attribution = attribution or AttributionOptions()
     duration = _probe_duration(media_path, audio_path)
     if duration is not None and log_.last_time() > duration + log_.window_s + 1.0:
@@ -212,8 +213,8 @@ def write_report(
         learned=confidence_model,
     )
     explained: list[AlertAttribution] = []
-    for alert, detail in zip(targets, trace.details, strict=False):
-        explained.append(attribute_alert(alert, detail, learned, method, attribution))  # type: ignore[arg-type]
+    for alert, window in zip(targets, trace.details, strict=False):
+        explained.append(attribute_alert(alert, window, learned, method, attribution))  # type: ignore[arg-type]
 
     document = _document(
         log_,
