@@ -72,12 +72,16 @@ class DetectorsConfig:
     plugin_dirs: list[str] = field(default_factory=lambda: ["plugins"])
 
 
+# Inference backends of the learned sync model (monitor/sync/backends.py); "auto" picks
+# the first that works.
+BACKEND_NAMES = ("auto", "tensorrt", "torch-cuda", "torch", "onnx")
+
+
 @dataclass
 class LipSyncConfig:
     # "learned" (the trained model) or "baseline" (training-free cross-correlation).
     model: str = "learned"
-    # "auto" | "tensorrt" | "torch-cuda" | "torch" | "onnx"
-    backend: str = "auto"
+    backend: str = "auto"  # one of BACKEND_NAMES
 
 
 @dataclass

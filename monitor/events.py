@@ -7,6 +7,7 @@ the same dicts go to JSONL files and to the websocket alert channel.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
 from importlib import resources
@@ -14,6 +15,9 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 EVENT_TYPES = ("session_started", "score", "alert", "summary", "session_ended", "error")
+
+# Where events go: a session's ``emit``, a sink, a fan-out. Takes one event dict.
+EventSink = Callable[[dict[str, Any]], None]
 
 
 def utc_timestamp(now: datetime | None = None) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -20,16 +19,15 @@ from typing import Any
 from monitor.config import MonitorConfig
 from monitor.detectors.base import Detector, Evidence, format_span
 from monitor.detectors.runner import CallTimeout, DetectorRunner
-from monitor.events import EventFactory
+from monitor.events import EventFactory, EventSink
 from monitor.explain.live import compact_explanation
 from monitor.features.types import FrameFeatures
-from monitor.fusion import LEVEL_RANK, RiskState, fuse_evidence, gate_clearing
+from monitor.fusion import RiskState, fuse_evidence, gate_clearing
+from monitor.levels import LEVEL_RANK, UNKNOWN
 from monitor.media import AUDIO_RATE, AudioChunk, StreamInfo, VideoFrame
 from monitor.windows import AnalysisWindow, Windower, WindowSchedule
 
 log = logging.getLogger(__name__)
-
-EmitFn = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -65,7 +63,7 @@ class SessionAnalyzer:
         *,
         session: str,
         participant: str,
-        emit: EmitFn,
+        emit: EventSink,
         face_tracker: Any | None = None,
         detectors: dict[str, Detector] | None = None,
     ) -> None:
@@ -250,7 +248,7 @@ class SessionAnalyzer:
             self.stats.windows_insufficient += 1
         else:
             self.stats.windows_scored += 1
-        level = self.risk.level if window_risk is not None else "unknown"
+        level = self.risk.level if window_risk is not None else UNKNOWN
         risk = self.risk.smoothed_risk if self.risk.smoothed_risk is not None else 0.0
         evidence_json = [item.to_json() for item in evidence]
         rationale = self._window_rationale(window, evidence, window_risk)
@@ -273,7 +271,7 @@ class SessionAnalyzer:
         )
         if change is None:
             return
-        if change.previous_level == "unknown" and change.level == "clear" and not self.stats.alerts:
+        if change.previous_level == UNKNOWN and change.level == "clear" and not self.stats.alerts:
             return  # the first evidence establishing "clear" is not news
         self.stats.alerts += 1
         self.emit(
@@ -339,7 +337,7 @@ class SessionAnalyzer:
             session_risk = mean_risk
         if session_risk is None:
             risk, rationale = 0.0, "insufficient evidence: no window had both a face and speech"
-            level = "unknown"
+            level = UNKNOWN
         else:
             risk = session_risk
             level = max(self.risk.peak_level, self.risk.level_for(risk), key=LEVEL_RANK.__getitem__)

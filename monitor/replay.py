@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.config import MonitorConfig
+from monitor.events import EventSink
 from monitor.media import AudioChunk, VideoFrame
 from monitor.pipeline import SessionAnalyzer, SessionStats
 
@@ -62,7 +63,7 @@ class Progress:
 def replay_file(
     path: str | Path,
     config: MonitorConfig,
-    emit: Callable[[dict[str, Any]], None],
+    emit: EventSink,
     *,
     audio_path: str | Path | None = None,
     realtime: bool = False,

@@ -33,10 +33,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from monitor.detectors.base import GENUINE_OFFSET_MS  # noqa: E402
+
 log = logging.getLogger("eval_explanations")
 
 SHIFT_S = 0.4
-GENUINE_OFFSET_MS = 120.0
 MIN_FACE_FRACTION = 0.6
 MIN_SPEECH_FRACTION = 0.2
 # Deletion tests: time units -> baseline, time units swapped in time, regions -> baseline.

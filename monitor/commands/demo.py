@@ -11,6 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from monitor.config import BACKEND_NAMES
+
 # What a working monitor should conclude for each example call.
 EXPECTED = {
     "sync": "clear",
@@ -27,7 +29,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--out-dir", default="dfmon-demo", help="where calls and events go")
     parser.add_argument("--lip-sync", choices=["learned", "baseline"], help="lip-sync model")
-    parser.add_argument("--backend", choices=["auto", "tensorrt", "torch-cuda", "torch", "onnx"])
+    parser.add_argument("--backend", choices=BACKEND_NAMES)
     parser.set_defaults(run=run, window=None, hop=None, token=None)
     return parser
 

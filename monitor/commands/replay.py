@@ -8,6 +8,7 @@ import os
 import threading
 from typing import Any
 
+from monitor.config import BACKEND_NAMES
 from monitor.errors import ConfigError
 
 
@@ -35,7 +36,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--backend",
-        choices=["auto", "tensorrt", "torch-cuda", "torch", "onnx"],
+        choices=BACKEND_NAMES,
         help="inference backend for the learned model (default: auto)",
     )
     parser.add_argument("--report", metavar="REPORT.html", help="also write an HTML report")

@@ -9,6 +9,7 @@ import os
 import signal
 from typing import Any
 
+from monitor.config import BACKEND_NAMES
 from monitor.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--backend",
-        choices=["auto", "tensorrt", "torch-cuda", "torch", "onnx"],
+        choices=BACKEND_NAMES,
         help="inference backend for the learned model (default: auto)",
     )
     parser.set_defaults(run=run)

@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-# Levels that count as an alarm (an escalation the user sees).
-ALARM_LEVELS = ("suspicious", "alert")
+from monitor.levels import ALARM_LEVELS
 
 
 @dataclass(frozen=True)

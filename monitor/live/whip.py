@@ -17,7 +17,6 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -28,6 +27,7 @@ from aiortc.exceptions import OperationError
 
 from monitor.config import MonitorConfig
 from monitor.errors import SdpError
+from monitor.events import EventSink
 from monitor.live.metrics import LiveMetrics
 from monitor.live.session import AnalyzerFactory, LiveSession, default_analyzer_factory
 
@@ -42,8 +42,6 @@ CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Expose-Headers": "Location, Accept-Post, Link",
 }
-
-EventSink = Callable[[dict], None]
 
 
 class UnprocessableOffer(SdpError):

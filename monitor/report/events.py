@@ -11,8 +11,6 @@ from typing import Any
 from monitor.config import WindowConfig
 from monitor.errors import EventsError
 
-LEVEL_ORDER = ("unknown", "clear", "suspicious", "alert")
-
 
 @dataclass
 class EventLog:

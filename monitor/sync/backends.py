@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from monitor.config import BACKEND_NAMES
 from monitor.errors import BackendUnavailableError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ WEIGHTS_PATH = MODELS_DIR / "sync_v1.pt"
 ONNX_PATH = MODELS_DIR / "sync_v1.onnx"
 INPUT_NAMES = ("crops", "lips", "mel")
 OUTPUT_NAMES = ("video_embedding", "audio_embedding")
-BACKEND_NAMES = ("auto", "tensorrt", "torch-cuda", "torch", "onnx")
 AUTO_ORDER = ("tensorrt", "torch-cuda", "onnx", "torch")
 CPU_THREADS = int(os.environ.get("DFMON_SYNC_THREADS", "2"))
 
