@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any
 
 from monitor.config import MonitorConfig
-from monitor.detectors.base import Detector, Evidence, format_span
+from monitor.detectors.base import Detector, Evidence
 from monitor.detectors.runner import CallTimeout, DetectorRunner
 from monitor.events import EventFactory, EventSink
 from monitor.explain.live import compact_explanation
@@ -52,6 +52,18 @@ class SessionStats:
     @property
     def dropped_total(self) -> int:
         return sum(self.frames_dropped.values())
+
+    def summary_counts(self) -> dict[str, Any]:
+        """The counts a ``summary`` event reports."""
+        return {
+            "windows_scored": self.windows_scored,
+            "windows_insufficient": self.windows_insufficient,
+            "frames_dropped": self.dropped_total,
+            "dropped_by_kind": dict(self.frames_dropped),
+            "alerts": self.alerts,
+            "video_frames": self.video_frames,
+            "frames_with_face": self.frames_with_face,
+        }
 
 
 class SessionAnalyzer:
@@ -106,21 +118,8 @@ class SessionAnalyzer:
 
     def start(self, info: StreamInfo) -> None:
         self._windower.has_audio = info.has_audio
-        self.emit(
-            self.events.make(
-                "session_started",
-                **info.as_event_fields(),
-                config={
-                    "window_s": self.config.window.window_s,
-                    "hop_s": self.config.window.hop_s,
-                    "suspicious_threshold": self.config.fusion.suspicious_threshold,
-                    "alert_threshold": self.config.fusion.alert_threshold,
-                    "detectors": {
-                        name: getattr(det, "version", "?") for name, det in self.detectors.items()
-                    },
-                },
-            )
-        )
+        versions = {name: getattr(det, "version", "?") for name, det in self.detectors.items()}
+        self.emit(self.events.session_started(info, self.config, versions))
 
     def add_video(self, frame: VideoFrame) -> None:
         started = time.perf_counter()
@@ -248,59 +247,28 @@ class SessionAnalyzer:
             self.stats.windows_insufficient += 1
         else:
             self.stats.windows_scored += 1
-        level = self.risk.level if window_risk is not None else UNKNOWN
-        risk = self.risk.smoothed_risk if self.risk.smoothed_risk is not None else 0.0
-        evidence_json = [item.to_json() for item in evidence]
-        rationale = self._window_rationale(window, evidence, window_risk)
-        self.stats.stage_seconds["fusion"] += time.perf_counter() - started
-        self.emit(
-            self.events.make(
-                "score",
-                window=window.index,
-                t_start=round(window.t_start, 3),
-                t_end=round(window.t_end, 3),
-                risk=round(risk, 4),
-                window_risk=None if window_risk is None else round(window_risk, 4),
-                level=level,
-                session_level=self.risk.level,
-                rationale=rationale,
-                evidence=evidence_json,
-                dropped_frames=self.stats.dropped_total,
-                inference_ms=round(inference_s * 1000, 2),
-            )
+        score = self.events.score(
+            window,
+            evidence,
+            risk=self.risk.smoothed_risk if self.risk.smoothed_risk is not None else 0.0,
+            window_risk=window_risk,
+            level=self.risk.level if window_risk is not None else UNKNOWN,
+            session_level=self.risk.level,
+            dropped_frames=self.stats.dropped_total,
+            inference_s=inference_s,
         )
+        self.stats.stage_seconds["fusion"] += time.perf_counter() - started
+        self.emit(score)
         if change is None:
             return
         if change.previous_level == UNKNOWN and change.level == "clear" and not self.stats.alerts:
             return  # the first evidence establishing "clear" is not news
         self.stats.alerts += 1
-        self.emit(
-            self.events.make(
-                "alert",
-                level=change.level,
-                previous_level=change.previous_level,
-                risk=round(risk, 4),
-                t_start=round(window.t_start, 3),
-                t_end=round(window.t_end, 3),
-                rationale=f"level {change.previous_level} -> {change.level}: {rationale}",
-                evidence=evidence_json,
-                explanation=compact_explanation(window, evidence, self.config.detectors.weights),
-            )
-        )
-
-    @staticmethod
-    def _window_rationale(
-        window: AnalysisWindow, evidence: list[Evidence], window_risk: float | None
-    ) -> str:
-        span = format_span(window.t_start, window.t_end)
-        if window_risk is None:
-            reasons = "; ".join(e.rationale for e in evidence) or "no detector ran"
-            return f"insufficient evidence over {span}: {reasons}"
-        ranked = sorted((e for e in evidence if e.score is not None), key=lambda e: -e.score)
-        return "; ".join(f"{e.detector} {e.score:.2f}: {e.rationale}" for e in ranked)
+        explanation = compact_explanation(window, evidence, self.config.detectors.weights)
+        self.emit(self.events.alert(score, change, explanation))
 
     def _error(self, message: str, **fields: Any) -> None:
-        self.emit(self.events.make("error", message=message, **fields))
+        self.emit(self.events.error(message, **fields))
 
     # ----- summary ------------------------------------------------------------------------
 
@@ -335,32 +303,17 @@ class SessionAnalyzer:
         mean_risk = self.risk.mean_window_risk
         if session_risk is None:
             session_risk = mean_risk
-        if session_risk is None:
-            risk, rationale = 0.0, "insufficient evidence: no window had both a face and speech"
-            level = UNKNOWN
-        else:
-            risk = session_risk
-            level = max(self.risk.peak_level, self.risk.level_for(risk), key=LEVEL_RANK.__getitem__)
-            parts = [
-                f"{e.detector} {e.score:.2f}: {e.rationale}"
-                for e in session_evidence
-                if e.score is not None
-            ]
-            rationale = "; ".join(parts) or f"mean window risk {risk:.2f}"
-        return self.events.make(
-            "summary",
-            risk=round(float(risk), 4),
+        level = UNKNOWN
+        if session_risk is not None:
+            level = max(
+                self.risk.peak_level, self.risk.level_for(session_risk), key=LEVEL_RANK.__getitem__
+            )
+        return self.events.summary(
+            session_evidence,
+            risk=session_risk,
             level=level,
             final_level=self.risk.level,
-            peak_risk=round(self.risk.peak_risk, 4),
-            mean_window_risk=None if mean_risk is None else round(mean_risk, 4),
-            windows_scored=self.stats.windows_scored,
-            windows_insufficient=self.stats.windows_insufficient,
-            frames_dropped=self.stats.dropped_total,
-            dropped_by_kind=dict(self.stats.frames_dropped),
-            alerts=self.stats.alerts,
-            video_frames=self.stats.video_frames,
-            frames_with_face=self.stats.frames_with_face,
-            rationale=rationale,
-            evidence=[e.to_json() for e in session_evidence],
+            peak_risk=self.risk.peak_risk,
+            mean_window_risk=mean_risk,
+            counts=self.stats.summary_counts(),
         )
