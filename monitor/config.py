@@ -75,12 +75,13 @@ class DetectorsConfig:
 # Inference backends of the learned sync model (monitor/sync/backends.py); "auto" picks
 # the first that works.
 BACKEND_NAMES = ("auto", "tensorrt", "torch-cuda", "torch", "onnx")
+# "learned" (the trained model) or "baseline" (training-free cross-correlation).
+LIP_SYNC_MODELS = ("learned", "baseline")
 
 
 @dataclass
 class LipSyncConfig:
-    # "learned" (the trained model) or "baseline" (training-free cross-correlation).
-    model: str = "learned"
+    model: str = "learned"  # one of LIP_SYNC_MODELS
     backend: str = "auto"  # one of BACKEND_NAMES
 
 

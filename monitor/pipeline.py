@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitor.config import MonitorConfig
 from monitor.detectors.base import Detector, Evidence
@@ -26,6 +26,9 @@ from monitor.fusion import RiskState, fuse_evidence, gate_clearing
 from monitor.levels import LEVEL_RANK, UNKNOWN
 from monitor.media import AUDIO_RATE, AudioChunk, StreamInfo, VideoFrame
 from monitor.windows import AnalysisWindow, Windower, WindowSchedule
+
+if TYPE_CHECKING:
+    from monitor.features.face import FaceTracker
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +79,7 @@ class SessionAnalyzer:
         session: str,
         participant: str,
         emit: EventSink,
-        face_tracker: Any | None = None,
+        face_tracker: FaceTracker | None = None,
         detectors: dict[str, Detector] | None = None,
     ) -> None:
         self.config = config
@@ -86,7 +89,7 @@ class SessionAnalyzer:
             from monitor.features.face import create_face_tracker
 
             face_tracker = create_face_tracker(config.face)
-        self.face_tracker = face_tracker
+        self.face_tracker: FaceTracker = face_tracker
         self.stats = SessionStats()
         self.detectors: dict[str, Detector] = (
             detectors if detectors is not None else self._create_detectors()
@@ -167,9 +170,7 @@ class SessionAnalyzer:
         for runner in self._runners.values():
             runner.close()
         self._runners.clear()
-        close = getattr(self.face_tracker, "close", None)
-        if close is not None:
-            close()
+        self.face_tracker.close()
 
     # ----- windows ------------------------------------------------------------------------
 

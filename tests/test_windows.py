@@ -3,8 +3,6 @@ file (the live/replay session, the report, the training data) cuts the same wind
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +11,10 @@ import pytest
 from monitor.config import MonitorConfig
 from monitor.detectors.base import Evidence
 from monitor.features.types import FrameFeatures
-from monitor.media import AUDIO_RATE, AudioChunk, VideoFrame
+from monitor.media import AUDIO_RATE, AudioChunk
 from monitor.pipeline import SessionAnalyzer
 from monitor.windows import AUDIO_STALL_S, AnalysisWindow, Windower, WindowSchedule
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.windows_factory import feed_file
 
 
 def frame(t: float, index: int = 0) -> FrameFeatures:
@@ -116,36 +113,18 @@ class _Recorder:
 
 
 def _session_windows(path: Path, config: MonitorConfig) -> list[AnalysisWindow]:
-    from monitor.sources.file import FileSource
-
     recorder = _Recorder()
     analyzer = SessionAnalyzer(
         config, session="s", participant="p", emit=lambda e: None, detectors={"rec": recorder}
     )
-    with FileSource(path) as source:
-        analyzer.start(source.info)
-        for item in source:
-            if isinstance(item, VideoFrame):
-                analyzer.add_video(item)
-            else:
-                analyzer.add_audio(item)
-    analyzer.finish()
+    feed_file(analyzer, path)
     return recorder.windows
 
 
-def _load_tool(name: str):  # noqa: ANN202 - a tools/ script as a module
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _training_windows(path: Path) -> list[AnalysisWindow]:
-    prep = _load_tool("prepare_sync_data")
-    clip = prep.CachedClip(path.stem, "test", "file", prep.extract_clip(path))
-    return list(prep.clip_windows(clip))
+    from monitor.training.sync_data import CachedClip, clip_windows, extract_clip
+
+    return list(clip_windows(CachedClip(path.stem, "test", "file", extract_clip(path))))
 
 
 def _report_windows(path: Path, config: MonitorConfig, spans) -> list[AnalysisWindow | None]:  # noqa: ANN001

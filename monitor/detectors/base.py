@@ -54,6 +54,15 @@ class Detector(Protocol):
 DetectorFactory = Callable[["MonitorConfig"], Detector]
 
 
+@dataclass(frozen=True)
+class DetectorSpec:
+    name: str
+    version: str
+    source: str  # "builtin", "plugins/<file>", "entry point <dist>"
+    factory: DetectorFactory
+    error: str | None = None  # set for a plugin that failed to load (listed, never run)
+
+
 # Offsets genuine calls show (codec and jitter-buffer delays, tracker smoothing). The
 # session offsets of genuine speech on the real dev clips lie within +-80 ms
 # (monitor/models/MODEL_CARD.md); the band adds one 40 ms frame. Every stage that calls an

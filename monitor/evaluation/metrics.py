@@ -49,6 +49,14 @@ def roc_curve(negatives: Sequence[float], positives: Sequence[float]) -> RocCurv
     return RocCurve(fpr=fpr, tpr=tpr, thresholds=thresholds)
 
 
+def auc_or_nan(positives: Iterable[float], negatives: Iterable[float]) -> float:
+    """:func:`roc_auc` of the finite scores, positives first as tables read them ("fakes
+    vs reals"); nan when either side has none, for tables over small or partial sets."""
+    pos = [float(v) for v in positives if v is not None and math.isfinite(v)]
+    neg = [float(v) for v in negatives if v is not None and math.isfinite(v)]
+    return roc_auc(neg, pos) if pos and neg else math.nan
+
+
 def roc_auc(negatives: Sequence[float], positives: Sequence[float]) -> float:
     """P(score of a positive > score of a negative) + 0.5 P(tie): the Mann-Whitney AUC."""
     neg, pos = _split(negatives, positives)

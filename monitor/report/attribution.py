@@ -17,11 +17,19 @@ from monitor.report.events import lip_sync_evidence
 if TYPE_CHECKING:
     from monitor.explain.explainer import Explanation
     from monitor.explain.sync_target import SyncTarget
-    from monitor.report.builder import AttributionOptions
     from monitor.report.confidence import LearnedSync
     from monitor.windows import AnalysisWindow
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class AttributionOptions:
+    """How much attribution work the report does (each alert costs seconds on a CPU)."""
+
+    max_alerts: int = 3
+    ig_steps: int = 16
+    n_random: int = 8
 
 
 @dataclass

@@ -12,7 +12,6 @@ import copy
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from monitor.detectors.baseline_sync import STRONG_COUPLING
 from monitor.errors import EventsError, OutputError
 from monitor.levels import ALARM_LEVELS, UNKNOWN, level_rank
 from monitor.report import html, plots
-from monitor.report.attribution import AlertAttribution, attribute_alert
+from monitor.report.attribution import AlertAttribution, AttributionOptions, attribute_alert
 from monitor.report.confidence import LearnedSync, load_learned_sync
 from monitor.report.events import EventLog, lip_sync_evidence, load_events
 from monitor.report.media import ROW_S, MediaTrace, trace_media
@@ -42,15 +41,6 @@ MAX_MOMENTS = 3
 STILLS_PER_MOMENT = 6
 MIN_BAND_WINDOWS = 3
 MAX_RATIONALES = 12
-
-
-@dataclass
-class AttributionOptions:
-    """How much attribution work the report does (each alert costs seconds on a CPU)."""
-
-    max_alerts: int = 3
-    ig_steps: int = 16
-    n_random: int = 8
 
 
 def _check_output(path: Path) -> None:

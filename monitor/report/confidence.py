@@ -49,7 +49,8 @@ class LearnedSync:
 def load_learned_sync(backend: str = "auto") -> tuple[LearnedSync | None, str]:
     """The installed learned model, or None and the reason it cannot be used."""
     try:
-        from monitor.sync.backends import WEIGHTS_PATH, create_backend, load_checkpoint
+        from monitor.sync.backends import create_backend
+        from monitor.sync.checkpoint import WEIGHTS_PATH, load_checkpoint
     except ImportError as exc:
         return None, f"the learned sync model is not installed ({exc})"
     from monitor.errors import BackendUnavailableError, ConfigError

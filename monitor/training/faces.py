@@ -1,4 +1,6 @@
-"""Offline helpers for calibrating and evaluating the temporal detector on recorded clips.
+"""Tracked faces of recorded clips, cached, and the session's windows over them.
+
+For calibrating and evaluating the temporal detector on recorded clips.
 
 Tracking faces is by far the slowest step (MediaPipe, tens of ms per frame on a CPU), and
 cue development means re-scoring the same clips many times. So the face observations of a
