@@ -19,6 +19,7 @@ from typing import Any
 from monitor.config import MonitorConfig
 from monitor.events import EventSink
 from monitor.media import AudioChunk, VideoFrame
+from monitor.native_log import stderr_is_terminal
 from monitor.pipeline import SessionAnalyzer, SessionStats
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class Progress:
 
     def __init__(self, duration_s: float | None) -> None:
         self.duration_s = duration_s
-        self.enabled = sys.stderr.isatty() and bool(duration_s)
+        self.enabled = stderr_is_terminal() and bool(duration_s)
         self._last = 0.0
 
     def update(self, t: float) -> None:
