@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "detectors",
     "build_engine",
     "report",
+    "verify_webhook",
 )
 
 

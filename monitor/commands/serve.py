@@ -10,6 +10,7 @@ import signal
 from typing import Any
 
 from monitor.errors import ConfigError
+from monitor.sinks.targets import add_sink_option, apply_sink_flags
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=["auto", "tensorrt", "torch-cuda", "torch", "onnx"],
         help="inference backend for the learned model (default: auto)",
     )
+    add_sink_option(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -62,7 +64,7 @@ def build_config(args: argparse.Namespace) -> Any:
         lip_sync["backend"] = args.backend
     if lip_sync:
         overrides["lip_sync"] = lip_sync
-    return load_config(args.config, **overrides)
+    return apply_sink_flags(load_config(args.config, **overrides), args.sink)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,9 +82,12 @@ async def serve(
 ) -> None:
     """Run until SIGINT/SIGTERM; every open session then ends with ``server_shutdown``."""
     from monitor.live.whip import LiveServer
+    from monitor.sinks.build import build_delivery, sink_stats
+    from monitor.sinks.fanout import EventFanout
     from monitor.sinks.websocket import AlertServer
 
     token = config.alerts.token
+    delivery = build_delivery(config)  # a bad sink or a missing secret fails here, first
     sink = None
     if out:
         from monitor.sinks.jsonl import JsonlSink
@@ -93,16 +98,21 @@ async def serve(
         await alerts.start()
     except OSError as exc:
         raise ConfigError(f"cannot serve alerts on {host}:{alerts_port}: {exc.strerror}") from exc
-    server = LiveServer(
-        config,
-        token=token,
-        sinks=[alerts.publish, *([sink.write] if sink else [])],
-        alerts_port=alerts.port,
-    )
+    fanout = EventFanout([("websocket", alerts.publish)])
+    if sink is not None:
+        fanout.add("jsonl", sink.write)
+    if delivery is not None:
+        delivery.start()
+        for name, accept in delivery.receivers():
+            fanout.add(name, accept)
+    server = LiveServer(config, token=token, fanout=fanout, alerts_port=alerts.port)
+    server.metrics.sink_stats = lambda: sink_stats(fanout, delivery)
     try:
         await server.start(host, port)
     except OSError as exc:
         await alerts.stop()
+        if delivery is not None:
+            await delivery.aclose()
         raise ConfigError(f"cannot serve WHIP on {host}:{port}: {exc.strerror}") from exc
     log.info(
         "publish page http://%s:%s/publish, dashboard http://%s:%s/, alerts %s",
@@ -117,6 +127,8 @@ async def serve(
     finally:
         log.info("shutting down: ending %d session(s)", len(server.sessions))
         await server.stop()
+        if delivery is not None:
+            await delivery.aclose()  # the sessions' summaries are queued by now
         await alerts.drain(2.0)
         await alerts.stop()
         if sink is not None:
