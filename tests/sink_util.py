@@ -1,5 +1,5 @@
 """Real receivers on loopback for the alert-sink tests: a signature-checking webhook
-server that can fail and go away, a server that never answers, and alert events."""
+server that can fail and go away, and a server that never answers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from typing import Any
 
 from aiohttp import web
 
-from monitor.events import EventFactory
 from monitor.sinks.signing import WebhookVerificationError, verify_webhook
 
 SECRET = "whsec_" + base64.b64encode(b"dfmon-test-key-0123456789abcdef").decode()
@@ -134,79 +133,3 @@ class BlackHole:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-
-
-def alert_events(
-    levels: list[tuple[float, str]], *, participant: str = "alice", session: str = "s-1"
-) -> list[dict[str, Any]]:
-    """A session_started, one score per 0.5 s and an alert event at each (t_end, level)."""
-    factory = EventFactory(session, participant)
-    events = [
-        factory.make(
-            "session_started",
-            source="call.mp4",
-            fps=25.0,
-            width=320,
-            height=240,
-            sample_rate=16000,
-            duration_s=None,
-            has_audio=True,
-        )
-    ]
-    changes = dict(levels)
-    level, previous = "clear", "clear"
-    end = max([t for t, _ in levels] + [2.0]) + 2.0
-    t = 2.0
-    while t <= end:
-        risk = {"clear": 0.2, "suspicious": 0.6, "alert": 0.9}.get(changes.get(t, level), 0.2)
-        events.append(
-            factory.make(
-                "score",
-                window=int(t * 2),
-                t_start=t - 2.0,
-                t_end=t,
-                risk=risk,
-                level=changes.get(t, level),
-                evidence=[],
-                rationale="synthetic",
-                dropped_frames=0,
-            )
-        )
-        if t in changes:
-            previous, level = level, changes[t]
-            events.append(
-                factory.make(
-                    "alert",
-                    level=level,
-                    previous_level=previous,
-                    risk=risk,
-                    t_start=t - 2.0,
-                    t_end=t,
-                    rationale=f"level {previous} -> {level}: lip_sync {risk:.2f}: audio lags "
-                    "lips by 280 ms (sync confidence 2.6, genuine speech gives > 0.4)",
-                    evidence=[
-                        {
-                            "detector": "lip_sync",
-                            "score": risk,
-                            "rationale": "audio lags lips by 280 ms",
-                            "offset_ms": 280.0,
-                            "confidence": 2.6,
-                        }
-                    ],
-                )
-            )
-        t += 0.5
-    events.append(factory.make("session_ended", reason="end of input"))
-    events.append(
-        factory.make(
-            "summary",
-            risk=0.9,
-            level="alert",
-            windows_scored=len(events),
-            windows_insufficient=0,
-            frames_dropped=0,
-            rationale="lip_sync 1.00: audio lags lips by 280 ms",
-            evidence=[],
-        )
-    )
-    return events

@@ -22,7 +22,8 @@ from monitor.config import load_config
 from monitor.sinks.build import build_delivery
 from monitor.sinks.delivery import DeliveryService
 from monitor.sinks.notices import NoticePolicy, idempotency_key
-from tests.sink_util import SECRET, BlackHole, WebhookReceiver, alert_events
+from monitor.synth.events import session_events
+from tests.sink_util import SECRET, BlackHole, WebhookReceiver
 
 ROOT = Path(__file__).resolve().parents[1]
 SELECTED = ("alert", "summary")
@@ -60,7 +61,7 @@ def calls_events(count: int, first: int = 0) -> list[dict]:
     """Each participant: alert at 3 s, back to clear at 4 s, summary: 3 notices each."""
     events: list[dict] = []
     for n in range(first, first + count):
-        events += alert_events(
+        events += session_events(
             [(3.0, "alert"), (4.0, "clear")], participant=f"p{n}", session=f"s{n}"
         )
     return events
@@ -132,7 +133,7 @@ async def test_a_refused_alert_is_dead_lettered_without_retries(tmp_path: Path) 
     delivery = delivery_for(tmp_path, f"webhook:{receiver.url}")
     delivery.start()
     try:
-        for event in alert_events([(3.0, "alert")]):
+        for event in session_events([(3.0, "alert")]):
             delivery.workers[0].accept(event)
     finally:
         await delivery.aclose()

@@ -37,7 +37,8 @@ from monitor.sinks.syslog import SyslogSink, cef_severity, syslog_message
 from monitor.sinks.targets import apply_sink_flags, parse_target
 from monitor.sinks.teams import TeamsReportSink, synthetic_media_report
 from monitor.sinks.webhook import WebhookSink, cloudevents_source, webhook_request
-from tests.sink_util import SECRET, WebhookReceiver, alert_events
+from monitor.synth.events import session_events
+from tests.sink_util import SECRET, WebhookReceiver
 
 # The Standard Webhooks specification's published test vector.
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -57,7 +58,7 @@ def notices_of(
 
 
 def first_notice() -> dict[str, Any]:
-    return notices_of(alert_events([(4.0, "alert")]), 60)[0]
+    return notices_of(session_events([(4.0, "alert")]), 60)[0]
 
 
 # --- Standard Webhooks --------------------------------------------------------------------
@@ -128,7 +129,9 @@ def test_verify_webhook_command(tmp_path: Path) -> None:
 
 
 def test_first_alert_goes_out_at_once_and_carries_reasons_and_key() -> None:
-    events = alert_events([(4.0, "suspicious")])
+    events = session_events([(4.0, "suspicious")])
+    for event in events:
+        validate_event(event)
     notices = notices_of(events, 60)
     assert [n["type"] for n in notices] == ["alert", "summary"]
     alert = notices[0]
@@ -149,7 +152,7 @@ def test_first_alert_goes_out_at_once_and_carries_reasons_and_key() -> None:
 
 def test_one_notice_per_interval_holding_the_most_severe_then_clear_again() -> None:
     levels = [(3.0, "suspicious"), (4.0, "alert"), (5.0, "suspicious"), (9.0, "clear")]
-    notices = [n for n in notices_of(alert_events(levels), 4) if n["type"] == "alert"]
+    notices = [n for n in notices_of(session_events(levels), 4) if n["type"] == "alert"]
     # 3.0 at once; 4.0 (alert) held and sent when the interval ends at 7.0, although the
     # level is back to suspicious by then; the return to clear at 9.0 waits until 11.0.
     assert [(n["level"], n["t_end"], n["notice"]["at_s"]) for n in notices] == [
@@ -164,7 +167,7 @@ def test_one_notice_per_interval_holding_the_most_severe_then_clear_again() -> N
 def test_flapping_within_the_interval_gives_one_notice_and_unknown_is_not_news() -> None:
     levels = [(3.0, "alert"), (4.0, "clear"), (5.0, "alert"), (6.0, "unknown"), (7.0, "alert")]
     policy = NoticePolicy(["alert", "summary"], 60)
-    notices = [n for e in alert_events(levels) for n in policy.process(e)]
+    notices = [n for e in session_events(levels) for n in policy.process(e)]
     assert [(n["type"], n.get("level")) for n in notices] == [
         ("alert", "alert"),
         ("summary", "alert"),
@@ -174,7 +177,7 @@ def test_flapping_within_the_interval_gives_one_notice_and_unknown_is_not_news()
 
 def test_no_throttle_passes_every_change_and_keys_are_unique_and_stable() -> None:
     levels = [(3.0, "alert"), (4.0, "clear"), (5.0, "alert")]
-    events = alert_events(levels)
+    events = session_events(levels)
     first, again = notices_of(events, 0), notices_of(events, 0)
     assert [n.get("level") for n in first] == ["alert", "clear", "alert", "alert"]
     assert [n["id"] for n in first] == [n["id"] for n in again]
@@ -182,8 +185,8 @@ def test_no_throttle_passes_every_change_and_keys_are_unique_and_stable() -> Non
 
 
 def test_participants_are_throttled_independently_and_scores_only_when_selected() -> None:
-    events = alert_events([(3.0, "alert")], participant="alice")
-    events += alert_events([(3.5, "alert")], participant="bob", session="s-2")
+    events = session_events([(3.0, "alert")], participant="alice")
+    events += session_events([(3.5, "alert")], participant="bob", session="s-2")
     notices = notices_of(events, 60)
     assert [(n["participant"], n["type"]) for n in notices if n["type"] == "alert"] == [
         ("alice", "alert"),
@@ -203,7 +206,7 @@ def test_fanout_isolates_and_counts_a_failing_receiver(caplog: pytest.LogCapture
         raise OSError("disk full")
 
     fanout = EventFanout([("broken", broken), ("kept", received.append)])
-    events = alert_events([(3.0, "alert")])
+    events = session_events([(3.0, "alert")])
     with caplog.at_level(logging.ERROR, logger="monitor.sinks.fanout"):
         for event in events:
             fanout.publish(event)
@@ -371,7 +374,7 @@ async def test_signed_webhooks_plain_and_cloudevents_to_a_real_receiver() -> Non
         receiver.url, key, timeout_s=5, cloudevents_source=cloudevents_source("mon 1")
     )
     try:
-        notices = notices_of(alert_events([(3.0, "alert")]), 60)
+        notices = notices_of(session_events([(3.0, "alert")]), 60)
         assert (await plain.deliver(notices[0])).delivered
         assert (await structured.deliver(notices[1])).delivered
     finally:
@@ -541,7 +544,7 @@ async def test_syslog_cef_over_udp_and_tcp_read_back_and_parsed() -> None:
         SyslogSink("tcp", "127.0.0.1", tcp_port, facility=16, monitor_name="mon 1", fusion=fusion),
     ]
     notice = tricky_notice()
-    summary = notices_of(alert_events([(3.0, "alert")]), 60)[-1]
+    summary = notices_of(session_events([(3.0, "alert")]), 60)[-1]
     try:
         for sink in sinks:
             for payload in (notice, summary):

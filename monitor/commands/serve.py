@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 from typing import Any
 
+from monitor.commands import until_stopped
 from monitor.errors import ConfigError
 from monitor.sinks.targets import add_sink_option, apply_sink_flags
 
@@ -118,12 +118,8 @@ async def serve(
         "publish page http://%s:%s/publish, dashboard http://%s:%s/, alerts %s",
         host, server.port, host, server.port, alerts.url,
     )  # fmt: skip
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         log.info("shutting down: ending %d session(s)", len(server.sessions))
         await server.stop()

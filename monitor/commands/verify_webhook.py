@@ -18,13 +18,13 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from monitor.commands import until_stopped
 from monitor.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -145,11 +145,7 @@ async def _listen(
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     bound = runner.addresses[0][1] if runner.addresses else port
     log.info("checking webhook deliveries on http://%s:%d/ (any path)", host, bound)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         await runner.cleanup()

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from monitor.config import SinksConfig
 from monitor.errors import OutputError
 from monitor.events import utc_timestamp
+from monitor.sinks.fanout import worth_logging
 from monitor.sinks.jsonl import JsonlSink
 from monitor.sinks.notices import NoticePolicy
 
@@ -175,7 +176,15 @@ class DeadLetter:
                 log.error("LOST a notice for %s: cannot dead-letter it: %s", sink, exc)
                 return False
             self.written += 1
-        log.warning("dead-lettered a notice for %s to %s: %s", sink, self.path, reason)
+            written = self.written
+        if worth_logging(written):  # the 1st, 10th, 100th, ...: an outage does not flood
+            log.warning(
+                "dead-lettered a notice for %s to %s (%d so far): %s",
+                sink,
+                self.path,
+                written,
+                reason,
+            )
         return True
 
     def close(self) -> None:
@@ -275,13 +284,15 @@ class SinkWorker:
 
     def _count_retry(self, attempt: int, outcome: Outcome, delay: float) -> None:
         self.retried += 1
-        log.info(
-            "%s: attempt %d failed (%s); retrying in %.1f s",
-            self.name,
-            attempt,
-            outcome.detail,
-            delay,
-        )
+        if worth_logging(self.retried):
+            log.info(
+                "%s: attempt %d failed (%s); retrying in %.1f s (%d retries so far)",
+                self.name,
+                attempt,
+                outcome.detail,
+                delay,
+                self.retried,
+            )
 
     async def run(self) -> None:
         """Deliver in order until stopped and empty; when cancelled, dead-letter the rest."""

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 Receiver = Callable[[dict[str, Any]], None]
 
 
-def _worth_logging(count: int) -> bool:
+def worth_logging(count: int) -> bool:
     """1, 10, 100, ...: a receiver failing on every event does not flood the log."""
     while count % 10 == 0:
         count //= 10
@@ -55,7 +55,7 @@ class EventFanout:
                 receiver(event)
             except Exception:
                 self.failed[name] += 1
-                if _worth_logging(self.failed[name]):
+                if worth_logging(self.failed[name]):
                     log.exception(
                         "sink %s failed on a %s event (%d failures so far)",
                         name,
@@ -67,7 +67,7 @@ class EventFanout:
             took = time.perf_counter() - started
             if took > self.slow_s:
                 self.slow[name] += 1
-                if _worth_logging(self.slow[name]):
+                if worth_logging(self.slow[name]):
                     log.warning(
                         "sink %s took %.0f ms for one event (%d slow calls so far)",
                         name,
