@@ -122,7 +122,7 @@ async def test_a_full_queue_drops_the_oldest_into_the_dead_letter_file(tmp_path:
     assert sorted(r["payload"]["id"] for r in records) == sorted(n["id"] for n in expected)
     reasons = [r["reason"] for r in records]
     assert sum("queue full" in r for r in reasons) == 5
-    assert sum("before shutdown" in r for r in reasons) == 4
+    assert sum("shutdown" in r for r in reasons) == 4
     stats = worker.stats()
     assert stats["sent"] + stats["failed"] + stats["dropped"] == len(expected)
     assert delivery.dead_letter.written == len(expected) and delivery.dead_letter.lost == 0

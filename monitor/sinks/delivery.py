@@ -318,21 +318,24 @@ class SinkWorker:
                     self.failed += 1
                     self.dead_letter.write(self.name, payload, outcome.detail, attempts)
         except asyncio.CancelledError:
-            self._abandon("not delivered before shutdown (the receiver may still dedupe it)")
+            self._abandon()
             raise
 
     def close(self) -> None:
         """Refuse further payloads; dead-letter whatever is still queued."""
         with self._lock:
             self._closed = True
-        self._abandon("not delivered before shutdown")
+        self._abandon()
 
-    def _abandon(self, reason: str) -> None:
+    def _abandon(self) -> None:
         with self._lock:
-            left = ([self._in_flight] if self._in_flight is not None else []) + list(self._queue)
+            in_flight, queued = self._in_flight, list(self._queue)
             self._queue.clear()
             self._in_flight = None
-        for payload in left:
+        left = [(p, "not delivered before shutdown") for p in queued]
+        if in_flight is not None:  # it may have arrived: the receiver dedupes by its id
+            left.insert(0, (in_flight, "interrupted at shutdown while being delivered"))
+        for payload, reason in left:
             self.failed += 1
             self.dead_letter.write(self.name, payload, reason, 0)
 
