@@ -221,6 +221,11 @@ def test_fanout_isolates_and_counts_a_failing_receiver(caplog: pytest.LogCapture
         fanout.add("kept", received.append)
 
 
+def test_sink_names_in_logs_and_metrics_leave_out_url_queries() -> None:
+    sink = WebhookSink("https://hooks.example/dfmon?key=abc#x", b"k" * 16, timeout_s=1)
+    assert sink.name == "webhook:https://hooks.example/dfmon"
+
+
 def test_replay_keeps_going_when_a_sink_fails(synthetic_calls: dict[str, Path]) -> None:
     from monitor.replay import replay_file
 

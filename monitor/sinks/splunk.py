@@ -16,6 +16,7 @@ from typing import Any
 from monitor.events import dumps
 from monitor.sinks.delivery import Outcome
 from monitor.sinks.http import HttpPoster
+from monitor.sinks.targets import shown
 
 HEC_SOURCE = "dfmon"
 INDEXED_FIELDS = ("type", "session", "participant", "level")
@@ -53,7 +54,7 @@ class SplunkSink:
         timeout_s: float,
     ) -> None:
         self.url = url
-        self.name = f"splunk:{url}"
+        self.name = f"splunk:{shown(url)}"
         self._headers = {"Authorization": f"Splunk {token}", "Content-Type": "application/json"}
         self._host = host
         self._sourcetype = sourcetype

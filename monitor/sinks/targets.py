@@ -30,6 +30,14 @@ def is_url(target: str) -> bool:
     return target.startswith(("http://", "https://"))
 
 
+def shown(target: str) -> str:
+    """A target as logs and /metrics show it: a URL without its query (which may hold a key)."""
+    if not is_url(target):
+        return target
+    parts = urlsplit(target)
+    return urlunsplit(parts._replace(query="", fragment=""))
+
+
 def _check_url(text: str, what: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:

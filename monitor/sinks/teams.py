@@ -35,7 +35,7 @@ from monitor.events import dumps
 from monitor.sinks.delivery import Outcome
 from monitor.sinks.http import HttpPoster
 from monitor.sinks.jsonl import JsonlSink
-from monitor.sinks.targets import is_url
+from monitor.sinks.targets import is_url, shown
 
 GRAPH_PATH = "/communications/calls/{call-id}/participants/{participant-id}/reportSyntheticMedia"
 SEVERITY = {"alert": "high", "suspicious": "medium"}
@@ -126,7 +126,7 @@ def synthetic_media_report(notice: dict[str, Any]) -> dict[str, Any]:
 class TeamsReportSink:
     def __init__(self, target: str, *, token: str | None, timeout_s: float) -> None:
         self.target = target
-        self.name = f"teams-report:{target}"
+        self.name = f"teams-report:{shown(target)}"
         self._headers = {"Content-Type": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"

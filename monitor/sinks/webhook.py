@@ -18,6 +18,7 @@ from monitor.events import dumps
 from monitor.sinks.delivery import Outcome
 from monitor.sinks.http import HttpPoster
 from monitor.sinks.signing import signed_headers
+from monitor.sinks.targets import shown
 
 JSON_TYPE = "application/json"
 CLOUDEVENTS_TYPE = "application/cloudevents+json"
@@ -64,7 +65,7 @@ class WebhookSink:
         self, url: str, key: bytes, *, timeout_s: float, cloudevents_source: str | None = None
     ) -> None:
         self.url = url
-        self.name = f"webhook:{url}"
+        self.name = f"webhook:{shown(url)}"
         self._key = key
         self._cloudevents_source = cloudevents_source
         self._http = HttpPoster(timeout_s)
