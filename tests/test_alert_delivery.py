@@ -306,8 +306,14 @@ async def test_live_session_delivers_signed_alerts_and_counts_them(tmp_path: Pat
             while not any(d.body["type"] == "summary" for d in receiver.deliveries):
                 assert time.monotonic() < deadline, [d.body["type"] for d in receiver.deliveries]
                 await asyncio.sleep(0.2)
-            async with http.get(f"{base}/metrics") as response:
-                metrics = await response.text()
+            # The receiver keeps a delivery before it answers: the sender counts it after.
+            idle = f'dfmon_sink_queue_depth{{sink="webhook:{receiver.url}"}} 0'
+            while True:
+                async with http.get(f"{base}/metrics") as response:
+                    metrics = await response.text()
+                if idle in metrics or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
     finally:
         with contextlib.suppress(ProcessLookupError):
             serve.send_signal(signal.SIGTERM)
