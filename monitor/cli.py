@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "detectors",
     "build_engine",
     "report",
+    "verify_webhook",
 )
 
 
