@@ -1,4 +1,4 @@
-"""Train the learned sync model from scratch and write monitor/models/sync_v1.{pt,onnx}.
+"""Train the learned sync model from scratch: monitor/models/sync_v2.{pt,onnx} and its record.
 
 Reproduces the committed weights on 2 CPU cores in under an hour, data preparation
 included (seeded; ``torch.set_num_threads(2)``):
@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from monitor.evaluation.metrics import auc_or_nan
+from monitor.sync.checkpoint import ONNX_PATH, TRAINING_RECORD_PATH, WEIGHTS_PATH
 from monitor.training import sync_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -448,14 +449,17 @@ def main(argv: list[str] | None = None) -> int:
         **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in train_stats.items()},
         **calibration_stats,
     }
-    weights_path = args.out / "sync_v1.pt"
+    weights_path = args.out / WEIGHTS_PATH.name
     save_checkpoint(model, calibration, meta, weights_path)
-    export_onnx(weights_path, args.out / "sync_v1.onnx")
+    export_onnx(weights_path, args.out / ONNX_PATH.name)
     meta["total_seconds"] = round(time.perf_counter() - started, 1)
-    (args.out / "sync_v1.training.json").write_text(
+    # Every clip training and the in-sync calibration read: what later calibrations and
+    # evaluations must leave out (monitor.evaluation.calibration_run reads this list).
+    meta["train_files"] = sync_data.training_files()
+    (args.out / TRAINING_RECORD_PATH.name).write_text(
         json.dumps(meta, indent=2, sort_keys=True) + "\n"
     )
-    log.info("wrote %s and sync_v1.onnx in %.0f s total", weights_path, meta["total_seconds"])
+    log.info("wrote %s and its ONNX in %.0f s total", weights_path, meta["total_seconds"])
     return 0
 
 

@@ -14,7 +14,13 @@ import json
 import warnings
 from pathlib import Path
 
-from monitor.sync.checkpoint import INPUT_NAMES, OUTPUT_NAMES, WEIGHTS_PATH, load_checkpoint
+from monitor.sync.checkpoint import (
+    INPUT_NAMES,
+    MODEL_NAME,
+    OUTPUT_NAMES,
+    WEIGHTS_PATH,
+    load_checkpoint,
+)
 
 OPSET = 17
 DYNAMIC_AXES = {
@@ -52,7 +58,7 @@ def export_onnx_bytes(weights: Path = WEIGHTS_PATH, *, fp16: bool = False) -> by
         )
     proto = onnx.load_from_string(buffer.getvalue())
     metadata = {
-        "dfmon.model": "sync_v1",
+        "dfmon.model": MODEL_NAME,
         "dfmon.precision": "fp16" if fp16 else "fp32",
         "dfmon.config": json.dumps(info.config, sort_keys=True),
     }
