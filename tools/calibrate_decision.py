@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from monitor.evaluation import calibration_run  # noqa: E402
-from monitor.evaluation.corpus import default_data_root  # noqa: E402
+from monitor.evaluation.dataset import default_data_root  # noqa: E402
 
 log = logging.getLogger("calibrate_decision")
 REPO = Path(__file__).resolve().parents[1]

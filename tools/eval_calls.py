@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from monitor.evaluation import call_report  # noqa: E402
-from monitor.evaluation.corpus import default_data_root  # noqa: E402
+from monitor.evaluation.dataset import default_data_root  # noqa: E402
 
 log = logging.getLogger("eval_calls")
 

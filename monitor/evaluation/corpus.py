@@ -29,17 +29,6 @@ from monitor.evaluation.calls import CALL_PROFILES, PROFILES_BY_NAME, RECORDED, 
 FORMAT_VERSION = 1
 
 
-def default_data_root(repo: Path) -> Path:
-    """``$DFMON_DATA``, else the ``shared/data`` beside the checkout or beside its parent
-    (a worktree under ``wt/``)."""
-    if os.environ.get("DFMON_DATA"):
-        return Path(os.environ["DFMON_DATA"])
-    for base in (repo.parent, repo.parent.parent):
-        if (base / "shared" / "data").is_dir():
-            return base / "shared" / "data"
-    return repo.parent / "shared" / "data"
-
-
 @dataclass(frozen=True)
 class CorpusClip:
     """One manifest row with audio."""
