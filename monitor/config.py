@@ -48,17 +48,18 @@ class FaceConfig:
 
 @dataclass
 class FusionConfig:
-    """Per-window evidence -> risk -> smoothed risk -> level with hysteresis."""
+    """How the decision reads as risk in [0, 1], and which detectors can clear a call.
 
-    ewma_alpha: float = 0.5
+    The levels are decided in nats (``[decision]``); ``risk`` maps the session's evidence
+    so that ``suspicious`` starts at ``suspicious_threshold`` and ``alert`` at
+    ``alert_threshold`` (``monitor.decision.evidence_risk``): dashboards and alert sinks
+    can band and grade risks without knowing the nats.
+    """
+
     suspicious_threshold: float = 0.5
     alert_threshold: float = 0.7
-    # A level is left only when the smoothed risk falls this far below its entry threshold.
-    hysteresis: float = 0.1
-    # Consecutive windows needed to move up a level (down is immediate past hysteresis).
-    min_windows_to_raise: int = 2
-    # Only these detectors can clear a window: without their evidence (no speech, say) a
-    # window is "unknown" unless the other detectors alone reach "suspicious".
+    # Only these detectors can clear a call: without their evidence (no speech, say) a
+    # session is "unknown" however consistent the face looks; the others can only raise it.
     clear_requires: list[str] = field(default_factory=lambda: ["lip_sync"])
 
 
@@ -98,8 +99,9 @@ class DecisionConfig:
 class DetectorsConfig:
     enabled: list[str] = field(default_factory=lambda: ["lip_sync", "temporal"])
     disabled: list[str] = field(default_factory=list)
-    # temporal is weaker on real clips (per-clip AUC about 0.6 on dev): half weight.
-    weights: dict[str, float] = field(default_factory=lambda: {"lip_sync": 1.0, "temporal": 0.5})
+    # Multipliers of each detector's log-likelihood ratio (0 leaves it out of the decision).
+    # The calibration already weighs a detector by how much its scores tell: keep 1.
+    weights: dict[str, float] = field(default_factory=lambda: {"lip_sync": 1.0, "temporal": 1.0})
     # A detector that takes longer than this for one window is disabled for the session.
     time_budget_s: float = 2.0
     plugin_dirs: list[str] = field(default_factory=lambda: ["plugins"])
@@ -199,8 +201,6 @@ class MonitorConfig:
         f = self.fusion
         if not (0 < f.suspicious_threshold < f.alert_threshold <= 1):
             raise ConfigError("need 0 < suspicious_threshold < alert_threshold <= 1")
-        if not (0 < f.ewma_alpha <= 1):
-            raise ConfigError("ewma_alpha must be in (0, 1]")
         d = self.decision
         if not (d.floor_nats < d.suspicious_nats < d.alert_nats <= d.ceiling_nats):
             raise ConfigError(

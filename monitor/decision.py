@@ -39,13 +39,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from monitor.config import DecisionConfig
+from monitor.config import DecisionConfig, MonitorConfig
 from monitor.detectors.base import Evidence
+from monitor.levels import ALARM_LEVELS, LEVEL_RANK, UNKNOWN
 
 log = logging.getLogger(__name__)
 
-LEVELS = ("clear", "suspicious", "alert")
-LEVEL_RANK = {"unknown": -1, "clear": 0, "suspicious": 1, "alert": 2}
 CALIBRATION_PATH = Path(__file__).resolve().parent / "models" / "decision_calibration.json"
 # Scores are clamped this far from 0 and 1 before their logit is taken.
 _SCORE_EPSILON = 1e-4
@@ -169,20 +168,33 @@ def load_calibration(config: DecisionConfig) -> EvidenceCalibration:
     return _load_cached(str(path))
 
 
-def evidence_risk(evidence_nats: float, config: DecisionConfig) -> float:
+# Where the levels start on the risk scale (``monitor.config.FusionConfig`` may move them).
+SUSPICIOUS_RISK = 0.5
+ALERT_RISK = 0.7
+
+
+def evidence_risk(
+    evidence_nats: float,
+    config: DecisionConfig,
+    suspicious_risk: float = SUSPICIOUS_RISK,
+    alert_risk: float = ALERT_RISK,
+) -> float:
     """Accumulated evidence as a risk in [0, 1] that keeps the levels' meaning.
 
-    Piecewise monotone: 0 nats -> 0, the suspicious threshold -> 0.5, the alert
-    threshold -> 0.7, then towards 1. So ``risk >= 0.7`` exactly when the evidence is at
-    the alert level, whatever the thresholds are.
+    Piecewise monotone: 0 nats -> 0, the suspicious threshold -> ``suspicious_risk``
+    (0.5), the alert threshold -> ``alert_risk`` (0.7), then towards 1. So the risk is at
+    least 0.7 exactly when the evidence is at the alert level, whatever the thresholds.
     """
     s = max(0.0, evidence_nats)
     suspicious, alert = config.suspicious_nats, config.alert_nats
     if s < suspicious:
-        return 0.5 * s / suspicious
+        return suspicious_risk * s / suspicious
     if s < alert:
-        return 0.5 + 0.2 * (s - suspicious) / (alert - suspicious)
-    return 0.7 + 0.3 * (1.0 - math.exp(-(s - alert) / (alert - suspicious)))
+        return suspicious_risk + (alert_risk - suspicious_risk) * (s - suspicious) / (
+            alert - suspicious
+        )
+    tail = 1.0 - math.exp(-(s - alert) / (alert - suspicious))
+    return alert_risk + (1.0 - alert_risk) * tail
 
 
 @dataclass(frozen=True)
@@ -211,6 +223,9 @@ class WindowDecision:
 class SequentialDecision:
     """One session's accumulated log-evidence and its level; feed it one window at a time.
 
+    :meth:`for_session` sets one up as a session needs it (the pipeline, replayed
+    evaluations).
+
     ``window_weight`` is the overlap weight (``hop / window``). ``clear_requires`` names the
     detectors whose evidence can clear a call (the others can only raise it);
     ``unknown_after_windows`` windows in a row without evidence turn ``clear`` to ``unknown``.
@@ -238,14 +253,34 @@ class SequentialDecision:
         self.versions = dict(versions or {})
         self.evidence_nats = config.floor_nats
         self.support_nats = 0.0
-        self.level = "unknown"
-        self.peak_level = "unknown"
+        self.level = UNKNOWN
+        self.peak_level = UNKNOWN
         self.peak_evidence_nats = config.floor_nats
         self.peak_window: int | None = None  # index (0-based, among updates) of the peak
         self.windows = 0
         self.windows_with_evidence = 0
         self.total_llr = 0.0  # unweighted sum over every window with evidence
         self._insufficient_streak = 0
+
+    @classmethod
+    def for_session(
+        cls,
+        config: MonitorConfig,
+        versions: Mapping[str, str],
+        calibration: EvidenceCalibration | None = None,
+    ) -> SequentialDecision:
+        """The decision of one session: overlap weight from the window schedule, clearing
+        detectors, weights and calibration from ``config``; ``versions`` of its detectors."""
+        window = config.window
+        return cls(
+            config.decision,
+            calibration if calibration is not None else load_calibration(config.decision),
+            window_weight=window.hop_s / window.window_s,
+            clear_requires=config.fusion.clear_requires,
+            unknown_after_windows=max(1, round(2 * window.window_s / window.hop_s)),
+            weights=config.detectors.weights,
+            versions=versions,
+        )
 
     # ----- per window -------------------------------------------------------------------
 
@@ -292,7 +327,7 @@ class SequentialDecision:
         if not contributions:
             self._insufficient_streak += 1
             if self.level == "clear" and self._insufficient_streak >= self.unknown_after_windows:
-                self.level = "unknown"
+                self.level = UNKNOWN
                 self.support_nats = 0.0
             return self._step(previous, contributions, None, None, uncalibrated)
         self._insufficient_streak = 0
@@ -331,8 +366,8 @@ class SequentialDecision:
         if self.level == "alert" and s < config.alert_nats - config.hysteresis_nats:
             self.level = "suspicious"
         if self.level == "suspicious" and s < config.suspicious_nats - config.hysteresis_nats:
-            self.level = "clear" if self.support_nats >= config.clear_nats else "unknown"
-        if self.level == "unknown" and self.support_nats >= config.clear_nats:
+            self.level = "clear" if self.support_nats >= config.clear_nats else UNKNOWN
+        if self.level == UNKNOWN and self.support_nats >= config.clear_nats:
             self.level = "clear"
 
     def _step(
@@ -365,6 +400,10 @@ class SequentialDecision:
     @property
     def peak_risk(self) -> float:
         return evidence_risk(self.peak_evidence_nats, self.config)
+
+    @property
+    def alarmed(self) -> bool:
+        return self.peak_level in ALARM_LEVELS
 
     @property
     def verdict(self) -> str:

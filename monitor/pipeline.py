@@ -1,7 +1,8 @@
 """One session's pipeline: timestamped media in, explained events out.
 
 :class:`SessionAnalyzer` owns everything of one participant's session: the face tracker,
-its windower (:mod:`monitor.windows`), the detectors, the risk state.
+its windower (:mod:`monitor.windows`), the detectors, the sequential decision
+(:mod:`monitor.decision`).
 It is synchronous and not thread-safe on purpose: one thread drives one session, so
 file replay and live ingest share exactly the same code. The only other threads are one
 worker per detector (:mod:`monitor.detectors.runner`), waited for one call at a time, so
@@ -17,13 +18,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from monitor.config import MonitorConfig
+from monitor.decision import SequentialDecision, evidence_risk, load_calibration
 from monitor.detectors.base import Detector, Evidence
 from monitor.detectors.runner import CallTimeout, DetectorRunner
 from monitor.events import EventFactory, EventSink
 from monitor.explain.live import compact_explanation
 from monitor.features.types import FrameFeatures
-from monitor.fusion import RiskState, fuse_evidence, gate_clearing
-from monitor.levels import LEVEL_RANK, UNKNOWN
+from monitor.levels import UNKNOWN
 from monitor.media import AUDIO_RATE, AudioChunk, StreamInfo, VideoFrame
 from monitor.windows import AnalysisWindow, Windower, WindowSchedule
 
@@ -95,8 +96,10 @@ class SessionAnalyzer:
             detectors if detectors is not None else self._create_detectors()
         )
         self._runners: dict[str, DetectorRunner] = {}  # started on a detector's first call
-        windows_per_unknown = max(1, round(2 * config.window.window_s / config.window.hop_s))
-        self.risk = RiskState(config.fusion, unknown_after_windows=windows_per_unknown)
+        self.calibration = load_calibration(config.decision)
+        self.decision = SequentialDecision.for_session(config, self._versions(), self.calibration)
+        # The window where the accumulated evidence peaked: what the summary points to.
+        self._peak: dict[str, Any] | None = None
         self._windower = Windower(
             WindowSchedule.from_config(config.window), config.audio, session=session
         )
@@ -119,10 +122,18 @@ class SessionAnalyzer:
 
     # ----- input --------------------------------------------------------------------------
 
+    def _versions(self) -> dict[str, str]:
+        return {name: getattr(det, "version", "?") for name, det in self.detectors.items()}
+
     def start(self, info: StreamInfo) -> None:
         self._windower.has_audio = info.has_audio
-        versions = {name: getattr(det, "version", "?") for name, det in self.detectors.items()}
-        self.emit(self.events.session_started(info, self.config, versions))
+        versions = self._versions()
+        calibrated = [
+            name
+            for name, version in versions.items()
+            if self.calibration.for_detector(name, version) is not None
+        ]
+        self.emit(self.events.session_started(info, self.config, versions, calibrated))
 
     def add_video(self, frame: VideoFrame) -> None:
         started = time.perf_counter()
@@ -231,42 +242,52 @@ class SessionAnalyzer:
             evidence.append(item)
         return evidence
 
+    def _risk(self, evidence_nats: float) -> float:
+        fusion = self.config.fusion
+        return evidence_risk(
+            evidence_nats,
+            self.config.decision,
+            fusion.suspicious_threshold,
+            fusion.alert_threshold,
+        )
+
     def _analyze(self, window: AnalysisWindow) -> None:
         started = time.perf_counter()
         evidence = self._run_detectors(window)
         inference_s = time.perf_counter() - started
         self.stats.stage_seconds["detectors"] += inference_s
         started = time.perf_counter()
-        window_risk = gate_clearing(
-            fuse_evidence(evidence, self.config.detectors.weights),
-            evidence,
-            self.config.fusion,
-            {item.detector for item in evidence},
-        )
-        change = self.risk.update(window_risk)
-        if window_risk is None:
+        step = self.decision.update(evidence, set(self.detectors))
+        if step.llr is None:
             self.stats.windows_insufficient += 1
         else:
             self.stats.windows_scored += 1
         score = self.events.score(
             window,
             evidence,
-            risk=self.risk.smoothed_risk if self.risk.smoothed_risk is not None else 0.0,
-            window_risk=window_risk,
-            level=self.risk.level if window_risk is not None else UNKNOWN,
-            session_level=self.risk.level,
+            step,
+            risk=self._risk(step.evidence_nats),
             dropped_frames=self.stats.dropped_total,
             inference_s=inference_s,
         )
+        if self.decision.peak_window == self.decision.windows - 1 and step.llr is not None:
+            self._peak = {
+                "level": step.level,
+                "risk": score["risk"],
+                "evidence_nats": step.evidence_nats,
+                "t_start": window.t_start,
+                "t_end": window.t_end,
+                "rationale": score["rationale"],
+            }
         self.stats.stage_seconds["fusion"] += time.perf_counter() - started
         self.emit(score)
-        if change is None:
+        if not step.changed:
             return
-        if change.previous_level == UNKNOWN and change.level == "clear" and not self.stats.alerts:
+        if step.previous_level == UNKNOWN and step.level == "clear" and not self.stats.alerts:
             return  # the first evidence establishing "clear" is not news
         self.stats.alerts += 1
-        explanation = compact_explanation(window, evidence, self.config.detectors.weights)
-        self.emit(self.events.alert(score, change, explanation))
+        explanation = compact_explanation(window, evidence, step.contributions)
+        self.emit(self.events.alert(score, step.previous_level, self.config, explanation))
 
     def _error(self, message: str, **fields: Any) -> None:
         self.emit(self.events.error(message, **fields))
@@ -295,26 +316,15 @@ class SessionAnalyzer:
                 continue
             if item is not None:
                 session_evidence.append(item)
-        session_risk = gate_clearing(
-            fuse_evidence(session_evidence, self.config.detectors.weights),
-            session_evidence,
-            self.config.fusion,
-            set(self.detectors),
-        )
-        mean_risk = self.risk.mean_window_risk
-        if session_risk is None:
-            session_risk = mean_risk
-        level = UNKNOWN
-        if session_risk is not None:
-            level = max(
-                self.risk.peak_level, self.risk.level_for(session_risk), key=LEVEL_RANK.__getitem__
-            )
+        decision = self.decision
         return self.events.summary(
             session_evidence,
-            risk=session_risk,
-            level=level,
-            final_level=self.risk.level,
-            peak_risk=self.risk.peak_risk,
-            mean_window_risk=mean_risk,
+            verdict=decision.verdict,
+            risk=self._risk(decision.peak_evidence_nats),
+            peak=self._peak,
+            final_level=decision.level,
+            final_risk=self._risk(decision.evidence_nats),
+            evidence_nats=decision.evidence_nats,
+            config=self.config,
             counts=self.stats.summary_counts(),
         )

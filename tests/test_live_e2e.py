@@ -97,7 +97,7 @@ async def test_two_participants_in_sync_and_desynced(calls: dict[str, Path]) -> 
         assert len({e["session"] for e in events}) == 1
         summary = listener.of(name, "summary")[0]
         dropped[name] = summary["frames_dropped"]
-        levels[name] = summary["level"]
+        levels[name] = summary["verdict"]
     assert levels["alice"] == "clear", listener.of("alice", "score")
     assert levels["bob"] in ("suspicious", "alert"), listener.of("bob", "score")
     assert listener.of("bob", "alert")

@@ -46,7 +46,7 @@ def test_in_sync_call_ends_clear(synthetic_calls: dict[str, Path]) -> None:
     events = replay_events(synthetic_calls["sync"])
     summary = events[-1]
     assert summary["type"] == "summary"
-    assert summary["level"] == "clear", summary["rationale"]
+    assert summary["verdict"] == "clear" and summary["final_level"] == "clear", summary["rationale"]
     assert summary["windows_scored"] >= 10
     assert abs(session_offset_ms(summary)) <= 80
     assert not [e for e in events if e["type"] == "alert"]
@@ -58,7 +58,8 @@ def test_shifted_call_is_flagged_with_the_true_offset(
 ) -> None:
     events = replay_events(synthetic_calls[name])
     summary = events[-1]
-    assert summary["level"] in ("suspicious", "alert"), summary["rationale"]
+    assert summary["verdict"] in ("suspicious", "alert"), summary["rationale"]
+    assert summary["risk"] >= 0.5  # the risk says what the verdict says
     assert session_offset_ms(summary) == pytest.approx(shift_ms, abs=80)
     alerts = [e for e in events if e["type"] == "alert"]
     assert alerts and alerts[0]["rationale"] and alerts[0]["evidence"]
@@ -68,7 +69,7 @@ def test_shifted_call_is_flagged_with_the_true_offset(
 
 def test_swapped_audio_is_flagged(synthetic_calls: dict[str, Path]) -> None:
     summary = replay_events(synthetic_calls["swap"])[-1]
-    assert summary["level"] in ("suspicious", "alert"), summary["rationale"]
+    assert summary["verdict"] in ("suspicious", "alert"), summary["rationale"]
 
 
 def test_video_without_audio_is_unknown_and_never_alerts(synthetic_calls: dict[str, Path]) -> None:
@@ -78,7 +79,8 @@ def test_video_without_audio_is_unknown_and_never_alerts(synthetic_calls: dict[s
     assert scores and all(e["level"] == "unknown" for e in scores)
     assert all("insufficient evidence" in e["rationale"] for e in scores)
     assert not [e for e in events if e["type"] == "alert"]
-    assert events[-1]["level"] == "unknown"
+    assert events[-1]["verdict"] == "unknown" and events[-1]["final_level"] == "unknown"
+    assert events[-1]["peak"] is None and events[-1]["risk"] == 0.0
     assert events[-1]["windows_insufficient"] == len(scores)
 
 
@@ -107,7 +109,7 @@ def test_cli_stdout_is_pure_jsonl(synthetic_calls: dict[str, Path]) -> None:
     result = run_cli("replay", str(synthetic_calls["short"]), "--hop", "1.0")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines and all(json.loads(line)["schema"] == 1 for line in lines)
+    assert lines and all(json.loads(line)["schema"] == 2 for line in lines)
 
 
 def _corrupt_file(directory: Path) -> Path:

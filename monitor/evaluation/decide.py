@@ -1,7 +1,8 @@
 """Replay a session's decision from its per-window evidence, with either decision rule.
 
 ``legacy``: the fusion of the product before the sequential decision (power mean, EWMA,
-two-window raise, hysteresis; :mod:`monitor.fusion`). ``sequential``: the calibrated
+two-window raise, hysteresis; :mod:`monitor.evaluation.legacy`). ``sequential``: the
+calibrated
 sequential decision (:mod:`monitor.decision`). Both read only the window evidence, which
 is why one cached pass per clip can be scored by both and composed into long calls.
 """
@@ -13,10 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.config import MonitorConfig
-from monitor.decision import LEVEL_RANK, EvidenceCalibration, SequentialDecision
+from monitor.decision import EvidenceCalibration, SequentialDecision
 from monitor.detectors.base import Evidence
+from monitor.evaluation.legacy import LegacyFusion, RiskState, fuse_evidence, gate_clearing
 from monitor.evaluation.sessions import SessionRecord
-from monitor.fusion import RiskState, fuse_evidence, gate_clearing
+from monitor.levels import LEVEL_RANK, UNKNOWN
 
 RULES = ("legacy", "sequential")
 
@@ -33,11 +35,11 @@ class DecisionTrace:
 
     @property
     def peak_level(self) -> str:
-        return max(self.levels, key=LEVEL_RANK.__getitem__, default="unknown")
+        return max(self.levels, key=LEVEL_RANK.__getitem__, default=UNKNOWN)
 
     @property
     def final_level(self) -> str:
-        return self.levels[-1] if self.levels else "unknown"
+        return self.levels[-1] if self.levels else UNKNOWN
 
     @property
     def peak_score(self) -> float:
@@ -59,16 +61,15 @@ def _note(trace: DecisionTrace, previous: str, level: str, t_end: float) -> None
 def legacy_trace(
     windows: Sequence[tuple[float, list[Evidence]]], config: MonitorConfig
 ) -> DecisionTrace:
-    """The product's former fusion, window by window, as monitor/pipeline.py ran it."""
+    """The product's former fusion, window by window, as its pipeline ran it."""
+    fusion = LegacyFusion()
+    weights = dict(fusion.weights)
     windows_per_unknown = max(1, round(2 * config.window.window_s / config.window.hop_s))
-    state = RiskState(config.fusion, unknown_after_windows=windows_per_unknown)
+    state = RiskState(fusion, unknown_after_windows=windows_per_unknown)
     trace = DecisionTrace("legacy")
     for t_end, evidence in windows:
         window_risk = gate_clearing(
-            fuse_evidence(evidence, config.detectors.weights),
-            evidence,
-            config.fusion,
-            {item.detector for item in evidence},
+            fuse_evidence(evidence, weights), evidence, fusion, {item.detector for item in evidence}
         )
         previous = state.level
         state.update(window_risk)
@@ -78,29 +79,13 @@ def legacy_trace(
     return trace
 
 
-def sequential_decision(
-    config: MonitorConfig, calibration: EvidenceCalibration, versions: dict[str, str]
-) -> SequentialDecision:
-    """A session's sequential decision, set up as the pipeline sets it up."""
-    window = config.window
-    return SequentialDecision(
-        config.decision,
-        calibration,
-        window_weight=window.hop_s / window.window_s,
-        clear_requires=config.fusion.clear_requires,
-        unknown_after_windows=max(1, round(2 * window.window_s / window.hop_s)),
-        weights=config.detectors.weights,
-        versions=versions,
-    )
-
-
 def sequential_trace(
     windows: Sequence[tuple[float, list[Evidence]]],
     config: MonitorConfig,
     calibration: EvidenceCalibration,
     versions: dict[str, str],
 ) -> DecisionTrace:
-    decision = sequential_decision(config, calibration, versions)
+    decision = SequentialDecision.for_session(config, versions, calibration)
     trace = DecisionTrace("sequential")
     for t_end, evidence in windows:
         step = decision.update(evidence, {item.detector for item in evidence})
