@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from monitor.config import DecisionConfig, load_config
@@ -182,3 +183,90 @@ def test_evidence_risk_keeps_the_level_thresholds() -> None:
 def test_config_rejects_inconsistent_thresholds(decision: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         load_config(decision=decision)
+
+
+# ----- in the session pipeline -----------------------------------------------------------
+
+
+class _Scripted:
+    """A detector whose window score follows a script of media time."""
+
+    name = "lip_sync"
+    version = "scripted-1"
+
+    def __init__(self, score_at) -> None:  # noqa: ANN001
+        self.score_at = score_at
+
+    def analyze(self, window):  # noqa: ANN001, ANN201
+        score = self.score_at(window.t_start)
+        text = "no speech" if score is None else f"scripted {score:.2f}"
+        return Evidence(self.name, score, text, fields={"offset_ms": None, "confidence": None})
+
+
+class _NoFace:
+    def track(self, frame):  # noqa: ANN001, ANN201
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def _session(tmp_path, score_at, seconds: float = 30.0):  # noqa: ANN001, ANN202
+    from monitor.events import validate_event
+    from monitor.media import AudioChunk, StreamInfo, VideoFrame
+    from monitor.pipeline import SessionAnalyzer
+
+    path = tmp_path / "calibration.json"
+    EvidenceCalibration({"lip_sync": IDENTITY}, {"lip_sync": "scripted-1"}).save(path)
+    config = load_config(decision={"calibration_file": str(path)})
+    events: list[dict] = []
+    analyzer = SessionAnalyzer(
+        config,
+        session="s",
+        participant="p",
+        emit=events.append,
+        face_tracker=_NoFace(),
+        detectors={"lip_sync": _Scripted(score_at)},
+    )
+    analyzer.start(StreamInfo("synthetic", 25.0, 64, 48, 16000, seconds))
+    image = np.zeros((48, 64, 3), np.uint8)
+    for i in range(int(seconds * 25)):
+        analyzer.add_audio(AudioChunk(i * 0.04, np.zeros(640, np.float32)))
+        analyzer.add_video(VideoFrame(i * 0.04, i, image))
+    analyzer.finish(reason="end of input")
+    for event in events:
+        validate_event(event)
+    return events, config
+
+
+def test_a_brief_attack_is_the_verdict_and_the_end_is_the_final_state(tmp_path) -> None:
+    # Genuine speech, an attack from 10 to 16 s, genuine speech again.
+    events, config = _session(tmp_path, lambda t: 0.99 if 10.0 <= t < 16.0 else 0.05)
+    summary = events[-1]
+    assert summary["verdict"] == "alert" and summary["final_level"] == "clear"
+    assert summary["risk"] >= config.fusion.alert_threshold > summary["final_risk"]
+    assert 10.0 <= summary["peak"]["t_start"] < 16.0
+    assert summary["peak"]["evidence_nats"] >= config.decision.alert_nats
+    assert "alert: evidence for manipulation reached" in summary["rationale"]
+    assert "final state clear" in summary["rationale"]
+    scores = [e for e in events if e["type"] == "score"]
+    # Level, evidence and risk agree window by window.
+    decision = config.decision
+    for score in scores:
+        nats, level = score["evidence_nats"], score["level"]
+        assert (nats >= decision.alert_nats) <= (level == "alert")
+        assert (level == "clear") <= (nats < decision.suspicious_nats)
+        assert (score["risk"] >= config.fusion.alert_threshold) == (nats >= decision.alert_nats)
+    alerts = [e for e in events if e["type"] == "alert"]
+    assert [a["level"] for a in alerts][:2] == ["suspicious", "alert"]
+    assert all(e["level"] == "clear" for e in scores[:10])
+
+
+def test_a_call_without_evidence_never_reads_clear(tmp_path) -> None:
+    events, _ = _session(tmp_path, lambda t: None, seconds=8.0)
+    summary = events[-1]
+    assert summary["verdict"] == "unknown" and summary["final_level"] == "unknown"
+    assert summary["peak"] is None and summary["risk"] == 0.0
+    assert "insufficient evidence" in summary["rationale"]
+    assert all(e["level"] == "unknown" for e in events if e["type"] == "score")
+    assert not [e for e in events if e["type"] == "alert"]

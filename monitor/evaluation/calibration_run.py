@@ -1,10 +1,11 @@
 """The calibration run of ``tools/calibrate_decision.py``: clips, sessions, maps, thresholds.
 
 Which clips: the training pool's (never dev). A detector's own training or calibration
-clips would read more genuine than new speakers do and make the maps overconfident, so
-every clip a default detector's training record lists is left out
-(:func:`detector_training_files`). What remains is split into folds by source; every figure
-in the report is out of fold.
+clips would read more genuine than new speakers do and make the maps overconfident, so the
+real clips are the sources the sync model's training split holds out for this
+(``monitor.training.sync_data.DECISION_HELDOUT``), checked against every training record
+(:func:`detector_training_files`), and the fakes are those no detector's record lists.
+They are split into folds by source; every figure in the report is out of fold.
 """
 
 from __future__ import annotations
@@ -40,23 +41,11 @@ THRESHOLD_GRID = tuple(round(0.25 * i, 2) for i in range(4, 121))
 CHAIN_ORDERS = 8
 
 
-# Dev clips the sync model v1 trained on (its card); held out of every dev figure.
-SYNC_V1_DEV_FILES = (
-    "real/rizkiarm_LipNet__evaluation_samples_GRID_bbaf2n.mpg",
-    "real/rizkiarm_LipNet__evaluation_samples_GRID_brbk7n.mpg",
-    "real/OpenTalker_SadTalker__examples_ref_video_WDA_KatieHill_000.mp4",
-    "real/jixinya_EAMM__test_crop_M030_sad_3_001.mp4",
-)
-
-
 def detector_training_files() -> set[str]:
-    """Clips (``pool/real/x.mp4``) that the default detectors were trained or calibrated on.
-
-    The temporal calibration lists its training-pool clips; the sync model v1 trained on a
-    subset of the same round of the pool plus four dev clips (its card). A training record
-    (``monitor/models/*.training.json``) with a ``train_files`` list adds its own.
-    """
-    files = {f"dev/{name}" for name in SYNC_V1_DEV_FILES}
+    """Clips (``pool/real/x.mp4``) that the default detectors were trained or calibrated on:
+    the temporal calibration's list and every training record's ``train_files``
+    (``monitor/models/*.training.json``)."""
+    files: set[str] = set()
     temporal = PACKAGE / "detectors" / "temporal_calibration.json"
     if temporal.exists():
         data = json.loads(temporal.read_text())
@@ -73,8 +62,18 @@ def clip_file(clip: CorpusClip, data_root: Path) -> str:
 
 
 def calibration_clips(data_root: Path) -> list[CorpusClip]:
+    """The sync model's held-out real clips (``DECISION_HELDOUT`` in its training split) and
+    the pool's fakes that no detector trained or was calibrated on."""
+    from monitor.training.sync_data import DECISION_HELDOUT
+
     used = detector_training_files()
-    return [c for c in read_pool(data_root, "train") if clip_file(c, data_root) not in used]
+    clips = read_pool(data_root, "train")
+    reals = [c for c in clips if c.label == "real" and c.group in DECISION_HELDOUT]
+    fakes = [c for c in clips if c.label == "fake" and clip_file(c, data_root) not in used]
+    leaked = [c.key for c in reals if clip_file(c, data_root) in used]
+    if leaked:
+        raise RuntimeError(f"held-out clips a detector trained on: {leaked}")
+    return reals + fakes
 
 
 @dataclass
