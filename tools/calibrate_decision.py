@@ -23,10 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from monitor.evaluation import calibration_run  # noqa: E402
-from monitor.evaluation.dataset import default_data_root  # noqa: E402
+from monitor.evaluation import calibration_run
+from monitor.evaluation.dataset import default_data_root
 
 log = logging.getLogger("calibrate_decision")
 REPO = Path(__file__).resolve().parents[1]

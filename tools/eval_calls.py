@@ -32,11 +32,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from monitor.evaluation import call_report
+from monitor.evaluation.dataset import default_data_root
 
-from monitor.evaluation import call_report  # noqa: E402
-from monitor.evaluation.dataset import default_data_root  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("eval_calls")
 

@@ -29,7 +29,12 @@ from monitor.decision import (
 )
 from monitor.evaluation import calibrate
 from monitor.evaluation.corpus import CorpusClip, collect_records, pick_donor, read_pool
-from monitor.evaluation.sessions import GENUINE, SessionRecord, shifts_and_swap
+from monitor.evaluation.sessions import (
+    GENUINE,
+    SessionRecord,
+    detector_versions,
+    shifts_and_swap,
+)
 
 PACKAGE = Path(__file__).resolve().parents[1]
 # What each default detector is calibrated against (see calibrate.window_rows).
@@ -82,13 +87,6 @@ class CalibrationResult:
     report: dict[str, Any]
 
 
-def _versions(records: Sequence[SessionRecord]) -> dict[str, str]:
-    versions: dict[str, str] = {}
-    for record in records:
-        versions.update(record.detectors)
-    return versions
-
-
 def _fold_calibrations(
     rows: list[calibrate.WindowRow], fold_of_group: dict[str, int], folds: int, versions: dict
 ) -> dict[int, EvidenceCalibration]:
@@ -113,16 +111,9 @@ def _paths(
     versions: dict[str, str],
 ) -> list[list[float | None]]:
     """Each session's weighted window log-likelihood ratios (None: no evidence), out of fold."""
-    window = config.window
     out = []
     for record in sessions:
-        decision = SequentialDecision(
-            config.decision,
-            calibrations[record.clip],
-            window_weight=window.hop_s / window.window_s,
-            weights=config.detectors.weights,
-            versions=versions,
-        )
+        decision = SequentialDecision.for_session(config, versions, calibrations[record.clip])
         steps = []
         for i in range(len(record.windows)):
             contributions, _ = decision.contributions(record.evidence(i))
@@ -165,7 +156,7 @@ def run(
         max_seconds=max_seconds,
         log_path=log_path,
     )
-    versions = _versions(records)
+    versions = detector_versions(records)
     targets = {d: t for d, t in TARGETS.items() if d in versions}
     rows = calibrate.window_rows(records, by_key, targets)
     groups = sorted({c.group for c in clips})
@@ -302,7 +293,6 @@ def _attack_figures(
 ) -> dict[str, Any]:
     """Out of fold, at the chosen thresholds: how often and how fast each manipulation alarms."""
     chosen = dataclasses.replace(config, decision=decision_config)
-    window = config.window
     out: dict[str, Any] = {}
     by_variant: dict[str, list[SessionRecord]] = {}
     for record in records:
@@ -312,12 +302,8 @@ def _attack_figures(
         reached = {"suspicious": 0, "alert": 0}
         times = []
         for record in members:
-            decision = SequentialDecision(
-                chosen.decision,
-                calibration_of_clip[record.clip],
-                window_weight=window.hop_s / window.window_s,
-                weights=config.detectors.weights,
-                versions=versions,
+            decision = SequentialDecision.for_session(
+                chosen, versions, calibration_of_clip[record.clip]
             )
             first = None
             for i, w in enumerate(record.windows):

@@ -11,20 +11,17 @@ run and every tool sees the same conditions.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from monitor.evaluation.calls import CALL_PROFILES, PROFILES_BY_NAME, RECORDED, encode_call
+from monitor.evaluation.pool import open_pool, run_all
 
 FORMAT_VERSION = 1
 
@@ -52,27 +49,26 @@ class CorpusClip:
 
 def read_pool(data_root: Path, pool: str) -> list[CorpusClip]:
     """A pool's rows with audio, DUPLICATE SOURCE rows left out (the same speech twice)."""
-    manifest = data_root / pool / "MANIFEST.tsv"
-    if not manifest.exists():
+    from monitor.evaluation.dataset import is_duplicate_row, manifest_rows
+
+    if not (data_root / pool / "MANIFEST.tsv").exists():
         return []
     clips = []
-    with manifest.open(newline="") as handle:
-        for row in csv.DictReader(handle, delimiter="\t"):
-            notes = (row.get("notes") or "").strip()
-            if row.get("has_audio") != "yes" or notes.upper().startswith("DUPLICATE SOURCE"):
-                continue
-            path = data_root / pool / row["file"]
-            clips.append(
-                CorpusClip(
-                    key=f"{pool}/{path.stem}",
-                    path=str(path),
-                    pool=pool,
-                    label=row["label"].strip().lower(),
-                    group=row.get("source_repo") or path.stem,
-                    notes=notes,
-                    duration_s=float(row.get("duration_s") or 0.0),
-                )
+    for row in manifest_rows(data_root / pool):
+        if row.get("has_audio") != "yes" or is_duplicate_row(row):
+            continue
+        path = data_root / pool / row["file"]
+        clips.append(
+            CorpusClip(
+                key=f"{pool}/{path.stem}",
+                path=str(path),
+                pool=pool,
+                label=row["label"].strip().lower(),
+                group=row.get("source_repo") or path.stem,
+                notes=(row.get("notes") or "").strip(),
+                duration_s=float(row.get("duration_s") or 0.0),
             )
+        )
     return clips
 
 
@@ -151,41 +147,6 @@ def prepare_condition(task: PrepareTask) -> PreparedCondition | str:
     return PreparedCondition(
         task.clip, task.condition, str(media_path), str(audio_path), time.perf_counter() - started
     )
-
-
-# ----- worker pool ---------------------------------------------------------------------------
-
-
-def open_pool(jobs: int, log_path: Path | None) -> ProcessPoolExecutor | None:
-    """Spawned workers (MediaPipe and torch do not survive fork well); none for one job."""
-    from monitor.evaluation import scoring
-
-    if jobs <= 1:
-        scoring.init_worker()
-        return None
-    os.environ.update({k: v for k, v in scoring.WORKER_ENVIRONMENT.items() if k not in os.environ})
-    return ProcessPoolExecutor(
-        jobs,
-        mp_context=get_context("spawn"),
-        initializer=scoring.init_worker,
-        initargs=(None if log_path is None else str(log_path),),
-    )
-
-
-def run_all(
-    pool: ProcessPoolExecutor | None, fn: Callable[[Any], Any], tasks: Sequence[Any], what: str
-) -> list[Any]:
-    """``fn`` over ``tasks`` in order (in the pool when there is one), with progress on stderr."""
-    results: list[Any] = []
-    iterator = map(fn, tasks) if pool is None else pool.map(fn, tasks)
-    started = time.monotonic()
-    for i, result in enumerate(iterator, start=1):
-        results.append(result)
-        sys.stderr.write(f"\r{what}: {i}/{len(tasks)} ({time.monotonic() - started:.0f} s)")
-        sys.stderr.flush()
-    if tasks:
-        sys.stderr.write("\n")
-    return results
 
 
 # ----- from clips to session records ---------------------------------------------------------

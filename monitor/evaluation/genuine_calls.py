@@ -27,15 +27,8 @@ import numpy as np
 from monitor.config import MonitorConfig
 from monitor.decision import LEVEL_RANK, EvidenceCalibration, evidence_risk
 from monitor.evaluation import decide, metrics
-from monitor.evaluation.sessions import SessionRecord
+from monitor.evaluation.sessions import SessionRecord, detector_versions
 from monitor.sync.features import GRID_STEP_S
-
-
-def _versions(records: Sequence[SessionRecord]) -> dict[str, str]:
-    versions: dict[str, str] = {}
-    for record in records:
-        versions.update(record.detectors)
-    return versions
 
 
 def session_traces(
@@ -44,7 +37,7 @@ def session_traces(
     calibration: EvidenceCalibration,
     rule: str,
 ) -> list[decide.DecisionTrace]:
-    versions = _versions(records)
+    versions = detector_versions(records)
     return [
         decide.trace(rule, decide.record_windows(r), config, calibration, versions) for r in records
     ]
@@ -87,7 +80,7 @@ def long_calls(
 ) -> dict[str, Any]:
     """``calls`` chained calls of about ``call_minutes`` each, drawn from ``records``."""
     rng = np.random.default_rng(seed)
-    versions = _versions(records)
+    versions = detector_versions(records)
     traces = []
     seconds = 0.0
     for _ in range(calls):

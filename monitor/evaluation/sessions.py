@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from monitor.media import AUDIO_RATE, AudioChunk, VideoFrame
+from monitor.media import AUDIO_RATE, AudioChunk, VideoFrame, contiguous_samples
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,14 @@ def record_from_events(
     )
 
 
+def detector_versions(records: Sequence[SessionRecord]) -> dict[str, str]:
+    """Every detector the records' sessions ran, with its version."""
+    versions: dict[str, str] = {}
+    for record in records:
+        versions.update(record.detectors)
+    return versions
+
+
 def merge_video_evidence(genuine: SessionRecord, variant: SessionRecord) -> SessionRecord:
     """The variant's record with the video-only detectors' evidence of the genuine session."""
     by_span = {(w["t_start"], w["t_end"]): w["evidence"] for w in genuine.windows}
@@ -204,15 +212,7 @@ def decode_audio(
                 break
             if isinstance(item, AudioChunk):
                 chunks.append(item)
-    if not chunks:
-        return np.zeros(0, np.float32), 0.0
-    t0 = chunks[0].t
-    end = max(int(round((c.t - t0) * AUDIO_RATE)) + len(c.samples) for c in chunks)
-    samples = np.zeros(end, np.float32)
-    for chunk in chunks:
-        start = int(round((chunk.t - t0) * AUDIO_RATE))
-        samples[start : start + len(chunk.samples)] = chunk.samples
-    return samples, t0
+    return contiguous_samples(chunks)
 
 
 def variant_audio(variant: AudioVariant, own: np.ndarray, donor: np.ndarray | None) -> np.ndarray:

@@ -186,7 +186,7 @@ def extract_clip(path: Path) -> dict[str, np.ndarray]:
     """Per-frame face features and the 16 kHz samples of one file, via the pipeline's parts."""
     from monitor.config import FaceConfig
     from monitor.features.face import create_face_tracker
-    from monitor.media import AUDIO_RATE, VideoFrame
+    from monitor.media import VideoFrame, contiguous_samples
     from monitor.sources.file import FileSource
     from monitor.sync.features import gray_crop
 
@@ -220,15 +220,7 @@ def extract_clip(path: Path) -> dict[str, np.ndarray]:
                 widths.append(face.mouth_width)
     finally:
         tracker.close()
-    if chunks:
-        t_audio = chunks[0].t
-        end = max(int(round((c.t - t_audio) * AUDIO_RATE)) + len(c.samples) for c in chunks)
-        samples = np.zeros(end, np.float32)
-        for c in chunks:
-            start = int(round((c.t - t_audio) * AUDIO_RATE))
-            samples[start : start + len(c.samples)] = c.samples
-    else:
-        t_audio, samples = 0.0, np.zeros(0, np.float32)
+    samples, t_audio = contiguous_samples(chunks)
     return {
         "times": np.asarray(times, np.float64),
         "face": np.asarray(faces, bool),
