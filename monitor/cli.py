@@ -20,6 +20,8 @@ from monitor.errors import InputError
 COMMAND_MODULES = (
     "replay",
     "serve",
+    "gateway",
+    "sinks",
     "push",
     "demo",
     "detectors",

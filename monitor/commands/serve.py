@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 from typing import Any
+from urllib.parse import urlsplit
 
 from monitor.errors import ConfigError
 
@@ -37,6 +38,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--lip-sync", choices=["learned", "baseline"], help="lip-sync model (default: learned)"
     )
     parser.add_argument(
+        "--bus",
+        metavar="redis://HOST:PORT/DB",
+        help="also publish every event and this worker's load to Redis, for dfmon gateway",
+    )
+    parser.add_argument(
+        "--advertise",
+        metavar="URL",
+        help="with --bus: the WHIP URL the gateway redirects to (default: the bound address)",
+    )
+    parser.add_argument(
         "--backend",
         choices=["auto", "tensorrt", "torch-cuda", "torch", "onnx"],
         help="inference backend for the learned model (default: auto)",
@@ -45,7 +56,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _check_port(value: int, flag: str) -> None:
+def check_port(value: int, flag: str) -> None:
     if not 0 <= value < 65536:
         raise ConfigError(f"{flag} must be a port number (0-65535), got {value}")
 
@@ -68,17 +79,54 @@ def build_config(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     if not args.verbose:  # aioice logs every ICE check at INFO
         logging.getLogger("aioice").setLevel(logging.WARNING)
-    _check_port(args.port, "--port")
-    _check_port(args.alerts_port, "--alerts-port")
+    check_port(args.port, "--port")
+    check_port(args.alerts_port, "--alerts-port")
     config = build_config(args)
-    asyncio.run(serve(config, args.host, args.port, args.alerts_port, out=args.out))
+    if args.bus:
+        from monitor.bus.connection import check_bus_url
+
+        check_bus_url(args.bus)
+    elif args.advertise:
+        raise ConfigError("--advertise needs --bus")
+    if args.advertise and urlsplit(args.advertise).scheme not in ("http", "https"):
+        raise ConfigError(f"--advertise must be http(s)://HOST:PORT/whip, not {args.advertise!r}")
+    asyncio.run(
+        serve(
+            config,
+            args.host,
+            args.port,
+            args.alerts_port,
+            out=args.out,
+            bus=args.bus,
+            advertise=args.advertise,
+        )
+    )
     return 0
 
 
+async def wait_for_signal() -> None:
+    """Return on SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
 async def serve(
-    config: Any, host: str, port: int, alerts_port: int, *, out: str | None = None
+    config: Any,
+    host: str,
+    port: int,
+    alerts_port: int,
+    *,
+    out: str | None = None,
+    bus: str | None = None,
+    advertise: str | None = None,
 ) -> None:
-    """Run until SIGINT/SIGTERM; every open session then ends with ``server_shutdown``."""
+    """Run until SIGINT/SIGTERM; every open session then ends with ``server_shutdown``.
+
+    With ``bus`` (a Redis URL) the server is also a worker of ``dfmon gateway``.
+    """
     from monitor.live.whip import LiveServer
     from monitor.sinks.websocket import AlertServer
 
@@ -88,6 +136,11 @@ async def serve(
         from monitor.sinks.jsonl import JsonlSink
 
         sink = JsonlSink(out, append=True)
+    worker = None
+    if bus:
+        from monitor.bus.worker import BusWorker
+
+        worker = BusWorker(bus, config, token=token)
     alerts = AlertServer(host, alerts_port, token=token, config=config.alerts)
     try:
         await alerts.start()
@@ -96,27 +149,32 @@ async def serve(
     server = LiveServer(
         config,
         token=token,
-        sinks=[alerts.publish, *([sink.write] if sink else [])],
+        sinks=[
+            alerts.publish,
+            *([sink.write] if sink else []),
+            *([worker.publish] if worker else []),
+        ],
         alerts_port=alerts.port,
+        ticket_check=worker.tickets.check if worker and worker.tickets else None,
     )
     try:
         await server.start(host, port)
     except OSError as exc:
         await alerts.stop()
         raise ConfigError(f"cannot serve WHIP on {host}:{port}: {exc.strerror}") from exc
+    if worker is not None:
+        await worker.start(server, advertise)
     log.info(
         "publish page http://%s:%s/publish, dashboard http://%s:%s/, alerts %s",
         host, server.port, host, server.port, alerts.url,
     )  # fmt: skip
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     try:
-        await stop.wait()
+        await wait_for_signal()
     finally:
         log.info("shutting down: ending %d session(s)", len(server.sessions))
         await server.stop()
+        if worker is not None:
+            await worker.stop()
         await alerts.drain(2.0)
         await alerts.stop()
         if sink is not None:
