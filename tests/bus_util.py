@@ -109,6 +109,12 @@ class DfmonProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.returncode is None
 
+    async def wait(self) -> int:
+        assert self.process is not None
+        code = await self.process.wait()
+        self._log.close()
+        return code
+
     async def kill(self) -> None:
         """SIGKILL: no cleanup, as when a machine dies."""
         if self.process is not None:

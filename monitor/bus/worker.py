@@ -82,6 +82,7 @@ class BusWorker:
         self._cpu = CpuShare()
         self._heartbeat: asyncio.Task | None = None
         self._reachable = True
+        self._declared_lost = False
         self.started = utc_timestamp()
 
     def publish(self, event: dict[str, Any]) -> None:
@@ -123,7 +124,8 @@ class BusWorker:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.set(self.keys.worker(self.id), json.dumps(self.load()), px=ttl_ms)
                 pipe.sadd(self.keys.workers, self.id)
-                await pipe.execute()
+                pipe.exists(self.keys.lost(self.id))
+                *_, declared_lost = await pipe.execute()
         except REDIS_DOWN as exc:
             if self._reachable:
                 log.warning("bus worker %s: heartbeat failed: %s", self.id, exc)
@@ -132,6 +134,14 @@ class BusWorker:
         if not self._reachable:
             log.info("bus worker %s: heartbeating again", self.id)
         self._reachable = True
+        if declared_lost and not self._declared_lost:
+            log.error(
+                "bus worker %s: a gateway declared this worker lost (no heartbeat for "
+                "%.1f s) and ended its open sessions; their events still follow",
+                self.id,
+                self.config.bus.worker_ttl_s,
+            )
+        self._declared_lost = bool(declared_lost)
 
     async def _beat_forever(self) -> None:
         while True:
