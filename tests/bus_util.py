@@ -329,3 +329,20 @@ async def wait_until_async(predicate: Callable[[], Any], timeout_s: float, what:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.1)
     return value
+
+
+def arrivals_both_ways(direct: list[Any], gateway: Any) -> list[tuple[dict, float, float]]:
+    """(event, arrival on its worker's own /alerts, arrival on the gateway's /alerts) for
+    every event both saw; the listeners are AlertListeners (tests/live_util.py). Events
+    match by session, type, window and ``ts`` (worker and seq exist only on the bus)."""
+
+    def key(e: dict) -> tuple:
+        return (e["session"], e["type"], e.get("window"), e["ts"])
+
+    through_bus = {key(e): t for e, t in zip(gateway.events, gateway.received_at, strict=True)}
+    both = []
+    for listener in direct:
+        for event, t in zip(listener.events, listener.received_at, strict=True):
+            if key(event) in through_bus:
+                both.append((event, t, through_bus[key(event)]))
+    return both

@@ -30,11 +30,13 @@ from monitor.config import load_config
 from monitor.errors import ConfigError
 from monitor.events import EventFactory, validate_event
 from monitor.live.client import push_file
+from tests.browser import find_chromium
 from tests.bus_util import (
     REDIS_SERVER,
     Deployment,
     RedisServer,
     WebhookReceiver,
+    arrivals_both_ways,
     stream_events,
     wait_until,
     wait_until_async,
@@ -315,21 +317,6 @@ async def test_gateway_redirects_with_a_ticket_and_refuses_when_full(
 # ----- a deployment: three workers, a gateway, a sinks process ---------------------------
 
 
-def _latencies(direct: list[AlertListener], gateway: AlertListener) -> list[float]:
-    """Per event: arrival through the gateway - arrival from its worker's own websocket."""
-
-    def key(e: dict) -> tuple:
-        return (e["session"], e["type"], e.get("window"), e["ts"])
-
-    through_bus = {key(e): t for e, t in zip(gateway.events, gateway.received_at, strict=True)}
-    added = []
-    for listener in direct:
-        for event, t in zip(listener.events, listener.received_at, strict=True):
-            if key(event) in through_bus:
-                added.append((through_bus[key(event)] - t) * 1000)
-    return added
-
-
 @needs_redis
 @pytest.mark.slow
 async def test_deployment_spreads_calls_and_ends_a_killed_workers_sessions(
@@ -388,7 +375,7 @@ async def test_deployment_spreads_calls_and_ends_a_killed_workers_sessions(
         assert {e["participant"] for e in call_a} == {"p0", "p1", "p2"}
         assert len(call_a) == sum(len(v) for v in sessions.values() if v[0]["call"] == "call-a")
 
-        added_ms = _latencies(direct, bus)
+        added_ms = [(bus_t - t) * 1000 for _, t, bus_t in arrivals_both_ways(direct, bus)]
         assert len(added_ms) == len(bus.events)  # every event seen both ways
         short_call_events = len(bus.events)
 
@@ -460,6 +447,25 @@ async def test_deployment_spreads_calls_and_ends_a_killed_workers_sessions(
             "worker_ttl_s": 2.0,
         },
     )
+
+
+def _dashboard_card(port: int, participant: str) -> dict[str, Any]:
+    """The participant's card on the gateway's dashboard in Chromium: its history comes
+    from the stream, as the page connects after the call."""
+    from tests.browser import Chromium
+
+    card = f"document.querySelector('.card[data-participant=\"{participant}\"]')"
+    with Chromium() as browser:
+        page = browser.page(f"http://127.0.0.1:{port}/?token={TOKEN}")
+        page.wait_for(f"{card}?.dataset.ended === 'true'", 20)
+        state = page.evaluate(
+            f"""(() => {{ const c = {card};
+              return {{ ended: c.dataset.ended, text: c.querySelector('.session').textContent,
+                        windows: Number(/(\\d+) windows/.exec(
+                          c.querySelector('.session').textContent)[1]) }}; }})()"""
+        )
+        assert page.exceptions == []
+    return state
 
 
 async def _location_of(deployment: Deployment, worker_id: str) -> str:
@@ -582,6 +588,10 @@ async def test_worker_rides_out_redis_going_away(
         assert worker.process.alive and gateway.process.alive
         await wait_until_async(lambda: deployment.live_workers_count(1), 10, "a heartbeat")
         report = (await deployment.live_workers())[0]
+        if find_chromium() is not None:  # the gateway's dashboard, opened after the call
+            card = _dashboard_card(gateway.port, "carol")
+            assert card["ended"] == "true" and card["windows"] == len(listener.of("carol", "score"))
+            assert f"worker {report['worker']}" in card["text"], card
     except BaseException:
         print(deployment.logs())
         raise

@@ -45,6 +45,7 @@ from tests.bus_util import (  # noqa: E402
     DfmonProcess,
     RedisServer,
     WebhookReceiver,
+    arrivals_both_ways,
     write_config,
 )
 from tests.live_util import AlertListener  # noqa: E402
@@ -60,10 +61,6 @@ sink_events = ["*"]
 
 def _seconds(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
-
-
-def _key(event: dict) -> tuple:
-    return (event["session"], event["type"], event.get("window"), event["ts"])
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -113,16 +110,12 @@ async def one_run(args: argparse.Namespace, call: Path, directory: Path) -> dict
         await deployment.stop()
         await receiver.stop()
         redis.kill()
-    through_bus = {_key(e): t for e, t in zip(bus.events, bus.received_at, strict=True)}
     baseline, via_bus, added = [], [], []
-    for listener in direct:
-        for event, t in zip(listener.events, listener.received_at, strict=True):
-            if _key(event) not in through_bus:
-                continue
-            made = _seconds(event["ts"])
-            baseline.append((t - made) * 1000)
-            via_bus.append((through_bus[_key(event)] - made) * 1000)
-            added.append((through_bus[_key(event)] - t) * 1000)
+    for event, direct_t, bus_t in arrivals_both_ways(direct, bus):
+        made = _seconds(event["ts"])
+        baseline.append((direct_t - made) * 1000)
+        via_bus.append((bus_t - made) * 1000)
+        added.append((bus_t - direct_t) * 1000)
     per_worker = Counter(e["worker"] for e in bus.events if e["type"] == "session_started")
     return {
         "sessions_per_worker": sorted(per_worker.values()),

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 from typing import Any
 
-from monitor.commands.serve import check_port, wait_for_signal
+from monitor.commands.serve import add_server_flags, check_port, token_of, wait_for_signal
 from monitor.config import load_config
 from monitor.errors import ConfigError
 
@@ -30,14 +29,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--bus", required=True, metavar="redis://HOST:PORT/DB", help="the workers' Redis"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="WHIP/HTTP port (default 8080)")
-    parser.add_argument(
-        "--alerts-port", type=int, default=8765, help="alert websocket port (default 8765)"
-    )
-    parser.add_argument(
-        "--token", help="bearer token for WHIP and the alert channel (or env DFMON_TOKEN)"
-    )
+    add_server_flags(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -48,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
     check_port(args.port, "--port")
     check_port(args.alerts_port, "--alerts-port")
     check_bus_url(args.bus)
-    token = args.token or os.environ.get("DFMON_TOKEN") or None
-    config = load_config(args.config, alerts={"token": token})
+    config = load_config(args.config, alerts={"token": token_of(args)})
     asyncio.run(gateway(config, args.bus, args.host, args.port, args.alerts_port))
     return 0
 

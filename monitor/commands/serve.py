@@ -25,14 +25,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "ws://HOST:ALERTS_PORT/alerts."
         ),
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="WHIP/HTTP port (default 8080)")
-    parser.add_argument(
-        "--alerts-port", type=int, default=8765, help="alert websocket port (default 8765)"
-    )
-    parser.add_argument(
-        "--token", help="bearer token for WHIP and the alert channel (or env DFMON_TOKEN)"
-    )
+    add_server_flags(parser)
     parser.add_argument("--out", metavar="EVENTS.jsonl", help="also append every event here")
     parser.add_argument(
         "--lip-sync", choices=["learned", "baseline"], help="lip-sync model (default: learned)"
@@ -56,6 +49,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def add_server_flags(parser: argparse.ArgumentParser) -> None:
+    """--host, --port, --alerts-port and --token: the same for serve and gateway."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="WHIP/HTTP port (default 8080)")
+    parser.add_argument(
+        "--alerts-port", type=int, default=8765, help="alert websocket port (default 8765)"
+    )
+    parser.add_argument(
+        "--token", help="bearer token for WHIP and the alert channel (or env DFMON_TOKEN)"
+    )
+
+
+def token_of(args: argparse.Namespace) -> str | None:
+    return args.token or os.environ.get("DFMON_TOKEN") or None
+
+
 def check_port(value: int, flag: str) -> None:
     if not 0 <= value < 65536:
         raise ConfigError(f"{flag} must be a port number (0-65535), got {value}")
@@ -64,7 +73,7 @@ def check_port(value: int, flag: str) -> None:
 def build_config(args: argparse.Namespace) -> Any:
     from monitor.config import load_config
 
-    token = args.token or os.environ.get("DFMON_TOKEN") or None
+    token = token_of(args)
     overrides: dict[str, Any] = {"alerts": {"token": token}}
     lip_sync: dict[str, str] = {}
     if args.lip_sync:
