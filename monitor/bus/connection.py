@@ -21,6 +21,7 @@ Keyed streams reuse the entry id of the same event in ``{p}:events``.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -32,6 +33,15 @@ from monitor.errors import ConfigError
 
 # What a dropped, refused or stalled connection raises (OSError: what redis-py lets through).
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def raise_if_cancelled() -> None:
+    """Call in an ``except REDIS_DOWN`` of a retry loop: a cancellation that reached redis-py
+    while its read timeout expired comes out as a timeout (asyncio.timeout in Python 3.11),
+    and retrying would swallow the cancel and keep a stopping process alive."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def check_bus_url(url: str) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from monitor.bus.connection import REDIS_DOWN, Backoff, BusKeys
+from monitor.bus.connection import REDIS_DOWN, Backoff, BusKeys, raise_if_cancelled
 from monitor.bus.webhook import BusSink, DeliveryFailed
 from monitor.config import BusConfig
 
@@ -61,6 +61,7 @@ class SinkConsumer:
                 await self._ensure_group()
                 await self._consume(backoff)
             except REDIS_DOWN as exc:
+                raise_if_cancelled()
                 self.counts["bus_errors"] += 1
                 log.warning("sink %s: Redis unreachable (%s); retrying", self.sink.name, exc)
                 await asyncio.sleep(backoff.next_delay())

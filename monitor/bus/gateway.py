@@ -33,7 +33,7 @@ from aiohttp import web
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from monitor.bus.connection import REDIS_DOWN, Backoff, BusKeys, connect
+from monitor.bus.connection import REDIS_DOWN, Backoff, BusKeys, connect, raise_if_cancelled
 from monitor.bus.publisher import EventPublisher
 from monitor.bus.ticket import issue_ticket
 from monitor.config import MonitorConfig
@@ -337,9 +337,13 @@ class Gateway:
         log.info("gateway %s: WHIP %s, alerts %s", self.id, self.http.url, self.alerts.url)
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *self._ending.values()]:
+        tasks = [*self._tasks, *self._ending.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._ending.values(), return_exceptions=True)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=5.0)
+            if stuck:
+                log.warning("gateway: %d task(s) did not stop", len(stuck))
         await self.publisher.close(2.0)
         if self.http is not None:
             await self.http.stop()
@@ -383,6 +387,7 @@ class Gateway:
                     {self.keys.events: last}, count=STREAM_READ_COUNT, block=STREAM_BLOCK_MS
                 )
             except REDIS_DOWN:
+                raise_if_cancelled()
                 self._note_reachable(False)
                 await asyncio.sleep(backoff.next_delay())
                 continue
@@ -403,6 +408,7 @@ class Gateway:
             try:
                 await self._refresh_workers()
             except REDIS_DOWN:
+                raise_if_cancelled()
                 self._note_reachable(False)
             await asyncio.sleep(period)
 
@@ -438,6 +444,7 @@ class Gateway:
                 await self._end_sessions_of(worker)
                 return
             except REDIS_DOWN:
+                raise_if_cancelled()
                 await asyncio.sleep(backoff.next_delay())
 
     async def _end_sessions_of(self, worker: str) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from monitor.bus.connection import REDIS_DOWN, Backoff, BusKeys
+from monitor.bus.connection import REDIS_DOWN, Backoff, BusKeys, raise_if_cancelled
 from monitor.config import BusConfig
 from monitor.events import dumps
 
@@ -242,6 +242,7 @@ class EventPublisher:
             try:
                 await self._write(self._in_flight)
             except REDIS_DOWN as exc:
+                raise_if_cancelled()
                 self.failures += 1
                 if self.connected:
                     self.connected = False

@@ -19,7 +19,7 @@ import socket
 import time
 from typing import Any
 
-from monitor.bus.connection import REDIS_DOWN, BusKeys, connect
+from monitor.bus.connection import REDIS_DOWN, BusKeys, connect, raise_if_cancelled
 from monitor.bus.publisher import EventPublisher
 from monitor.bus.ticket import TicketVerifier
 from monitor.config import MonitorConfig
@@ -127,6 +127,7 @@ class BusWorker:
                 pipe.exists(self.keys.lost(self.id))
                 *_, declared_lost = await pipe.execute()
         except REDIS_DOWN as exc:
+            raise_if_cancelled()
             if self._reachable:
                 log.warning("bus worker %s: heartbeat failed: %s", self.id, exc)
             self._reachable = False

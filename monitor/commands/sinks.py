@@ -12,6 +12,8 @@ from monitor.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+STOP_TIMEOUT_S = 5.0
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -71,7 +73,9 @@ async def consume(bus: str, config: Any, sinks: list[Any], consumer: str) -> Non
     finally:
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        _, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+        if stuck:
+            log.warning("%d sink(s) did not stop within %.0f s", len(stuck), STOP_TIMEOUT_S)
         for c in consumers:
             log.info("sink %s: %s", c.sink.name, dict(c.counts) or "nothing to do")
             await c.sink.aclose()
