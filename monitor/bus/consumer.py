@@ -144,6 +144,7 @@ class SinkConsumer:
                 self.counts["delivered"] += 1
                 return
             except DeliveryFailed as exc:
+                raise_if_cancelled()  # aiohttp, too, may turn a cancel into a timeout
                 if not exc.retryable:
                     self.counts["rejected"] += 1
                     log.error("sink %s refused %s for good: %s", self.sink.name, key, exc)
