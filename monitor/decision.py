@@ -241,6 +241,7 @@ class SequentialDecision:
         unknown_after_windows: int = 8,
         weights: Mapping[str, float] | None = None,
         versions: Mapping[str, str] | None = None,
+        risk_anchors: tuple[float, float] = (SUSPICIOUS_RISK, ALERT_RISK),
     ) -> None:
         if not 0 < window_weight <= 1:
             raise ValueError(f"window_weight must be in (0, 1], got {window_weight}")
@@ -251,6 +252,7 @@ class SequentialDecision:
         self.unknown_after_windows = unknown_after_windows
         self.weights = dict(weights or {})
         self.versions = dict(versions or {})
+        self.risk_anchors = risk_anchors  # where suspicious and alert start on the risk scale
         self.evidence_nats = config.floor_nats
         self.support_nats = 0.0
         self.level = UNKNOWN
@@ -280,6 +282,7 @@ class SequentialDecision:
             unknown_after_windows=max(1, round(2 * window.window_s / window.hop_s)),
             weights=config.detectors.weights,
             versions=versions,
+            risk_anchors=(config.fusion.suspicious_threshold, config.fusion.alert_threshold),
         )
 
     # ----- per window -------------------------------------------------------------------
@@ -393,13 +396,17 @@ class SequentialDecision:
 
     # ----- session ----------------------------------------------------------------------
 
+    def risk_of(self, evidence_nats: float) -> float:
+        """Evidence (nats) on this session's risk scale (:func:`evidence_risk`)."""
+        return evidence_risk(evidence_nats, self.config, *self.risk_anchors)
+
     @property
     def risk(self) -> float:
-        return evidence_risk(self.evidence_nats, self.config)
+        return self.risk_of(self.evidence_nats)
 
     @property
     def peak_risk(self) -> float:
-        return evidence_risk(self.peak_evidence_nats, self.config)
+        return self.risk_of(self.peak_evidence_nats)
 
     @property
     def alarmed(self) -> bool:

@@ -18,7 +18,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from monitor.config import MonitorConfig
-from monitor.decision import SequentialDecision, evidence_risk, load_calibration
+from monitor.decision import SequentialDecision, load_calibration
 from monitor.detectors.base import Detector, Evidence
 from monitor.detectors.runner import CallTimeout, DetectorRunner
 from monitor.events import EventFactory, EventSink
@@ -242,15 +242,6 @@ class SessionAnalyzer:
             evidence.append(item)
         return evidence
 
-    def _risk(self, evidence_nats: float) -> float:
-        fusion = self.config.fusion
-        return evidence_risk(
-            evidence_nats,
-            self.config.decision,
-            fusion.suspicious_threshold,
-            fusion.alert_threshold,
-        )
-
     def _analyze(self, window: AnalysisWindow) -> None:
         started = time.perf_counter()
         evidence = self._run_detectors(window)
@@ -266,7 +257,7 @@ class SessionAnalyzer:
             window,
             evidence,
             step,
-            risk=self._risk(step.evidence_nats),
+            risk=self.decision.risk_of(step.evidence_nats),
             dropped_frames=self.stats.dropped_total,
             inference_s=inference_s,
         )
@@ -320,10 +311,10 @@ class SessionAnalyzer:
         return self.events.summary(
             session_evidence,
             verdict=decision.verdict,
-            risk=self._risk(decision.peak_evidence_nats),
+            risk=decision.peak_risk,
             peak=self._peak,
             final_level=decision.level,
-            final_risk=self._risk(decision.evidence_nats),
+            final_risk=decision.risk,
             evidence_nats=decision.evidence_nats,
             config=self.config,
             counts=self.stats.summary_counts(),

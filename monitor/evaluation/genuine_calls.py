@@ -139,7 +139,10 @@ def session_offset_ms(record: SessionRecord) -> float | None:
 def session_score(trace: decide.DecisionTrace, config: MonitorConfig) -> float:
     """One number per session for ROC figures: peak risk (legacy) or peak evidence as risk."""
     if trace.rule == "sequential":
-        return evidence_risk(trace.peak_score, config.decision)
+        fusion = config.fusion
+        return evidence_risk(
+            trace.peak_score, config.decision, fusion.suspicious_threshold, fusion.alert_threshold
+        )
     return trace.peak_score
 
 
