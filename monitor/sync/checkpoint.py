@@ -16,11 +16,10 @@ import numpy as np
 from monitor.errors import BackendUnavailableError
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-# The committed model: its files, its engines and its training record are named after it.
-MODEL_NAME = "sync_v2"
+# The shipped model: its files, its engines and its training record are named after it.
+MODEL_NAME = "sync_v1"
 WEIGHTS_PATH = MODELS_DIR / f"{MODEL_NAME}.pt"
 ONNX_PATH = MODELS_DIR / f"{MODEL_NAME}.onnx"
-TRAINING_RECORD_PATH = MODELS_DIR / f"{MODEL_NAME}.training.json"
 INPUT_NAMES = ("crops", "lips", "mel")
 OUTPUT_NAMES = ("video_embedding", "audio_embedding")
 
