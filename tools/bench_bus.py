@@ -44,18 +44,21 @@ from tests.bus_util import (  # noqa: E402
     Deployment,
     DfmonProcess,
     RedisServer,
-    WebhookReceiver,
     arrivals_both_ways,
     write_config,
 )
 from tests.live_util import AlertListener  # noqa: E402
+from tests.sink_util import WebhookReceiver  # noqa: E402
 
 TOKEN = "bench"
 TEXT = "Please send me the figures before our meeting on Monday morning."
 CONFIG = """
 [bus]
 max_worker_cpu = 1.01
-sink_events = ["*"]
+
+[sinks]
+events = ["session_started", "score", "alert", "summary", "session_ended", "error"]
+throttle_s = 0.0
 """
 
 
@@ -74,13 +77,13 @@ def _stats(values: list[float]) -> dict[str, float]:
 async def one_run(args: argparse.Namespace, call: Path, directory: Path) -> dict[str, Any]:
     redis = RedisServer(directory)
     redis.start()
-    config = write_config(directory / "bus.toml", CONFIG)
+    dead_letter = f'dead_letter = "{directory / "dead-letter.jsonl"}"\n'
+    config = write_config(directory / "bus.toml", CONFIG + dead_letter)
     deployment = Deployment(redis, directory, token=TOKEN, config=config)
     workers = [deployment.add_worker() for _ in range(args.workers)]
     gateway = deployment.add_gateway()
-    receiver = WebhookReceiver()
-    await receiver.start()
-    deployment.sinks_process(receiver.url, "bench")
+    receiver = await WebhookReceiver().start()
+    deployment.sinks_process([f"webhook:{receiver.url}"], "bench")
     listeners: list[AlertListener] = []
     try:
         await deployment.start()
@@ -121,7 +124,7 @@ async def one_run(args: argparse.Namespace, call: Path, directory: Path) -> dict
         "sessions_per_worker": sorted(per_worker.values()),
         "events": len(bus.events),
         "events_matched": len(added),
-        "webhook_deliveries": len(receiver.received),
+        "webhook_deliveries": len(receiver.deliveries),
         "baseline_ms": _stats(baseline),
         "through_bus_ms": _stats(via_bus),
         "added_by_bus_ms": _stats(added),
