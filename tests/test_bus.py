@@ -34,7 +34,7 @@ from monitor.errors import ConfigError
 from monitor.events import EventFactory, validate_event
 from monitor.live.client import push_file
 from monitor.sinks.notices import NoticePolicy
-from monitor.synth.events import session_events
+from monitor.synth.events import FLAPPING, interleaved, session_events
 from tests.browser import find_chromium
 from tests.bus_util import (
     REDIS_SERVER,
@@ -65,11 +65,6 @@ claim_idle_s = 1.0
 backoff_s = 0.05
 backoff_max_s = 0.5
 """
-# A participant whose level flaps: with a 4 s throttle some changes are held, folded or
-# dropped, so the notices depend on the whole session's order.
-FLAPS = [(3.0, "alert"), (4.0, "clear"), (6.0, "suspicious"), (7.0, "alert"), (9.0, "clear"),
-         (12.0, "alert"), (13.0, "unknown"), (15.0, "clear"), (16.0, "suspicious")]  # fmt: skip
-
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 
 
@@ -313,14 +308,6 @@ async def publish_all(publisher: EventPublisher, events: list[dict], pause_s: fl
         await asyncio.sleep(pause_s)
 
 
-def interleaved(sessions: list[list[dict]]) -> list[dict]:
-    """The events of several sessions, one of each in turn, as concurrent calls publish."""
-    out: list[dict] = []
-    for i in range(max(len(s) for s in sessions)):
-        out += [s[i] for s in sessions if i < len(s)]
-    return out
-
-
 @needs_redis
 async def test_notices_from_the_stream_match_one_policy_over_each_session(
     redis_server: RedisServer,
@@ -328,7 +315,7 @@ async def test_notices_from_the_stream_match_one_policy_over_each_session(
     """However a group's consumers share the entries (in turn, across a restart, one taken
     over late), each entry gives exactly the notices of one NoticePolicy over its session:
     the throttling state comes from the session's stream."""
-    sessions = [session_events(FLAPS, participant=f"p{i}", session=f"f{i}") for i in range(3)]
+    sessions = [session_events(FLAPPING, participant=f"p{i}", session=f"f{i}") for i in range(3)]
     async with bus_publisher(redis_server.url) as publisher:
         await publish_all(publisher, interleaved(sessions), 0)
     entries = stream_events(redis_server.client(), BusKeys().events)
@@ -691,7 +678,7 @@ async def test_sinks_deliver_signed_webhooks_and_cef_throttled_across_the_group(
     ]
     a, b = deployment.sinks_process(targets, "a"), deployment.sinks_process(targets, "b")
     client = redis_server.client()
-    sessions = [session_events(FLAPS, participant=f"p{i}", session=f"f{i}") for i in range(3)]
+    sessions = [session_events(FLAPPING, participant=f"p{i}", session=f"f{i}") for i in range(3)]
     events = interleaved(sessions)
 
     def cef_ids() -> list[str]:
@@ -716,7 +703,7 @@ async def test_sinks_deliver_signed_webhooks_and_cef_throttled_across_the_group(
         await deployment.stop()
         await receiver.stop()
         udp.close()
-    assert receiver.ids == [n["id"] for n in expected if n["id"] in set(receiver.ids)]
+    # (Not in order: what the killed consumer held arrives once it is taken over.)
     assert set(receiver.ids) == ids and receiver.refused_signatures == []
     assert receiver.repeats <= 1 and len(cef_ids()) - len(ids) <= 1  # the one in flight
     kinds = Counter(n["type"] for n in expected)
@@ -743,7 +730,8 @@ async def test_sinks_deliver_signed_webhooks_and_cef_throttled_across_the_group(
             "notices_per_sink": len(ids),
             "alert_events": sum(e["type"] == "alert" for e in events),
             "webhook": {"delivered": len(receiver.ids), "repeated": receiver.repeats,
-                        "answered_503": 2, "lost": len(ids - set(receiver.ids))},
+                        "answered_503": receiver.requests - len(receiver.ids) - receiver.repeats,
+                        "lost": len(ids - set(receiver.ids))},
             "syslog": {"delivered": len(set(cef_ids())), "repeated": len(cef_ids()) - len(ids),
                        "lost": len(ids - set(cef_ids()))},
             "surviving_process": stats,
