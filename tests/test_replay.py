@@ -17,6 +17,7 @@ from websockets.asyncio.client import connect
 
 from monitor.config import load_config
 from monitor.events import validate_event
+from monitor.levels import LEVEL_RANK
 from monitor.replay import replay_file
 
 
@@ -70,6 +71,43 @@ def test_shifted_call_is_flagged_with_the_true_offset(
 def test_swapped_audio_is_flagged(synthetic_calls: dict[str, Path]) -> None:
     summary = replay_events(synthetic_calls["swap"])[-1]
     assert summary["verdict"] in ("suspicious", "alert"), summary["rationale"]
+
+
+@pytest.mark.parametrize("name", ["sync", "plus300"])
+def test_summary_agrees_with_the_score_events(synthetic_calls: dict[str, Path], name: str) -> None:
+    """Verdict, peak and final state are what the session's score events said."""
+    events = replay_events(synthetic_calls[name])
+    summary = events[-1]
+    scores = [e for e in events if e["type"] == "score"]
+    assert scores and summary["type"] == "summary"
+    assert summary["verdict"] == max((e["level"] for e in scores), key=LEVEL_RANK.__getitem__)
+    assert summary["final_level"] == scores[-1]["level"]
+    assert summary["final_risk"] == scores[-1]["risk"]
+    assert summary["evidence_nats"] == scores[-1]["evidence_nats"]
+    assert summary["risk"] == max(e["risk"] for e in scores)
+    peak = summary["peak"]
+    (at_peak,) = [
+        e for e in scores if (e["t_start"], e["t_end"]) == (peak["t_start"], peak["t_end"])
+    ]
+    assert (
+        peak["evidence_nats"] == at_peak["evidence_nats"] == max(e["evidence_nats"] for e in scores)
+    )
+    assert peak["risk"] == at_peak["risk"] == summary["risk"]
+    assert peak["level"] == at_peak["level"]
+    if summary["verdict"] in ("suspicious", "alert"):
+        assert peak["level"] == summary["verdict"]
+    head = summary["rationale"].split(". Session evidence")[0]
+    assert head.startswith(summary["verdict"])
+    assert ("final state" in head) == (summary["final_level"] != summary["verdict"])
+    # Every level change is announced with the level its score event carried, except the
+    # first evidence establishing "clear" (not news).
+    announced: list[str] = []
+    previous = "unknown"
+    for level in (e["level"] for e in scores):
+        if level != previous and not (previous == "unknown" and level == "clear" and not announced):
+            announced.append(level)
+        previous = level
+    assert [e["level"] for e in events if e["type"] == "alert"] == announced
 
 
 def test_video_without_audio_is_unknown_and_never_alerts(synthetic_calls: dict[str, Path]) -> None:
