@@ -146,7 +146,8 @@ def record_from_events(
     ]
     pipeline = {
         "summary": {
-            k: summary.get(k) for k in ("risk", "level", "final_level", "peak_risk", "alerts")
+            k: summary.get(k)
+            for k in ("risk", "level", "verdict", "final_level", "peak_risk", "alerts")
         },
         "alerts": alerts,
         "window_levels": [e["level"] for e in events if e["type"] == "score"],
@@ -242,6 +243,9 @@ class _SharedObservation:
 
     def track(self, frame: VideoFrame) -> Any:
         return self.observation
+
+    def close(self) -> None:
+        """Nothing of its own: the pass closes the real tracker."""
 
 
 def _chunks(samples: np.ndarray, t0: float) -> Iterator[AudioChunk]:
