@@ -10,10 +10,13 @@ per-frame rounding.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import os
-from collections.abc import Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ import av.error
 import numpy as np
 
 from monitor.errors import CorruptMediaError, MediaNotFoundError, MissingStreamError
-from monitor.media import AUDIO_RATE, AudioChunk, StreamInfo, VideoFrame
+from monitor.media import AUDIO_RATE, AudioChunk, LostMedia, StreamInfo, VideoFrame
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +35,107 @@ MediaItem = VideoFrame | AudioChunk
 # Formats read with soundfile (exact sample counts, no container quirks); the rest via PyAV.
 _SOUNDFILE_SUFFIXES = {".wav", ".flac"}
 _SOUNDFILE_BLOCK_S = 1.0
-# An input audio timestamp further than this from the sample count is a real gap: fill it.
-_AUDIO_GAP_S = 0.1
+# An audio frame starting this much after the previous one ended leaves a gap: fill it.
+# (One lost AAC frame is 21-64 ms; left unfilled it would pull later audio early.)
+_AUDIO_GAP_S = 0.005
+
+
+# Containers whose stream durations come from an index (not estimated from the bitrate),
+# so data ending well before them means the file was cut short.
+_INDEXED_FORMATS = ("mp4", "mov", "matroska", "webm")
+# Kept for a consumer to take; beyond this the oldest go (the counts stay exact).
+_MAX_PENDING_LOST = 4096
+
+# (kind, reason, time in the stream's own seconds or None) for each frame lost
+LostFn = Callable[[str, str, float | None], None]
+
+
+@dataclass
+class MediaDamage:
+    """What of a file could not be used, found while decoding it.
+
+    ``lost`` counts frames by (kind, reason), see :class:`~monitor.media.LostMedia`; each
+    loss is also queued, with its media time, for the analysis to take
+    (:meth:`take_lost`) and place in its windows.
+    """
+
+    lost: Counter[tuple[str, str]] = field(default_factory=Counter)
+    truncated_s: dict[str, float] = field(default_factory=dict)  # kind -> seconds missing
+    demux_error: str | None = None  # why reading stopped before the end, if it did
+    _pending: deque[LostMedia] = field(default_factory=lambda: deque(maxlen=_MAX_PENDING_LOST))
+
+    def record(self, item: LostMedia) -> None:
+        self.lost[item.kind, item.reason] += item.count
+        self._pending.append(item)
+
+    def take_lost(self) -> list[LostMedia]:
+        """The losses recorded since the last call, oldest first."""
+        items = list(self._pending)
+        self._pending.clear()
+        return items
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{kind: {reason: frames}}``, for events."""
+        out: dict[str, dict[str, int]] = {}
+        for (kind, reason), n in sorted(self.lost.items()):
+            out.setdefault(kind, {})[reason] = n
+        return out
+
+    @property
+    def any(self) -> bool:
+        return bool(self.lost) or self.demux_error is not None
+
+
+def decode_frames(
+    container: Any, streams: list[Any], on_lost: LostFn, on_stopped: Callable[[str], None]
+) -> Iterator[av.VideoFrame | av.AudioFrame]:
+    """Frames of ``streams`` in demux order; damage is skipped and reported to ``on_lost``.
+
+    A packet that fails to decode and a frame the decoder flags corrupt are
+    "undecodable". Video frames after either, up to the next keyframe, are predicted
+    from a damaged picture (smeared blocks where the face was) and are
+    "damaged_reference": scoring them would turn damage into evidence. When the demuxer
+    cannot go on (a cut file), ``on_stopped`` gets why, the decoders are flushed and
+    the iteration ends.
+    """
+    damaged_video = False
+
+    def usable(frame: Any) -> bool:
+        nonlocal damaged_video
+        kind = "video" if isinstance(frame, av.VideoFrame) else "audio"
+        t = _seconds(frame.pts, frame.time_base)
+        if frame.is_corrupt:
+            damaged_video |= kind == "video"
+            on_lost(kind, "undecodable", t)
+            return False
+        if kind == "video" and damaged_video:
+            if not frame.key_frame:
+                on_lost(kind, "damaged_reference", t)
+                return False
+            damaged_video = False
+        return True
+
+    packets = container.demux(*streams)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.error.FFmpegError as exc:
+            on_stopped(str(exc))
+            for stream in streams:
+                with contextlib.suppress(av.error.FFmpegError, ValueError):
+                    yield from (f for f in stream.codec_context.decode(None) if usable(f))
+            return
+        try:
+            frames = packet.decode()
+        except (av.error.FFmpegError, ValueError) as exc:
+            kind = packet.stream.type
+            log.debug("skipped a bad %s packet: %s", kind, exc)
+            damaged_video |= kind == "video"
+            on_lost(kind, "undecodable", _seconds(packet.pts, packet.time_base))
+            continue
+        yield from (f for f in frames if usable(f))
 
 
 def _check_readable(path: Path) -> None:
@@ -67,6 +169,7 @@ class _AudioClock:
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
         self._t0: float | None = None  # media time of the first output sample
         self._out_samples = 0  # 16 kHz samples emitted so far (including gap fill)
+        self._input_end: float | None = None  # media time where the last input frame ended
 
     def feed(self, frame: av.AudioFrame | None, t: float | None) -> list[AudioChunk]:
         """One decoded frame (at media time ``t``), or None to flush at the end."""
@@ -74,11 +177,15 @@ class _AudioClock:
         if frame is not None:
             if self._t0 is None:
                 self._t0 = t if t is not None else 0.0
-            elif t is not None:
-                gap = t - self._next_t()
+            elif t is not None and self._input_end is not None:
+                gap = t - self._input_end
                 if gap > _AUDIO_GAP_S:
-                    # A hole in the input: keep the clock honest with silence.
+                    # A hole in the input (a packet that did not decode, a gap in the
+                    # recording): silence keeps what follows at its time, in sync.
                     chunks.append(self._chunk(np.zeros(round(gap * AUDIO_RATE), np.float32)))
+            start = t if t is not None else self._input_end
+            if start is not None and frame.sample_rate:
+                self._input_end = start + frame.samples / frame.sample_rate
         if self._t0 is None:
             return chunks
         try:
@@ -93,6 +200,11 @@ class _AudioClock:
             if len(samples):
                 chunks.append(self._chunk(samples.copy()))
         return chunks
+
+    @property
+    def end_t(self) -> float | None:
+        """Media time where the audio fed so far ends."""
+        return self._input_end
 
     def _next_t(self) -> float:
         assert self._t0 is not None
@@ -111,7 +223,8 @@ class FileSource:
     ``audio_path`` pairs a separate audio file with the video; it replaces any audio
     track in ``path``, starts at media time 0, and is interleaved with video by time.
     A file without audio is fine (``info.sample_rate is None``); one without video is not.
-    Packets that fail to decode are skipped and counted in ``decode_errors``.
+    Damage (packets that fail to decode, frames decoded from damaged ones, a file cut
+    short) is skipped, never analysed, and recorded in ``damage``.
     """
 
     def __init__(
@@ -119,7 +232,8 @@ class FileSource:
     ):
         self.path = Path(path)
         self.audio_path = Path(audio_path) if audio_path is not None else None
-        self.decode_errors = 0
+        self.damage = MediaDamage()
+        self._last_seen: dict[str, float] = {}  # kind -> latest frame time, lost ones too
         self._closed = False
         self._iterating = False
         _check_readable(self.path)
@@ -144,11 +258,19 @@ class FileSource:
         if not container.streams.video:
             raise MissingStreamError(f"{self.path} has no video stream")
         video = container.streams.video[0]
+        if video.codec_context is None:
+            raise CorruptMediaError(
+                f"{self.path}: the video stream cannot be decoded (damaged or unknown codec)"
+            )
         video.thread_type = "AUTO"
         self._video = video
         self._audio = None
         if self.audio_path is None and container.streams.audio:
             self._audio = container.streams.audio[0]
+            if self._audio.codec_context is None:
+                raise CorruptMediaError(
+                    f"{self.path}: the audio stream cannot be decoded (damaged or unknown codec)"
+                )
 
         rate = video.average_rate or video.guessed_rate or video.base_rate
         fps = float(rate) if rate else None
@@ -228,6 +350,21 @@ class FileSource:
             self._origin = t
         return t - self._origin
 
+    def _lost(self, kind: str, reason: str, t: float | None) -> None:
+        media_t = None if t is None else self._media_time(t)
+        if media_t is not None:
+            self._last_seen[kind] = max(self._last_seen.get(kind, media_t), media_t)
+        self.damage.record(LostMedia(kind=kind, reason=reason, t=media_t))
+
+    def _stopped(self, why: str) -> None:
+        log.warning("%s: demuxing stopped: %s", self.path, why)
+        self.damage.demux_error = why
+
+    @property
+    def decode_errors(self) -> int:
+        """Packets and frames that could not be used, and a demuxer that stopped early."""
+        return sum(self.damage.lost.values()) + (self.damage.demux_error is not None)
+
     def _decode_container(self) -> Iterator[MediaItem]:
         """Video (and the container's own audio) in demux order."""
         video, audio = self._video, self._audio
@@ -235,75 +372,72 @@ class FileSource:
         clock = _AudioClock() if audio is not None else None
         video_frames = 0
         last_video_t: float | None = None
-        packets = self._container.demux(*streams)
-        while True:
-            try:
-                packet = next(packets)
-            except StopIteration:
-                break
-            except av.error.FFmpegError as exc:
-                # The demuxer cannot go on; flush what the decoders still hold.
-                self.decode_errors += 1
-                log.warning("%s: demuxing stopped: %s", self.path, exc)
-                packet = None
-            decoded = self._decode_packet(packet, streams)
-            for frame in decoded:
-                if isinstance(frame, av.VideoFrame):
-                    t = _seconds(frame.pts, frame.time_base or video.time_base)
-                    if t is None:
-                        t = 0.0 if last_video_t is None else last_video_t + self._fallback_step
-                    else:
-                        t = self._media_time(t)
-                    last_video_t = t
-                    image = frame.to_ndarray(format="rgb24")
-                    yield VideoFrame(t=t, index=video_frames, image=image)
-                    video_frames += 1
-                elif clock is not None and isinstance(frame, av.AudioFrame):
-                    t = _seconds(frame.pts, frame.time_base or audio.time_base)
-                    yield from clock.feed(frame, None if t is None else self._media_time(t))
-            if packet is None:
-                break
+        for frame in decode_frames(self._container, streams, self._lost, self._stopped):
+            if isinstance(frame, av.VideoFrame):
+                t = _seconds(frame.pts, frame.time_base or video.time_base)
+                if t is None:
+                    t = 0.0 if last_video_t is None else last_video_t + self._fallback_step
+                else:
+                    t = self._media_time(t)
+                last_video_t = t
+                image = frame.to_ndarray(format="rgb24")
+                yield VideoFrame(t=t, index=video_frames, image=image)
+                video_frames += 1
+            elif clock is not None and isinstance(frame, av.AudioFrame):
+                t = _seconds(frame.pts, frame.time_base or audio.time_base)
+                yield from clock.feed(frame, None if t is None else self._media_time(t))
         if clock is not None:
             yield from clock.feed(None, None)
         if video_frames == 0:
-            raise CorruptMediaError(
-                f"{self.path}: no video frame could be decoded ({self.decode_errors} decode errors)"
-            )
+            raise CorruptMediaError(f"{self.path}: no video frame could be decoded{self._why()}")
+        self._check_truncation("video", last_video_t, self._fallback_step)
+        if clock is not None and clock.end_t is not None:
+            self._check_truncation("audio", clock.end_t, 0.0)
 
-    def _decode_packet(self, packet: Any, streams: list[Any]) -> list[Any]:
-        if packet is not None:
-            try:
-                return list(packet.decode())
-            except (av.error.FFmpegError, ValueError) as exc:
-                self.decode_errors += 1
-                log.debug("%s: skipped a bad %s packet: %s", self.path, packet.stream.type, exc)
-                return []
-        frames: list[Any] = []
-        for stream in streams:
-            try:
-                frames.extend(stream.codec_context.decode(None))
-            except (av.error.FFmpegError, ValueError):
-                self.decode_errors += 1
-        return frames
+    def _why(self) -> str:
+        damage = self.damage
+        parts = [f"{n} {kind} frames {reason}" for (kind, reason), n in damage.lost.items()]
+        if damage.demux_error:
+            parts.append(f"demuxing stopped: {damage.demux_error}")
+        return f" ({'; '.join(parts)})" if parts else ""
+
+    def _check_truncation(self, kind: str, last_t: float | None, step: float) -> None:
+        """Data that ends well before the index says: the file was cut short."""
+        stream = self._video if kind == "video" else self._audio
+        format_name = self._container.format.name or ""
+        if stream is None or last_t is None or not any(f in format_name for f in _INDEXED_FORMATS):
+            return
+        start = stream.start_time if stream.start_time is not None else 0
+        end = _seconds(start + stream.duration, stream.time_base) if stream.duration else None
+        if end is None:
+            return
+        last_t = max(last_t, self._last_seen.get(kind, last_t))
+        missing = self._media_time(end) - (last_t + step)
+        if missing > max(0.25, 3 * step):
+            self.damage.truncated_s[kind] = round(missing, 3)
+            frames = round(missing / step) if step > 0 else round(missing * 50)
+            self.damage.record(
+                LostMedia(kind=kind, reason="truncated", count=max(1, frames), t=last_t + step)
+            )
+            log.warning("%s: the %s ends %.2f s before its index says", self.path, kind, missing)
 
     def _pyav_audio(self, container: Any) -> Iterator[AudioChunk]:
         """A separate audio file decoded by PyAV; its own start is media time 0."""
         stream = container.streams.audio[0]
         clock = _AudioClock()
         audio_origin: float | None = _seconds(stream.start_time, stream.time_base)
-        for packet in container.demux(stream):
-            try:
-                frames = packet.decode()
-            except (av.error.FFmpegError, ValueError):
-                self.decode_errors += 1
-                continue
-            for frame in frames:
-                t = _seconds(frame.pts, frame.time_base or stream.time_base)
-                if t is not None:
-                    if audio_origin is None:
-                        audio_origin = t
-                    t -= audio_origin
-                yield from clock.feed(frame, t)
+
+        def on_lost(kind: str, reason: str, t: float | None) -> None:
+            origin = audio_origin or 0.0
+            self.damage.record(LostMedia(kind, reason, t=None if t is None else t - origin))
+
+        for frame in decode_frames(container, [stream], on_lost, self._stopped):
+            t = _seconds(frame.pts, frame.time_base or stream.time_base)
+            if t is not None:
+                if audio_origin is None:
+                    audio_origin = t
+                t -= audio_origin
+            yield from clock.feed(frame, t)
         yield from clock.feed(None, None)
 
     def _soundfile_audio(self, path: Path) -> Iterator[AudioChunk]:
