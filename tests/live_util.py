@@ -18,6 +18,7 @@ from websockets.asyncio.client import connect
 
 from monitor.config import MonitorConfig, load_config
 from monitor.events import EventFactory, validate_event
+from monitor.live.ice import host_candidates_on
 from monitor.live.whip import LiveServer
 from monitor.media import AudioChunk, StreamInfo, VideoFrame
 from monitor.sinks.websocket import AlertServer
@@ -159,7 +160,8 @@ async def make_offer(audio: int = 1, video: int = 1, direction: str = "sendonly"
         pc.addTransceiver(VideoStreamTrack(), direction=direction)
     if not audio and not video:
         pc.createDataChannel("chat")
-    await pc.setLocalDescription(await pc.createOffer())
+    with host_candidates_on(["127.0.0.1"]):
+        await pc.setLocalDescription(await pc.createOffer())
     sdp = pc.localDescription.sdp
     await pc.close()
     return sdp

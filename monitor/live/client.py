@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
@@ -32,7 +33,8 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from monitor.errors import AuthError, CorruptMediaError, InputError, MonitorError
-from monitor.sources.file import FileSource
+from monitor.live.ice import address_towards, host_candidates_on
+from monitor.sources.file import FileSource, decode_frames
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,15 @@ class PublishError(MonitorError):
     """The WHIP server could not be used (unreachable, refused, no connection)."""
 
 
+class ServerBusyError(PublishError):
+    """The server refused the session for now (503 at capacity, 429 over a quota)."""
+
+    def __init__(self, message: str, *, status: int, retry_after_s: float | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
 @dataclass
 class PushStats:
     video_frames: int = 0
@@ -55,6 +66,7 @@ class PushStats:
     start_monotonic: float | None = None  # time.monotonic() of media time 0
     start_wall: float | None = None  # time.time() of media time 0
     late_frames: int = 0  # released more than one frame late (the sender could not keep up)
+    decode_errors: int = 0  # packets of the file that could not be decoded (skipped)
     location: str | None = None
     ended_by: str = ""
     extra: dict = field(default_factory=dict)
@@ -85,6 +97,19 @@ def _stream_origin(container: av.container.InputContainer) -> float:
         if stream.start_time is not None and stream.time_base is not None:
             starts.append(float(stream.start_time * stream.time_base))
     return min(starts) if starts else 0.0
+
+
+def _decode(container: Any, stream: Any, stats: PushStats) -> Iterator[Any]:
+    """The stream's usable frames; damage is skipped (sent as a gap) and counted."""
+
+    def lost(kind: str, reason: str, t: float | None) -> None:
+        stats.decode_errors += 1
+
+    def stopped(why: str) -> None:
+        stats.decode_errors += 1
+        log.warning("reading the %s stream stopped: %s", stream.type, why)
+
+    return decode_frames(container, [stream], lost, stopped)
 
 
 class _FileTrack(MediaStreamTrack):
@@ -151,7 +176,8 @@ class FileVideoTrack(_FileTrack):
         step = 1.0 / float(rate) if rate else 0.04
         self._frame_s = step
         index = 0
-        for frame in self._container.decode(stream):
+        for frame in _decode(self._container, stream, self._stats):
+            assert isinstance(frame, av.VideoFrame)
             t = frame.time - self._origin_s if frame.time is not None else index * step
             index += 1
             if t < 0:
@@ -176,7 +202,8 @@ class FileAudioTrack(_FileTrack):
         )
         first_sample: int | None = None  # 48 kHz sample index of the first output sample
         count = 0
-        for decoded in itertools.chain(self._container.decode(stream), [None]):
+        frames = _decode(self._container, stream, self._stats)
+        for decoded in itertools.chain(frames, [None]):
             if first_sample is None and decoded is not None:
                 t0 = decoded.time - self._origin_s if decoded.time is not None else 0.0
                 first_sample = round(t0 * AUDIO_RATE_OUT)
@@ -256,7 +283,31 @@ class WhipClient:
             raise InputError(f"cannot reach the WHIP server at {self.url}: {exc}") from exc
         if response.status == 401:
             raise AuthError(f"the WHIP server refused the token: {detail}")
+        if response.status in (429, 503):
+            retry_after = response.headers.get("Retry-After", "")
+            raise ServerBusyError(
+                f"the WHIP server cannot take this session now ({response.status}): {detail}"
+                + (f"; retry after {retry_after} s" if retry_after else ""),
+                status=response.status,
+                retry_after_s=float(retry_after) if retry_after.isdigit() else None,
+            )
         raise InputError(f"the WHIP server refused the offer ({response.status}): {detail}")
+
+    async def negotiate(self, pc: RTCPeerConnection) -> None:
+        """Offer ``pc``'s tracks, POST the offer, apply the answer.
+
+        Host candidates are gathered only on the address that reaches the server (so
+        loopback for a server on 127.0.0.1), not on every interface of this machine.
+        """
+        host = urlsplit(self.url).hostname or ""
+        try:
+            local = address_towards(host)
+        except OSError as exc:
+            raise InputError(f"cannot reach the WHIP server at {self.url}: {exc}") from exc
+        with host_candidates_on([local]):
+            await pc.setLocalDescription(await pc.createOffer())  # gathers all candidates
+        answer = await self.post_offer(pc.localDescription.sdp)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
 
     async def delete(self) -> None:
         if self.location is None or self._http is None:
@@ -326,10 +377,8 @@ async def push_file(
         pc.addTransceiver(track, direction="sendonly")
     async with WhipClient(url, token=token, participant=participant) as whip:
         try:
-            await pc.setLocalDescription(await pc.createOffer())  # gathers all candidates
-            answer = await whip.post_offer(pc.localDescription.sdp)
+            await whip.negotiate(pc)
             stats.location = whip.location
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
             await _wait_first(connected, broken, connect_timeout_s)
             if not connected.is_set():
                 raise PublishError(f"no WebRTC connection to {url} ({pc.connectionState})")

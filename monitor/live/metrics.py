@@ -48,6 +48,7 @@ class LiveMetrics:
     sessions_active: int = 0
     sessions_total: int = 0
     sessions_rejected: int = 0
+    rejected_by_status: Counter[int] = field(default_factory=Counter)
     frames_in: Counter[str] = field(default_factory=Counter)
     frames_dropped: Counter[str] = field(default_factory=Counter)
     windows_scored: int = 0
@@ -92,6 +93,15 @@ class LiveMetrics:
             "counter",
             "WHIP offers refused (auth, bad SDP, capacity).",
             [f"dfmon_sessions_rejected_total {self.sessions_rejected}"],
+        )
+        metric(
+            "dfmon_sessions_rejected_by_status_total",
+            "counter",
+            "WHIP offers refused, by HTTP status (503 capacity, 429 quota, 4xx bad offer).",
+            [
+                f'dfmon_sessions_rejected_by_status_total{{status="{status}"}} {n}'
+                for status, n in sorted(self.rejected_by_status.items())
+            ],
         )
         metric(
             "dfmon_frames_received_total",
