@@ -129,6 +129,13 @@ class LiveConfig:
     # Tokens accepted for WHIP publishing only, beside the shared --token (one per
     # publisher, so each has its own quota).
     publisher_tokens: list[str] = field(default_factory=list)
+    # Memory: a new session is refused (503) when the server's RSS plus one session's
+    # (measured ~75 MiB at 640x360) would pass max_memory_mb (0: no limit).
+    max_memory_mb: float = 0.0
+    session_memory_mb: float = 100.0
+    # glibc malloc arenas (0: glibc's default of 8 per core); fewer arenas let freed
+    # session memory go back to the system (monitor/live/memory.py).
+    malloc_arena_max: int = 2
     # ICE host candidates only on these addresses; empty: the address each WHIP
     # request arrived on (so only loopback when serving on 127.0.0.1).
     ice_addresses: list[str] = field(default_factory=list)

@@ -283,3 +283,31 @@ async def test_host_candidates_only_on_the_addresses_given() -> None:
     assert address_towards("127.0.0.1") == "127.0.0.1"
     with pytest.raises(ValueError), host_candidates_on([]):
         pass
+
+
+def test_admission_refuses_when_memory_would_run_out() -> None:
+    live = load_config(live={"max_memory_mb": 1000.0, "session_memory_mb": 100.0}).live
+    admission = Admission(live)
+    assert admission.decide("a", [], 0, rss_mb=850.0) is None
+    refusal = admission.decide("a", [], 1, rss_mb=850.0)  # one offer already being answered
+    assert refusal is not None and refusal.status == 503 and "memory" in refusal.detail
+
+
+def test_freed_memory_goes_back_to_the_system() -> None:
+    from monitor.live.memory import release_free_memory, rss_mib
+
+    before = rss_mib()
+    assert before is not None
+    # 250 MiB in blocks, each followed by a small one that stays, as a session's frames
+    # sit between the allocations of longer-lived objects: free() cannot shrink the heap.
+    blocks, kept = [], []
+    for _ in range(4000):
+        blocks.append(bytearray(64 * 1024))
+        kept.append(bytearray(100))
+    grown = rss_mib()
+    del blocks
+    held = rss_mib()
+    release_free_memory()
+    after = rss_mib()
+    assert grown - before > 200 and held - before > 200
+    assert after - before < 50  # given back, not kept in the heap

@@ -32,6 +32,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--token", help="bearer token for WHIP and the alert channel (or env DFMON_TOKEN)"
     )
+    parser.add_argument(
+        "--ice-address",
+        action="append",
+        metavar="ADDR",
+        help=(
+            "offer WebRTC host candidates only on this address (repeatable; default: the "
+            "address each WHIP request arrives on, so loopback only on 127.0.0.1)"
+        ),
+    )
     parser.add_argument("--out", metavar="EVENTS.jsonl", help="also append every event here")
     parser.add_argument(
         "--lip-sync", choices=["learned", "baseline"], help="lip-sync model (default: learned)"
@@ -62,6 +71,8 @@ def build_config(args: argparse.Namespace) -> Any:
         lip_sync["backend"] = args.backend
     if lip_sync:
         overrides["lip_sync"] = lip_sync
+    if args.ice_address:
+        overrides["live"] = {"ice_addresses": args.ice_address}
     return load_config(args.config, **overrides)
 
 
@@ -71,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
     _check_port(args.port, "--port")
     _check_port(args.alerts_port, "--alerts-port")
     config = build_config(args)
+    from monitor.live.memory import limit_arenas
+
+    limit_arenas(config.live.malloc_arena_max)  # before any thread starts
     asyncio.run(serve(config, args.host, args.port, args.alerts_port, out=args.out))
     return 0
 

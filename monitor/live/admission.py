@@ -116,8 +116,15 @@ class Admission:
         if busy is not None and busy > 0:
             self._costs.append(busy)
 
-    def decide(self, key: str, sessions: list[SessionLoad], negotiating: int) -> Refusal | None:
-        """None to admit; otherwise why not. ``negotiating``: offers being answered now."""
+    def decide(
+        self,
+        key: str,
+        sessions: list[SessionLoad],
+        negotiating: int,
+        rss_mb: float | None = None,
+    ) -> Refusal | None:
+        """None to admit; otherwise why not. ``negotiating``: offers being answered now;
+        ``rss_mb``: the server's resident memory now."""
         live, retry = self.live, self.live.retry_after_s
         if len(sessions) + negotiating >= live.max_sessions:
             return Refusal(
@@ -145,6 +152,17 @@ class Admission:
                 "they end after connect_timeout_s",
                 retry,
             )
+        if live.max_memory_mb and rss_mb is not None:
+            needed = rss_mb + (negotiating + 1) * live.session_memory_mb
+            if needed > live.max_memory_mb:
+                return Refusal(
+                    503,
+                    "Service Unavailable",
+                    f"out of memory for another session: {rss_mb:.0f} MiB in use, one more "
+                    f"needs about {live.session_memory_mb:.0f} (max_memory_mb "
+                    f"{live.max_memory_mb:.0f})",
+                    retry,
+                )
         if not live.load_admission:
             return None
         dropping = sum(s.dropped_recently for s in sessions)

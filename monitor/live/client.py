@@ -42,6 +42,8 @@ VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 AUDIO_RATE_OUT = 48000
 AUDIO_FRAME_SAMPLES = 960  # 20 ms, what Opus packetizes
 AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_RATE_OUT)
+# Codecs whose packets aiortc sends as they are (PacketTrack).
+PACKET_CODECS = {"video": ("vp8",), "audio": ("opus",)}
 # After the last frame, wait this long so the tail reaches the server before DELETE.
 TAIL_S = 0.3
 
@@ -362,6 +364,18 @@ async def push_file(
     if has_audio:
         tracks.append(FileAudioTrack(path, origin_s, clock, stats))
 
+    return await _publish(tracks, url, token, participant, stats, connect_timeout_s)
+
+
+async def _publish(
+    tracks: list[_FileTrack] | list[PacketTrack],
+    url: str,
+    token: str | None,
+    participant: str | None,
+    stats: PushStats,
+    connect_timeout_s: float,
+) -> PushStats:
+    """Send ``tracks`` to the WHIP endpoint until they finish, then DELETE the session."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     connected = asyncio.Event()
     broken = asyncio.Event()
@@ -405,6 +419,104 @@ async def push_file(
                 if not track.finished.is_set():
                     track._end()
     return stats
+
+
+class PacketTrack(MediaStreamTrack):
+    """One stream of a VP8/Opus file sent as its encoded packets (no decoding, no
+    encoding: a publisher that costs almost no CPU), looped up to ``seconds`` and paced
+    on the clock shared with the other track."""
+
+    def __init__(
+        self, kind: str, path: Path, seconds: float, clock: PacingClock, stats: PushStats
+    ) -> None:
+        super().__init__()
+        self.kind = kind
+        self._clock = clock
+        self._stats = stats
+        self._seconds = seconds
+        self._packets, self._clip_s = self._load(path)
+        self._iter = self._generate()
+        self.finished = asyncio.Event()
+
+    def _load(self, path: Path) -> tuple[list[tuple[float, bytes, float]], float]:
+        """(time, payload, duration) of every packet in seconds, and the clip's length."""
+        with av.open(str(path)) as container:
+            streams = container.streams.video if self.kind == "video" else container.streams.audio
+            if not streams or streams[0].codec_context.name not in PACKET_CODECS[self.kind]:
+                raise InputError(
+                    f"{path}: packets can be sent only from {PACKET_CODECS[self.kind]} {self.kind}"
+                )
+            packets = []
+            for packet in container.demux(streams[0]):
+                if packet.size == 0 or packet.pts is None or packet.time_base is None:
+                    continue
+                tb = packet.time_base
+                packets.append(
+                    (float(packet.pts * tb), bytes(packet), float((packet.duration or 0) * tb))
+                )
+            clip_s = float(container.duration / av.time_base) if container.duration else 0.0
+        if not packets or clip_s <= 0:
+            raise CorruptMediaError(f"{path}: no {self.kind} packets to send")
+        return packets, clip_s
+
+    def _generate(self) -> Iterator[tuple[float, av.Packet]]:
+        audio_samples = 0
+        for loop in itertools.count():
+            for t, payload, duration in self._packets:
+                media_t = loop * self._clip_s + max(t, 0.0)
+                if media_t >= self._seconds:
+                    return
+                packet = av.Packet(payload)
+                if self.kind == "video":
+                    packet.pts = round(media_t * VIDEO_TIME_BASE.denominator)
+                    packet.time_base = VIDEO_TIME_BASE
+                else:  # contiguous sample count: no rounding jitter from the ms time base
+                    packet.pts = audio_samples
+                    packet.time_base = AUDIO_TIME_BASE
+                    audio_samples += round((duration or 0.02) * AUDIO_RATE_OUT)
+                    media_t = packet.pts / AUDIO_RATE_OUT
+                yield media_t, packet
+
+    def _end(self) -> None:
+        self.finished.set()
+        self.stop()
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        try:
+            media_t, packet = next(self._iter)
+        except StopIteration:
+            self._end()
+            raise MediaStreamError from None
+        await self._clock.wait_until(media_t, 0.04)
+        if self.kind == "video":
+            self._stats.video_frames += 1
+        else:
+            self._stats.audio_frames += 1
+        return packet
+
+
+async def publish_packets(
+    path: str | Path,
+    url: str,
+    *,
+    seconds: float,
+    token: str | None = None,
+    participant: str | None = None,
+    stats: PushStats | None = None,
+    connect_timeout_s: float = 15.0,
+) -> PushStats:
+    """Publish a VP8/Opus file's own packets for ``seconds`` (looping it), then DELETE.
+
+    What a WebRTC sender puts on the wire, without its encoding cost: soak and capacity
+    runs on a small machine measure the server, not the publishers.
+    """
+    path = Path(path)
+    stats = stats if stats is not None else PushStats()
+    clock = PacingClock(stats)
+    tracks = [PacketTrack(kind, path, seconds, clock, stats) for kind in ("video", "audio")]
+    return await _publish(tracks, url, token, participant, stats, connect_timeout_s)
 
 
 async def _wait_first(a: asyncio.Event, b: asyncio.Event, timeout_s: float) -> None:

@@ -55,6 +55,7 @@ class LiveMetrics:
     alerts: Counter[str] = field(default_factory=Counter)
     events: Counter[str] = field(default_factory=Counter)
     inference: Histogram = field(default_factory=lambda: Histogram(INFERENCE_BUCKETS_S))
+    rss_mib: float | None = None  # set by the server before each render
 
     def observe_event(self, event: dict) -> None:
         """Count what a session emitted (score -> windows and latency, alert -> level)."""
@@ -139,4 +140,11 @@ class LiveMetrics:
             "Events emitted by type.",
             [f'dfmon_events_total{{type="{t}"}} {n}' for t, n in sorted(self.events.items())],
         )
+        if self.rss_mib is not None:
+            metric(
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                [f"process_resident_memory_bytes {round(self.rss_mib * 1024 * 1024)}"],
+            )
         return "\n".join(lines) + "\n"

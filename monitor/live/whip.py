@@ -38,6 +38,7 @@ from monitor.config import MonitorConfig
 from monitor.errors import SdpError
 from monitor.live.admission import Admission, Refusal
 from monitor.live.ice import host_candidates_on, normalize_address
+from monitor.live.memory import release_free_memory, rss_mib
 from monitor.live.metrics import LiveMetrics
 from monitor.live.session import AnalyzerFactory, LiveSession, default_analyzer_factory
 
@@ -365,7 +366,7 @@ class LiveServer:
     def _admit(self, quota_key: str) -> Refusal | None:
         now = time.monotonic()
         loads = [s.load(now) for s in self.sessions.values() if not s.closed]
-        refusal = self.admission.decide(quota_key, loads, self._pending_offers)
+        refusal = self.admission.decide(quota_key, loads, self._pending_offers, rss_mib())
         if refusal is not None:
             log.info("refused a WHIP offer (%d): %s", refusal.status, refusal.detail)
         return refusal
@@ -481,6 +482,8 @@ class LiveServer:
         if session is not None:
             self.metrics.sessions_active -= 1
             self.admission.learn(session.busy.lifetime_fraction())
+            # The session's threads are gone: hand their freed memory back (off the loop).
+            asyncio.get_running_loop().run_in_executor(None, release_free_memory)
 
     async def handle_delete(self, request: web.Request) -> web.Response:
         refused, _ = self._authorize(request)
@@ -498,6 +501,7 @@ class LiveServer:
         return web.json_response({"status": "ok", "sessions": len(self.sessions)})
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
+        self.metrics.rss_mib = rss_mib()
         return web.Response(
             body=self.metrics.render().encode(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
