@@ -293,21 +293,64 @@ def test_admission_refuses_when_memory_would_run_out() -> None:
     assert refusal is not None and refusal.status == 503 and "memory" in refusal.detail
 
 
-def test_freed_memory_goes_back_to_the_system() -> None:
-    from monitor.live.memory import release_free_memory, rss_mib
+_FRAGMENT_AND_TRIM = """
+from monitor.live.memory import release_free_memory, rss_mib
+before = rss_mib()
+# 250 MiB in blocks, each followed by a small one that stays, as a session's frames sit
+# between the allocations of longer-lived objects: free() alone cannot shrink the heap.
+blocks, kept = [], []
+for _ in range(4000):
+    blocks.append(bytearray(64 * 1024))
+    kept.append(bytearray(100))
+grown = rss_mib()
+del blocks
+held = rss_mib()
+release_free_memory()
+print(before, grown, held, rss_mib())
+"""
 
-    before = rss_mib()
-    assert before is not None
-    # 250 MiB in blocks, each followed by a small one that stays, as a session's frames
-    # sit between the allocations of longer-lived objects: free() cannot shrink the heap.
-    blocks, kept = [], []
-    for _ in range(4000):
-        blocks.append(bytearray(64 * 1024))
-        kept.append(bytearray(100))
-    grown = rss_mib()
-    del blocks
-    held = rss_mib()
-    release_free_memory()
-    after = rss_mib()
+
+def test_freed_memory_goes_back_to_the_system() -> None:
+    """In a fresh process, so that other tests' heaps do not blur the figures."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _FRAGMENT_AND_TRIM], capture_output=True, text=True, timeout=60
+    )
+    before, grown, held, after = map(float, result.stdout.split())
     assert grown - before > 200 and held - before > 200
     assert after - before < 50  # given back, not kept in the heap
+
+
+def test_feeder_analyses_the_tail_when_the_session_ends_during_a_slow_frame() -> None:
+    """Frames buffered when the session ends are the call's last seconds: analysed, never
+    dropped as stale, even when the end comes while the analysis was stuck on a frame
+    (under load, whole windows at the end of every session were lost that way)."""
+    import threading
+    import time
+
+    intake = MediaIntake(
+        ("video",), load_config(live={"align_warmup_s": 0.0, "max_frame_age_s": 0.2}).live
+    )
+
+    class Slow(_OrderRecorder):
+        def add_video(self, frame: Any) -> None:
+            super().add_video(frame)
+            if len(self.fed) == 1:
+                now = time.monotonic()
+                for k in range(2, 22):  # the tail arrives while this frame is analysed
+                    intake.push("video", k * 0.04, now, _video_frame(k * 0.04))
+                time.sleep(0.5)  # longer than max_frame_age_s: the tail is "stale" now
+                intake.stop.set()  # and the session ends (DELETE)
+
+    recorder = Slow()
+    now = time.monotonic()
+    for k in range(2):
+        intake.push("video", k * 0.04, now + k * 0.04, _video_frame(k * 0.04))
+    feeder = _Feeder(intake, recorder, info=lambda: None, max_frame_age_s=0.2)
+    worker = threading.Thread(target=feeder.run)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive()
+    assert len(recorder.fed) == 22 and intake.buffers["video"].dropped == 0

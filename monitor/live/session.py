@@ -467,6 +467,10 @@ class _Feeder:
             intake.wakeup.clear()
             fed = 0
             while True:
+                if not stopping and intake.stop.is_set():
+                    # The session ended while a frame was being analysed: what is
+                    # buffered now is the call's tail, to be analysed, not dropped.
+                    stopping, now = True, math.inf
                 if not stopping:
                     now = time.monotonic()
                     self.drop_stale(now)
