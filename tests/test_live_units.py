@@ -301,7 +301,7 @@ before = rss_mib()
 blocks, kept = [], []
 for _ in range(4000):
     blocks.append(bytearray(64 * 1024))
-    kept.append(bytearray(100))
+    kept.append(bytearray(1000))  # > 512 bytes: from malloc, not pymalloc
 grown = rss_mib()
 del blocks
 held = rss_mib()
