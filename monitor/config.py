@@ -121,7 +121,7 @@ class LiveConfig:
     # Per bearer token (or per client address when the server has no token): open
     # sessions, and sessions still without media (re-posted empty offers hold no slots).
     max_sessions_per_token: int = 8
-    max_pending_per_token: int = 2
+    max_pending_per_token: int = 4
     # Seconds a client is told to wait (Retry-After) after a 503 or 429.
     retry_after_s: int = 10
     # Seconds a WHIP request body (the offer) may take to arrive.
