@@ -73,12 +73,17 @@ class DetectorsConfig:
     plugin_dirs: list[str] = field(default_factory=lambda: ["plugins"])
 
 
+# Inference backends of the learned sync model (monitor/sync/backends.py); "auto" picks
+# the first that works.
+BACKEND_NAMES = ("auto", "tensorrt", "torch-cuda", "torch", "onnx")
+# "learned" (the trained model) or "baseline" (training-free cross-correlation).
+LIP_SYNC_MODELS = ("learned", "baseline")
+
+
 @dataclass
 class LipSyncConfig:
-    # "learned" (the trained model) or "baseline" (training-free cross-correlation).
-    model: str = "learned"
-    # "auto" | "tensorrt" | "torch-cuda" | "torch" | "onnx"
-    backend: str = "auto"
+    model: str = "learned"  # one of LIP_SYNC_MODELS
+    backend: str = "auto"  # one of BACKEND_NAMES
 
 
 @dataclass

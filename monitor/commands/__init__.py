@@ -1,0 +1,26 @@
+"""The ``dfmon`` sub-commands, one module each (see :mod:`monitor.cli`); shared flags here."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from monitor.config import BACKEND_NAMES, LIP_SYNC_MODELS
+
+
+def add_lip_sync_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--lip-sync`` and ``--backend``: which sync model, run by which backend."""
+    parser.add_argument(
+        "--lip-sync", choices=LIP_SYNC_MODELS, help="lip-sync model (default: learned)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKEND_NAMES,
+        help="inference backend for the learned model (default: auto)",
+    )
+
+
+def lip_sync_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``[lip_sync]`` config overrides those flags ask for; none for flags not given."""
+    chosen = {"model": getattr(args, "lip_sync", None), "backend": getattr(args, "backend", None)}
+    return {key: value for key, value in chosen.items() if value}

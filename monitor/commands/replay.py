@@ -8,6 +8,7 @@ import os
 import threading
 from typing import Any
 
+from monitor.commands import add_lip_sync_arguments, lip_sync_overrides
 from monitor.errors import ConfigError
 
 
@@ -30,14 +31,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--token", help="token alert clients must present (or DFMON_TOKEN)")
     parser.add_argument("--participant", help="participant name carried in every event")
-    parser.add_argument(
-        "--lip-sync", choices=["learned", "baseline"], help="lip-sync model (default: learned)"
-    )
-    parser.add_argument(
-        "--backend",
-        choices=["auto", "tensorrt", "torch-cuda", "torch", "onnx"],
-        help="inference backend for the learned model (default: auto)",
-    )
+    add_lip_sync_arguments(parser)
     parser.add_argument("--report", metavar="REPORT.html", help="also write an HTML report")
     parser.set_defaults(run=run)
     return parser
@@ -61,12 +55,7 @@ def build_config(args: argparse.Namespace) -> Any:
         window["hop_s"] = args.hop
     if window:
         overrides["window"] = window
-    lip_sync: dict[str, str] = {}
-    if getattr(args, "lip_sync", None):
-        lip_sync["model"] = args.lip_sync
-    if getattr(args, "backend", None):
-        lip_sync["backend"] = args.backend
-    if lip_sync:
+    if lip_sync := lip_sync_overrides(args):
         overrides["lip_sync"] = lip_sync
     token = getattr(args, "token", None) or os.environ.get("DFMON_TOKEN") or None
     overrides["alerts"] = {"token": token}

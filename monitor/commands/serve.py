@@ -9,6 +9,7 @@ import os
 import signal
 from typing import Any
 
+from monitor.commands import add_lip_sync_arguments, lip_sync_overrides
 from monitor.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--out", metavar="EVENTS.jsonl", help="also append every event here")
-    parser.add_argument(
-        "--lip-sync", choices=["learned", "baseline"], help="lip-sync model (default: learned)"
-    )
-    parser.add_argument(
-        "--backend",
-        choices=["auto", "tensorrt", "torch-cuda", "torch", "onnx"],
-        help="inference backend for the learned model (default: auto)",
-    )
+    add_lip_sync_arguments(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -64,12 +58,7 @@ def build_config(args: argparse.Namespace) -> Any:
 
     token = args.token or os.environ.get("DFMON_TOKEN") or None
     overrides: dict[str, Any] = {"alerts": {"token": token}}
-    lip_sync: dict[str, str] = {}
-    if args.lip_sync:
-        lip_sync["model"] = args.lip_sync
-    if args.backend:
-        lip_sync["backend"] = args.backend
-    if lip_sync:
+    if lip_sync := lip_sync_overrides(args):
         overrides["lip_sync"] = lip_sync
     if args.ice_address:
         overrides["live"] = {"ice_addresses": args.ice_address}

@@ -18,7 +18,8 @@ import numpy as np
 from monitor.config import MonitorConfig
 from monitor.detectors.base import Evidence, describe_offset, format_span
 from monitor.errors import BackendUnavailableError
-from monitor.sync.backends import WEIGHTS_PATH, BatchingRunner, Calibration, shared_runner
+from monitor.sync.backends import BatchingRunner, shared_runner
+from monitor.sync.checkpoint import WEIGHTS_PATH, Calibration
 from monitor.sync.features import (
     GRID_STEP_S,
     missing_stack_reason,
@@ -42,7 +43,7 @@ MIN_FPS = 5.0
 
 @lru_cache(maxsize=1)
 def load_calibration() -> Calibration:
-    from monitor.sync.backends import load_checkpoint
+    from monitor.sync.checkpoint import load_checkpoint
 
     _, info = load_checkpoint(WEIGHTS_PATH)
     if info.calibration is None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from monitor.levels import LEVEL_NAMES
+
 KINDS = ("audio", "video")
-LEVELS = ("clear", "suspicious", "alert", "unknown")
 # Seconds; covers a fast GPU window (a few ms) up to a detector near its time budget.
 INFERENCE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -132,7 +133,7 @@ class LiveMetrics:
             "dfmon_alerts_total",
             "counter",
             "Alert events by level entered.",
-            [f'dfmon_alerts_total{{level="{lv}"}} {self.alerts[lv]}' for lv in LEVELS],
+            [f'dfmon_alerts_total{{level="{lv}"}} {self.alerts[lv]}' for lv in LEVEL_NAMES],
         )
         metric(
             "dfmon_events_total",

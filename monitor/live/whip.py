@@ -24,7 +24,6 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -36,6 +35,7 @@ from aiortc.exceptions import OperationError
 from monitor.auth import bearer_challenge, bearer_token, matching_token
 from monitor.config import MonitorConfig
 from monitor.errors import SdpError
+from monitor.events import EventSink
 from monitor.live.admission import Admission, Refusal
 from monitor.live.ice import host_candidates_on, normalize_address
 from monitor.live.memory import release_free_memory, rss_mib
@@ -55,8 +55,6 @@ CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Expose-Headers": "Location, Accept-Post, Link",
 }
-
-EventSink = Callable[[dict], None]
 
 
 class UnprocessableOffer(SdpError):
