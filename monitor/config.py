@@ -28,6 +28,13 @@ class WindowConfig:
     min_face_fraction: float = 0.6
     # Less voiced audio than this fraction of the window -> insufficient evidence.
     min_speech_fraction: float = 0.2
+    # Fewer intact frames than this fraction of those the call's frame rate gives (the
+    # rest dropped, undecodable or missing) -> insufficient evidence, detectors not run:
+    # thinned windows were scored into false alarms (issue 16).
+    min_frames_fraction: float = 0.6
+    # Audio lost (undecodable, dropped, never arrived) beyond 1 - this fraction of the
+    # window -> insufficient evidence.
+    min_audio_fraction: float = 0.6
 
 
 @dataclass
@@ -163,6 +170,8 @@ class MonitorConfig:
             raise ConfigError(f"need 0 < hop ({w.hop_s}) <= window ({w.window_s})")
         if w.window_s > 60:
             raise ConfigError(f"window {w.window_s} s is too long (at most 60 s)")
+        if not (0 <= w.min_frames_fraction <= 1 and 0 <= w.min_audio_fraction <= 1):
+            raise ConfigError("window.min_frames_fraction and min_audio_fraction must be in [0, 1]")
         f = self.fusion
         if not (0 < f.suspicious_threshold < f.alert_threshold <= 1):
             raise ConfigError("need 0 < suspicious_threshold < alert_threshold <= 1")

@@ -20,7 +20,7 @@ from monitor.config import MonitorConfig, load_config
 from monitor.events import EventFactory, validate_event
 from monitor.live.ice import host_candidates_on
 from monitor.live.whip import LiveServer
-from monitor.media import AudioChunk, StreamInfo, VideoFrame
+from monitor.media import AudioChunk, LostMedia, StreamInfo, VideoFrame
 from monitor.sinks.websocket import AlertServer
 
 
@@ -55,8 +55,9 @@ class RecordingAnalyzer:
     def add_audio(self, chunk: AudioChunk) -> None:
         self.audio.append(chunk)
 
-    def note_dropped(self, kind: str, count: int) -> None:
-        self.dropped[kind] = self.dropped.get(kind, 0) + count
+    def note_lost(self, item: LostMedia) -> None:
+        if item.reason == "dropped":
+            self.dropped[item.kind] = self.dropped.get(item.kind, 0) + item.count
 
     def finish(self, reason: str | None = None) -> dict:
         if reason is not None:

@@ -160,3 +160,157 @@ def test_a_second_face_does_not_raise_an_alert_on_a_genuine_speaker(
     replay_file(path, load_config(), events.append)
     summary = events[-1]
     assert summary["level"] not in ("suspicious", "alert"), summary["rationale"]
+
+
+# ----- evidence quality and detectors that go missing, on the real SessionAnalyzer -------
+
+
+class _NoFace:
+    def track(self, frame: object) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class _Fixed:
+    """Scores every window ``score``; raises from its ``fail_at``-th window on."""
+
+    version = "1"
+
+    def __init__(self, name: str, score: float, fail_at: int | None = None) -> None:
+        self.name, self.score, self.fail_at = name, score, fail_at
+        self.windows: list = []
+
+    def analyze(self, window):  # noqa: ANN001, ANN201
+        from monitor.detectors.base import Evidence
+
+        self.windows.append(window)
+        if self.fail_at is not None and len(self.windows) >= self.fail_at:
+            raise IndexError("index 1 is out of bounds for axis 0 with size 1")
+        fields = {"offset_ms": 0.0, "confidence": 3.0} if self.name == "lip_sync" else {}
+        return Evidence(self.name, self.score, f"{self.name} says {self.score}", fields=fields)
+
+
+def _session(
+    detectors: dict,
+    *,
+    seconds: float = 6.0,
+    keep=lambda index: True,  # noqa: ANN001
+    dropped=lambda index: False,  # noqa: ANN001
+    video_until: float | None = None,
+    live: bool = False,
+) -> tuple[list[dict], object]:
+    """25 fps frames and noise audio through a SessionAnalyzer; frames ``keep`` rejects
+    are never seen, those ``dropped`` accepts are reported dropped (as live ingest does)."""
+    from monitor.events import validate_event
+    from monitor.media import AudioChunk, LostMedia, StreamInfo, VideoFrame
+    from monitor.pipeline import SessionAnalyzer
+
+    events: list[dict] = []
+    analyzer = SessionAnalyzer(
+        load_config(),
+        session="degrade",
+        participant="p",
+        emit=events.append,
+        face_tracker=_NoFace(),
+        detectors=detectors,
+        live=live,
+    )
+    analyzer.start(StreamInfo("synthetic", 25.0, 64, 48, 16000, seconds))
+    rng = np.random.default_rng(0)
+    image = np.zeros((48, 64, 3), np.uint8)
+    for i in range(int(seconds * 25)):
+        t = i * 0.04
+        analyzer.add_audio(AudioChunk(t, (0.1 * rng.standard_normal(640)).astype(np.float32)))
+        if video_until is not None and t >= video_until:
+            continue
+        if dropped(i):
+            analyzer.note_lost(LostMedia("video", "dropped", t=t))
+        elif keep(i):
+            analyzer.add_video(VideoFrame(t, i, image))
+    analyzer.finish(reason="end of input")
+    for event in events:
+        validate_event(event)
+    return events, analyzer
+
+
+def _of(events: list[dict], kind: str) -> list[dict]:
+    return [e for e in events if e["type"] == kind]
+
+
+def test_a_failed_required_detector_never_turns_into_clear() -> None:
+    """Issue 16 case 1: lip-sync failed on one window and the rest of the call was
+    cleared by the temporal detector alone. Now the windows after it are unknown, the
+    session says why in an event, and the summary is not clear."""
+    lip_sync, temporal = _Fixed("lip_sync", 0.05, fail_at=4), _Fixed("temporal", 0.1)
+    events, analyzer = _session({"lip_sync": lip_sync, "temporal": temporal})
+    scores = _of(events, "score")
+    assert [s["level"] for s in scores[:3]] == ["clear"] * 3
+    after = scores[3:]
+    assert after and all(s["level"] == "unknown" and s["window_risk"] is None for s in after)
+    assert all("lip_sync unavailable (raised IndexError" in s["rationale"] for s in after)
+    (error,) = _of(events, "error")
+    assert error["detector"] == "lip_sync" and "no window can be clear" in error["message"]
+    summary = events[-1]
+    assert summary["level"] == "unknown"
+    assert "raised IndexError" in summary["unavailable_detectors"]["lip_sync"]
+    assert "lip_sync unavailable" in summary["rationale"]
+
+
+def test_a_missing_required_detector_still_lets_alarms_through() -> None:
+    """Only clearing needs lip-sync: strong evidence from the others still raises the level."""
+    events, _ = _session({"temporal": _Fixed("temporal", 0.95)})
+    started = _of(events, "session_started")[0]
+    assert started["config"]["unavailable"] == {"lip_sync": "not enabled for this session"}
+    assert _of(events, "score")[-1]["level"] == "alert"
+    assert events[-1]["level"] == "alert"
+
+
+def test_windows_that_lost_too_many_frames_are_unknown_and_not_scored() -> None:
+    """Issue 16 case 2: windows that lost about half their frames to drops were scored
+    into false alarms. Below window.min_frames_fraction (60%) they are unknown, their
+    detectors not run, and the reason and the counts are in the event."""
+    lip_sync, temporal = _Fixed("lip_sync", 0.9), _Fixed("temporal", 0.9)
+    # From 2 s to 4 s every other frame is dropped by the (live) analysis.
+    events, _ = _session(
+        {"lip_sync": lip_sync, "temporal": temporal},
+        dropped=lambda i: 50 <= i < 100 and i % 2 == 0,
+    )
+    scores = {s["window"]: s for s in _of(events, "score")}
+    thinned = scores[4]  # 2.0-4.0: half the frames dropped
+    assert thinned["level"] == "unknown" and thinned["evidence"] == []
+    assert thinned["quality"]["frames_dropped"] == 25
+    assert thinned["quality"]["frames_received"] == 25
+    assert thinned["quality"]["frames_expected"] == 50
+    assert "too little video: 25 of 50 frames (25 dropped by the analysis)" in thinned["rationale"]
+    assert all(w.t_start != 2.0 for w in lip_sync.windows)  # not run on it
+    partly = scores[3]  # 1.5-3.5: 31 of 50 received, above the minimum: scored, with a caveat
+    assert partly["window_risk"] is not None
+    assert "rests on thinned or damaged media: 31 of 50 frames (19 dropped" in partly["rationale"]
+    whole = scores[0]
+    assert whole["quality"]["frames_expected"] == whole["quality"]["frames_received"] == 50
+    assert "thinned" not in whole["rationale"]
+    summary = events[-1]
+    assert summary["quality"]["frames_dropped"] == 25
+    assert summary["quality"]["windows_below_minimum"] >= 1
+    assert summary["quality"]["windows_thinned"] >= 2
+    assert "rest on thinned or damaged media" in summary["rationale"]
+
+
+def test_missing_video_is_reported_as_unknown_windows_not_skipped() -> None:
+    """A camera that stops while the speaker goes on: live, the windows are cut on the
+    audio and say the video is missing; at the end of a file, the same."""
+    for live in (True, False):
+        events, _ = _session(
+            {"lip_sync": _Fixed("lip_sync", 0.1), "temporal": _Fixed("temporal", 0.1)},
+            seconds=8.0,
+            video_until=3.0,
+            live=live,
+        )
+        scores = _of(events, "score")
+        assert scores[-1]["t_end"] == 8.0, live  # windows up to the end of the audio
+        gone = [s for s in scores if s["t_start"] >= 3.0]
+        assert gone and all(s["level"] == "unknown" for s in gone)
+        assert all("no video arrived: 0 of 50 frames (50 missing)" in s["rationale"] for s in gone)
+        assert events[-1]["quality"]["frames_missing"] >= 120

@@ -212,7 +212,7 @@ class _OrderRecorder:
     def add_audio(self, chunk: Any) -> None:
         self.fed.append(("audio", chunk.t))
 
-    def note_dropped(self, kind: str, count: int) -> None:
+    def note_lost(self, item: Any) -> None:
         pass
 
 
@@ -354,3 +354,24 @@ def test_feeder_analyses_the_tail_when_the_session_ends_during_a_slow_frame() ->
     worker.join(10)
     assert not worker.is_alive()
     assert len(recorder.fed) == 22 and intake.buffers["video"].dropped == 0
+
+
+def test_feeder_reports_drops_with_their_media_times() -> None:
+    """The analysis places dropped frames in their windows (quality: frames_dropped)."""
+    live = load_config(live={"align_warmup_s": 0.0, "video_buffer_frames": 5}).live
+    intake = MediaIntake(("video",), live)
+
+    class Keeping(_OrderRecorder):
+        lost: list = []
+
+        def note_lost(self, item: Any) -> None:
+            self.lost.append(item)
+
+    recorder = Keeping()
+    for k in range(12):  # 7 more than the buffer holds: the oldest 7 are dropped
+        intake.push("video", k * 0.04, 100.0 + k * 0.04, _video_frame(k * 0.04))
+    intake.stop.set()
+    _Feeder(intake, recorder, info=lambda: None, max_frame_age_s=1.5).run()
+    assert [round(item.t, 2) for item in recorder.lost] == [round(k * 0.04, 2) for k in range(7)]
+    assert {item.reason for item in recorder.lost} == {"dropped"}
+    assert [round(t, 2) for _, t in recorder.fed] == [round(k * 0.04, 2) for k in range(7, 12)]

@@ -104,7 +104,7 @@ def _stream_origin(container: av.container.InputContainer) -> float:
 def _decode(container: Any, stream: Any, stats: PushStats) -> Iterator[Any]:
     """The stream's usable frames; damage is skipped (sent as a gap) and counted."""
 
-    def lost(kind: str, reason: str, t: float | None) -> None:
+    def lost(kind: str, reason: str, t: float | None, duration_s: float | None) -> None:
         stats.decode_errors += 1
 
     def stopped(why: str) -> None:

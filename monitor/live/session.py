@@ -40,7 +40,7 @@ from monitor.live.admission import BusyMeter, SessionLoad
 from monitor.live.align import SessionClock
 from monitor.live.convert import AudioConverter, frame_seconds, to_video_frame
 from monitor.live.metrics import LiveMetrics
-from monitor.media import AudioChunk, StreamInfo
+from monitor.media import AudioChunk, LostMedia, StreamInfo
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Analyzer(Protocol):
     def start(self, info: StreamInfo) -> None: ...
     def add_video(self, frame: Any) -> None: ...
     def add_audio(self, chunk: AudioChunk) -> None: ...
-    def note_dropped(self, kind: str, count: int) -> None: ...
+    def note_lost(self, item: LostMedia) -> None: ...
     def finish(self, reason: str | None = None) -> dict: ...
 
 
@@ -69,7 +69,7 @@ def default_analyzer_factory(
 ) -> Analyzer:
     from monitor.pipeline import SessionAnalyzer
 
-    return SessionAnalyzer(config, session=session, participant=participant, emit=emit)
+    return SessionAnalyzer(config, session=session, participant=participant, emit=emit, live=True)
 
 
 @dataclass(slots=True)
@@ -93,6 +93,14 @@ class TrackBuffer:
         self.dropped = 0
         self.last_drop_s: float | None = None  # time.monotonic() of the latest drop
         self.ended = False  # the track ended: nothing more will come
+        # What was dropped, for the analysis to place: (pts on the track clock, seconds);
+        # the worker takes them every frame, so a little more than the buffer is plenty.
+        self._dropped_items: deque[tuple[float, float]] = deque(maxlen=2 * maxlen + 64)
+
+    def _drop(self, item: Arrival) -> None:
+        frame = item.frame
+        seconds = frame.samples / frame.sample_rate if isinstance(frame, av.AudioFrame) else 0.0
+        self._dropped_items.append((item.pts_s, seconds))
 
     def push(self, item: Arrival) -> bool:
         """Append; returns True when the oldest frame had to be dropped."""
@@ -100,11 +108,19 @@ class TrackBuffer:
             self.received += 1
             dropped = len(self._items) >= self._maxlen
             if dropped:
-                self._items.popleft()
+                self._drop(self._items.popleft())
                 self.dropped += 1
                 self.last_drop_s = item.arrival_s
             self._items.append(item)
             return dropped
+
+    def take_dropped(self) -> list[tuple[float, float]]:
+        """(pts, seconds) of the frames dropped since the last call (the most recent of
+        them, should the worker not have taken them for long: ``dropped`` stays exact)."""
+        with self._lock:
+            items = list(self._dropped_items)
+            self._dropped_items.clear()
+            return items
 
     def peek(self) -> Arrival | None:
         with self._lock:
@@ -120,7 +136,7 @@ class TrackBuffer:
         dropped = 0
         with self._lock:
             while self._items and not_before <= self._items[0].arrival_s < arrived_before:
-                self._items.popleft()
+                self._drop(self._items.popleft())
                 dropped += 1
             if dropped:
                 self.dropped += dropped
@@ -539,8 +555,18 @@ class _Feeder:
                 self.analyzer.add_audio(chunk)
 
     def report_drops(self) -> None:
+        """Tell the analysis what was dropped, where in media time when the clock knows."""
         for kind, buffer in self.intake.buffers.items():
             new = buffer.dropped - self.reported_drops[kind]
-            if new > 0:
-                self.analyzer.note_dropped(kind, new)
-                self.reported_drops[kind] = buffer.dropped
+            if new <= 0:
+                continue
+            self.reported_drops[kind] = buffer.dropped
+            placed = buffer.take_dropped()
+            timed = self.started and self.intake.ready(kind, math.inf)
+            for pts_s, seconds in placed:
+                t = self.intake.media_time(kind, pts_s) if timed else None
+                self.analyzer.note_lost(LostMedia(kind, "dropped", t=t, duration_s=seconds))
+            if new > len(placed):  # more than the buffer remembered: counted, not placed
+                self.analyzer.note_lost(LostMedia(kind, "dropped", count=new - len(placed)))
+        for t, seconds in self.audio.take_gaps():
+            self.analyzer.note_lost(LostMedia("audio", "missing", t=t, duration_s=seconds))
