@@ -21,11 +21,14 @@ from monitor.native_log import show_native_logs
 COMMAND_MODULES = (
     "replay",
     "serve",
+    "gateway",
+    "sinks",
     "push",
     "demo",
     "detectors",
     "build_engine",
     "report",
+    "verify_webhook",
 )
 
 

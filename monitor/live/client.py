@@ -237,14 +237,22 @@ def _trim_s16_stereo(frame: av.AudioFrame, skip: int) -> av.AudioFrame:
 class WhipClient:
     """The HTTP side of WHIP: POST the offer, DELETE the session."""
 
-    def __init__(self, url: str, *, token: str | None = None, participant: str | None = None):
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        participant: str | None = None,
+        call: str | None = None,
+    ):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise InputError(f"--url must be http(s)://HOST:PORT/whip, not {url!r}")
         self.url = url
-        if participant:
+        query = {k: v for k, v in (("participant", participant), ("call", call)) if v}
+        if query:
             sep = "&" if parts.query else "?"
-            self.url = f"{url}{sep}{urlencode({'participant': participant})}"
+            self.url = f"{url}{sep}{urlencode(query)}"
         self.token = token
         self.location: str | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -267,7 +275,11 @@ class WhipClient:
             self._http = None
 
     async def post_offer(self, offer_sdp: str) -> str:
-        """Returns the SDP answer; raises AuthError (401) or InputError (other refusals)."""
+        """Returns the SDP answer; raises AuthError (401) or InputError (other refusals).
+
+        A ``307`` (a gateway spreading sessions, RFC 9725 section 4.5) is followed with
+        the offer; the session URL is then relative to where the offer was answered.
+        """
         assert self._http is not None, "use WhipClient as an async context manager"
         try:
             async with self._http.post(
@@ -278,7 +290,7 @@ class WhipClient:
                     location = response.headers.get("Location")
                     if not location:
                         raise PublishError("the WHIP server sent no Location header")
-                    self.location = urljoin(self.url, location)
+                    self.location = urljoin(str(response.url), location)
                     return body
                 detail = _problem_detail(body) or response.reason or ""
         except aiohttp.ClientError as exc:
@@ -341,6 +353,7 @@ async def push_file(
     *,
     token: str | None = None,
     participant: str | None = None,
+    call: str | None = None,
     stats: PushStats | None = None,
     connect_timeout_s: float = 15.0,
 ) -> PushStats:
@@ -364,7 +377,7 @@ async def push_file(
     if has_audio:
         tracks.append(FileAudioTrack(path, origin_s, clock, stats))
 
-    return await _publish(tracks, url, token, participant, stats, connect_timeout_s)
+    return await _publish(tracks, url, token, participant, call, stats, connect_timeout_s)
 
 
 async def _publish(
@@ -372,6 +385,7 @@ async def _publish(
     url: str,
     token: str | None,
     participant: str | None,
+    call: str | None,
     stats: PushStats,
     connect_timeout_s: float,
 ) -> PushStats:
@@ -389,7 +403,7 @@ async def _publish(
 
     for track in tracks:
         pc.addTransceiver(track, direction="sendonly")
-    async with WhipClient(url, token=token, participant=participant) as whip:
+    async with WhipClient(url, token=token, participant=participant, call=call) as whip:
         try:
             await whip.negotiate(pc)
             stats.location = whip.location
@@ -504,6 +518,7 @@ async def publish_packets(
     seconds: float,
     token: str | None = None,
     participant: str | None = None,
+    call: str | None = None,
     stats: PushStats | None = None,
     connect_timeout_s: float = 15.0,
 ) -> PushStats:
@@ -516,7 +531,7 @@ async def publish_packets(
     stats = stats if stats is not None else PushStats()
     clock = PacingClock(stats)
     tracks = [PacketTrack(kind, path, seconds, clock, stats) for kind in ("video", "audio")]
-    return await _publish(tracks, url, token, participant, stats, connect_timeout_s)
+    return await _publish(tracks, url, token, participant, call, stats, connect_timeout_s)
 
 
 async def _wait_first(a: asyncio.Event, b: asyncio.Event, timeout_s: float) -> None:

@@ -12,6 +12,7 @@ the server can serve one more session without dropping everyone's frames (503 +
 must arrive within ``body_timeout_s`` (408) and carry a DTLS fingerprint and ICE
 candidates (400). Host candidates are offered only on the address the request came in
 on, or on the configured ``ice_addresses``.
+The query may name the ``participant`` and the ``call`` it belongs to; events carry both.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -41,6 +43,7 @@ from monitor.live.ice import host_candidates_on, normalize_address
 from monitor.live.memory import release_free_memory, rss_mib
 from monitor.live.metrics import LiveMetrics
 from monitor.live.session import AnalyzerFactory, LiveSession, default_analyzer_factory
+from monitor.sinks.fanout import EventFanout
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +167,10 @@ def _page(name: str) -> bytes | None:
 class LiveServer:
     """Owns the WHIP sessions, their metrics and the sinks their events go to.
 
-    ``sinks`` are called on the event loop with every event of every session (e.g.
-    ``AlertServer.publish``); ``alerts_port`` lets ``GET /`` point the dashboard at it.
+    Every event of every session passes, on the event loop, through ``fanout`` (the one
+    :class:`EventFanout`, which isolates failing sinks); plain ``sinks`` callables (e.g.
+    ``AlertServer.publish``) are added to it. ``alerts_port`` lets ``GET /`` point the
+    dashboard at the alert websocket.
     """
 
     def __init__(
@@ -175,22 +180,30 @@ class LiveServer:
         token: str | None = None,
         analyzer_factory: AnalyzerFactory = default_analyzer_factory,
         sinks: list[EventSink] | None = None,
+        fanout: EventFanout | None = None,
         alerts_port: int | None = None,
         prewarm: bool | None = None,
+        ticket_check: Callable[[str], bool] | None = None,
     ) -> None:
         self.config = config
         self.token = token
         # Publishing accepts the shared token and each publisher's own (own quotas).
         self.tokens = [*([token] if token is not None else []), *config.live.publisher_tokens]
         self.admission = Admission(config.live)
+        # With a bus, the gateway authenticates and redirects with a ?ticket= the worker
+        # accepts in place of the token (monitor/bus/ticket.py).
+        self.ticket_check = ticket_check
         self.analyzer_factory = analyzer_factory
-        self.sinks: list[EventSink] = list(sinks or [])
+        self.fanout = fanout if fanout is not None else EventFanout()
+        for sink in sinks or []:
+            self.fanout.add(getattr(sink, "__qualname__", repr(sink)), sink)
         self.alerts_port = alerts_port
         # Build one analyzer at start (imports torch, MediaPipe, models: seconds), so the
         # first participant's frames are not queued behind that.
         self.prewarm = analyzer_factory is default_analyzer_factory if prewarm is None else prewarm
         self.metrics = LiveMetrics()
         self.sessions: dict[str, LiveSession] = {}  # by resource id (the unguessable one)
+        self.calls: dict[str, str] = {}  # session id -> the call it belongs to (?call=)
         self._pending_offers = 0
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -273,12 +286,11 @@ class LiveServer:
 
     def dispatch(self, event: dict) -> None:
         """Every session's events pass here, on the loop: metrics, then the sinks."""
+        call = self.calls.get(event.get("session", ""))
+        if call:
+            event["call"] = call
         self.metrics.observe_event(event)
-        for sink in self.sinks:
-            try:
-                sink(event)
-            except Exception:  # a broken sink must not take the session down
-                log.exception("event sink %r failed", sink)
+        self.fanout.publish(event)
 
     # ----- auth ---------------------------------------------------------------------------
 
@@ -286,6 +298,10 @@ class LiveServer:
         """(a 401 problem or None, the quota key: the token, or the client's address)."""
         if not self.tokens:
             return None, f"address:{request.remote or '?'}"
+        ticket = request.query.get("ticket")
+        if ticket and self.ticket_check is not None and self.ticket_check(ticket):
+            # Authenticated by the gateway, which redirected here: one quota per client.
+            return None, f"ticket:{request.remote or '?'}"
         presented = bearer_token(request.headers.get("Authorization"))
         token = matching_token([presented], self.tokens)
         if token is not None:
@@ -338,12 +354,14 @@ class LiveServer:
                 **{"Accept-Post": SDP_TYPE},
             )
         participant = request.query.get("participant", "").strip()
-        if len(participant) > PARTICIPANT_MAX_LEN or not participant.isprintable():
-            return problem(
-                400,
-                "Bad Request",
-                f"participant must be printable and at most {PARTICIPANT_MAX_LEN} characters",
-            )
+        call = request.query.get("call", "").strip()
+        for name, value in (("participant", participant), ("call", call)):
+            if len(value) > PARTICIPANT_MAX_LEN or not value.isprintable():
+                return problem(
+                    400,
+                    "Bad Request",
+                    f"{name} must be printable and at most {PARTICIPANT_MAX_LEN} characters",
+                )
         refusal = self._admit(quota_key)
         if refusal is not None:
             return problem(
@@ -357,7 +375,9 @@ class LiveServer:
             offer = await self._read_offer(request)
             if isinstance(offer, web.Response):
                 return offer
-            return await self._accept(offer, participant, quota_key, self._ice_addresses(request))
+            return await self._accept(
+                offer, participant, call, quota_key, self._ice_addresses(request)
+            )
         finally:
             self._pending_offers -= 1
 
@@ -412,7 +432,7 @@ class LiveServer:
         return [normalize_address(self.host or "127.0.0.1")]
 
     async def _accept(
-        self, offer: str, participant: str, quota_key: str, ice_addresses: list[str]
+        self, offer: str, participant: str, call: str, quota_key: str, ice_addresses: list[str]
     ) -> web.Response:
         try:
             sending = check_offer(offer)
@@ -459,6 +479,8 @@ class LiveServer:
             quota_key=quota_key,
         )
         self.sessions[resource] = session
+        if call:
+            self.calls[session_id] = call
         self.metrics.sessions_total += 1
         self.metrics.sessions_active += 1
         pc.remove_listener("track", collect)
@@ -478,6 +500,7 @@ class LiveServer:
     def _forget(self, resource: str) -> None:
         session = self.sessions.pop(resource, None)
         if session is not None:
+            self.calls.pop(session.id, None)
             self.metrics.sessions_active -= 1
             self.admission.learn(session.busy.lifetime_fraction())
             # The session's threads are gone: hand their freed memory back (off the loop).
