@@ -294,6 +294,10 @@ class LiveServer:
 
     # ----- auth ---------------------------------------------------------------------------
 
+    def _auth_problem(self, request: web.Request) -> web.Response | None:
+        """The 401 problem for a request without a valid token or ticket, else None."""
+        return self._authorize(request)[0]
+
     def _authorize(self, request: web.Request) -> tuple[web.Response | None, str]:
         """(a 401 problem or None, the quota key: the token, or the client's address)."""
         if not self.tokens:
