@@ -182,10 +182,6 @@ class SessionAnalyzer:
         self.stats.audio_seconds += len(chunk.samples) / AUDIO_RATE
         self._pump()
 
-    def note_dropped(self, kind: str, count: int) -> None:
-        """Frames dropped where their times are not known (counted, not placed)."""
-        self.note_lost(LostMedia(kind, "dropped", count))
-
     def note_lost(self, item: LostMedia) -> None:
         """Media that will never arrive (dropped, undecodable, cut off): counted for the
         session, and placed in its windows' quality when its time is known."""

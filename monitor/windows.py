@@ -443,10 +443,13 @@ class Windower:
     @property
     def truncated_s(self) -> float:
         """How far short of its index the media's data ends (0: it does not)."""
-        data_end = [self.frames.last_t + self.frames.interval]
+        ends = [self.frames.last_t + self.frames.interval]
         if self.has_audio:
-            data_end.append(self.audio.t_end)
-        return max(0.0, self._promised_end - max(data_end))
+            ends.append(self.audio.t_end)
+        data_end = max(ends)
+        if not (np.isfinite(data_end) and np.isfinite(self._promised_end)):
+            return 0.0
+        return max(0.0, self._promised_end - data_end)
 
     def media_quality(self, *, received: int, dropped: int, undecodable: int) -> WindowQuality:
         """The whole media's quality, from the session's frame counts."""
