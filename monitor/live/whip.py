@@ -33,6 +33,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.exceptions import OperationError
+from aiortc.rtcdtlstransport import X509_DIGEST_ALGORITHMS
 
 from monitor.auth import bearer_challenge, bearer_token, matching_token
 from monitor.config import MonitorConfig
@@ -51,8 +52,8 @@ WHIP_PATH = "/whip"
 SDP_TYPE = "application/sdp"
 PROBLEM_TYPE = "application/problem+json"
 MAX_OFFER_BYTES = 64 * 1024
-# DTLS fingerprint algorithms aiortc verifies, and their digest sizes in bytes.
-FINGERPRINT_BYTES = {"sha-256": 32, "sha-384": 48, "sha-512": 64}
+# DTLS fingerprint algorithm -> digest size in bytes, for the algorithms aiortc verifies.
+FINGERPRINT_BYTES = {name: h.digest_size for name, h in X509_DIGEST_ALGORITHMS.items()}
 PARTICIPANT_MAX_LEN = 64
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",

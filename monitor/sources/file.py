@@ -75,13 +75,6 @@ class MediaDamage:
         self._pending.clear()
         return items
 
-    def counts(self) -> dict[str, dict[str, int]]:
-        """``{kind: {reason: frames}}``, for events."""
-        out: dict[str, dict[str, int]] = {}
-        for (kind, reason), n in sorted(self.lost.items()):
-            out.setdefault(kind, {})[reason] = n
-        return out
-
     @property
     def any(self) -> bool:
         return bool(self.lost) or self.demux_error is not None
