@@ -295,3 +295,32 @@ def test_a_cut_file_reports_what_its_index_promised(
     assert "before its index says" in summary["rationale"]
     assert scores[-1]["t_end"] >= 3.5  # windows up to where the index says the call ends
     assert [s for s in scores if "no video arrived" in s["rationale"]]
+
+
+@pytest.mark.parametrize("command", ["replay", "push"])
+def test_an_unknown_codec_in_the_header_is_one_line_exit_2(
+    genuine: dict[str, Path], tmp_path: Path, capfd: pytest.CaptureFixture[str], command: str
+) -> None:
+    """Issue 16 case 4: bit flips in moov gave ``AttributeError: 'NoneType' object has no
+    attribute ...`` and exit 1 in replay and push: FFmpeg then lists an audio stream it
+    has no decoder for. One such flip, made on purpose: the top bit of the audio track's
+    handler box size."""
+    data = bytearray(genuine["faststart"].read_bytes())
+    moov_start, moov_end = _boxes(bytes(data))[b"moov"]
+    handler = data.rindex(b"hdlr", moov_start, data.index(b"mp4a", moov_start, moov_end))
+    data[handler - 4] ^= 0x01
+    path = tmp_path / "unknown-codec.mp4"
+    path.write_bytes(bytes(data))
+    with av.open(str(path)) as container:
+        assert container.streams.audio[0].codec_context is None  # what used to crash
+    args = [command, str(path)]
+    args += (
+        ["--out", str(tmp_path / "e.jsonl")]
+        if command == "replay"
+        else ["--url", "http://127.0.0.1:9/whip"]
+    )
+    status = main(args)
+    err = capfd.readouterr().err
+    assert status == 2 and "Traceback" not in err, err[-2000:]
+    errors = [line for line in err.splitlines() if line.startswith(f"dfmon {command}: error:")]
+    assert len(errors) == 1 and "audio stream cannot be decoded" in errors[0]
