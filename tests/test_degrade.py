@@ -269,7 +269,7 @@ def test_a_missing_required_detector_still_lets_alarms_through() -> None:
 
 def test_windows_that_lost_too_many_frames_are_unknown_and_not_scored() -> None:
     """Issue 16 case 2: windows that lost about half their frames to drops were scored
-    into false alarms. Below window.min_frames_fraction (60%) they are unknown, their
+    into false alarms. Below window.min_frames_fraction (75%) they are unknown, their
     detectors not run, and the reason and the counts are in the event."""
     lip_sync, temporal = _Fixed("lip_sync", 0.9), _Fixed("temporal", 0.9)
     # From 2 s to 4 s every other frame is dropped by the (live) analysis.
@@ -285,9 +285,10 @@ def test_windows_that_lost_too_many_frames_are_unknown_and_not_scored() -> None:
     assert thinned["quality"]["frames_expected"] == 50
     assert "too little video: 25 of 50 frames (25 dropped by the analysis)" in thinned["rationale"]
     assert all(w.t_start != 2.0 for w in lip_sync.windows)  # not run on it
-    partly = scores[3]  # 1.5-3.5: 31 of 50 received, above the minimum: scored, with a caveat
+    assert scores[3]["level"] == "unknown"  # 1.5-3.5: 31 of 50 (62%), below 75%
+    partly = scores[1]  # 0.5-2.5: 43 of 50 received, above the minimum: scored, with a caveat
     assert partly["window_risk"] is not None
-    assert "rests on thinned or damaged media: 31 of 50 frames (19 dropped" in partly["rationale"]
+    assert "rests on thinned or damaged media: 43 of 50 frames (7 dropped" in partly["rationale"]
     whole = scores[0]
     assert whole["quality"]["frames_expected"] == whole["quality"]["frames_received"] == 50
     assert "thinned" not in whole["rationale"]

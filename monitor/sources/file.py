@@ -36,9 +36,9 @@ MediaItem = VideoFrame | AudioChunk
 # Formats read with soundfile (exact sample counts, no container quirks); the rest via PyAV.
 _SOUNDFILE_SUFFIXES = {".wav", ".flac"}
 _SOUNDFILE_BLOCK_S = 1.0
-# An audio frame starting this much after the previous one ended leaves a gap: fill it.
-# (One lost AAC frame is 21-64 ms; left unfilled it would pull later audio early.)
-_AUDIO_GAP_S = 0.005
+# An input audio timestamp further than this from the sample count is a real gap: fill it.
+# (Smaller offsets are timestamp jitter: some files' audio pts wander by +-20 ms.)
+_AUDIO_GAP_S = 0.1
 
 
 # Containers whose stream durations come from an index (not estimated from the bitrate),
@@ -207,17 +207,28 @@ class _AudioClock:
         self._out_samples = 0  # 16 kHz samples emitted so far (including gap fill)
         self._input_end: float | None = None  # media time where the last input frame ended
 
-    def feed(self, frame: av.AudioFrame | None, t: float | None) -> list[AudioChunk]:
-        """One decoded frame (at media time ``t``), or None to flush at the end."""
+    def feed(
+        self, frame: av.AudioFrame | None, t: float | None, *, lost_s: float = 0.0
+    ) -> list[AudioChunk]:
+        """One decoded frame (at media time ``t``), or None to flush at the end.
+
+        ``lost_s``: audio known lost just before this frame (packets that did not
+        decode). Its gap is filled even when shorter than ``_AUDIO_GAP_S``, which only
+        guards against timestamp jitter: one lost AAC frame (21-64 ms) left unfilled
+        would pull all later audio early.
+        """
         chunks: list[AudioChunk] = []
         if frame is not None:
             if self._t0 is None:
                 self._t0 = t if t is not None else 0.0
-            elif t is not None and self._input_end is not None:
-                gap = t - self._input_end
-                if gap > _AUDIO_GAP_S:
-                    # A hole in the input (a packet that did not decode, a gap in the
-                    # recording): silence keeps what follows at its time, in sync.
+            elif t is not None:
+                if lost_s > 0 and self._input_end is not None:
+                    # Known lost: the hole is where the last frame ended to this one.
+                    gap, threshold = t - self._input_end, lost_s / 2
+                else:
+                    gap, threshold = t - self._next_t(), _AUDIO_GAP_S
+                if gap > threshold:
+                    # A hole in the input: keep the clock honest with silence.
                     chunks.append(self._chunk(np.zeros(round(gap * AUDIO_RATE), np.float32)))
             start = t if t is not None else self._input_end
             if start is not None and frame.sample_rate:
@@ -270,6 +281,7 @@ class FileSource:
         self.audio_path = Path(audio_path) if audio_path is not None else None
         self.damage = MediaDamage()
         self._last_seen: dict[str, float] = {}  # kind -> latest frame time, lost ones too
+        self._audio_lost_s = 0.0  # audio lost since the last audio frame decoded
         self._closed = False
         self._iterating = False
         _check_readable(self.path)
@@ -391,6 +403,8 @@ class FileSource:
         return t - self._origin
 
     def _lost(self, kind: str, reason: str, t: float | None, duration_s: float | None) -> None:
+        if kind == "audio":
+            self._audio_lost_s += duration_s or 0.0
         media_t = None if t is None else self._media_time(t)
         if media_t is not None:
             self._last_seen[kind] = max(self._last_seen.get(kind, media_t), media_t)
@@ -425,7 +439,9 @@ class FileSource:
                 video_frames += 1
             elif clock is not None and isinstance(frame, av.AudioFrame):
                 t = _seconds(frame.pts, frame.time_base or audio.time_base)
-                yield from clock.feed(frame, None if t is None else self._media_time(t))
+                lost_s, self._audio_lost_s = self._audio_lost_s, 0.0
+                t = None if t is None else self._media_time(t)
+                yield from clock.feed(frame, t, lost_s=lost_s)
         if clock is not None:
             yield from clock.feed(None, None)
         if video_frames == 0:
@@ -467,7 +483,11 @@ class FileSource:
         clock = _AudioClock()
         audio_origin: float | None = _seconds(stream.start_time, stream.time_base)
 
+        lost_s = 0.0  # since the last frame decoded
+
         def on_lost(kind: str, reason: str, t: float | None, duration_s: float | None) -> None:
+            nonlocal lost_s
+            lost_s += duration_s or 0.0
             origin = audio_origin or 0.0
             t = None if t is None else t - origin
             self.damage.record(LostMedia(kind, reason, t=t, duration_s=duration_s))
@@ -478,7 +498,8 @@ class FileSource:
                 if audio_origin is None:
                     audio_origin = t
                 t -= audio_origin
-            yield from clock.feed(frame, t)
+            yield from clock.feed(frame, t, lost_s=lost_s)
+            lost_s = 0.0
         yield from clock.feed(None, None)
 
     def _soundfile_audio(self, path: Path) -> Iterator[AudioChunk]:
