@@ -323,17 +323,25 @@ class SequentialDecision:
         self, evidence: Sequence[Evidence], active: set[str] | None = None
     ) -> WindowDecision:
         """Advance by one window's evidence. ``active``: the detectors running this session
-        (a required detector that is not running cannot block clearing)."""
+        (default: those in ``evidence``). Only a window with evidence from a detector in
+        ``clear_requires`` counts towards clear; one of them not running (failed, hung, not
+        enabled) means the session cannot be clear at all (issue 16)."""
         previous = self.level
         self.windows += 1
+        running = active if active is not None else {item.detector for item in evidence}
+        can_clear = all(name in running for name in self.clear_requires)
         contributions, uncalibrated = self.contributions(evidence)
+        clearing = can_clear and (
+            not self.clear_requires or any(name in contributions for name in self.clear_requires)
+        )
+        self._insufficient_streak = 0 if clearing else self._insufficient_streak + 1
+        if self.level == "clear" and (
+            not can_clear or self._insufficient_streak >= self.unknown_after_windows
+        ):
+            self.level = UNKNOWN
+            self.support_nats = 0.0
         if not contributions:
-            self._insufficient_streak += 1
-            if self.level == "clear" and self._insufficient_streak >= self.unknown_after_windows:
-                self.level = UNKNOWN
-                self.support_nats = 0.0
             return self._step(previous, contributions, None, None, uncalibrated)
-        self._insufficient_streak = 0
         self.windows_with_evidence += 1
         llr = sum(contributions.values())
         self.total_llr += llr
@@ -342,9 +350,7 @@ class SequentialDecision:
         self.evidence_nats = min(
             config.ceiling_nats, max(config.floor_nats, self.evidence_nats + weighted)
         )
-        running = active if active is not None else {item.detector for item in evidence}
-        required = [name for name in self.clear_requires if name in running]
-        if not required or any(name in contributions for name in required):
+        if clearing:
             self.support_nats = min(config.clear_nats, max(0.0, self.support_nats - weighted))
         self._set_level()
         if self.evidence_nats > self.peak_evidence_nats or self.peak_window is None:

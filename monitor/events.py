@@ -70,7 +70,11 @@ class EventFactory:
         config: MonitorConfig,
         detector_versions: Mapping[str, str],
         calibrated: Iterable[str] = (),
+        unavailable: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
+        """``calibrated``: the detectors the decision has a calibration for; ``unavailable``:
+        detectors needed to call a window clear that this session lacks, and why (then no
+        window can be clear)."""
         decision = config.decision
         return self.make(
             "session_started",
@@ -88,6 +92,9 @@ class EventFactory:
                     "calibrated": sorted(calibrated),
                 },
                 "detectors": dict(detector_versions),
+                "clear_requires": list(config.fusion.clear_requires),
+                "min_frames_fraction": config.window.min_frames_fraction,
+                "unavailable": dict(unavailable or {}),
             },
         )
 
@@ -100,20 +107,26 @@ class EventFactory:
         risk: float,
         dropped_frames: int,
         inference_s: float,
+        caveats: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """One window's score: what its evidence added (``step``) and where the session is."""
+        """One window's score: what its evidence added (``step``) and where the session is.
+        ``caveats`` (too little media, thinned media, missing detectors) go into the
+        rationale."""
         span = format_span(window.t_start, window.t_end)
         if step.llr is None:
-            reasons = "; ".join(e.rationale for e in evidence) or "no detector ran"
+            reasons = "; ".join([*caveats, *(e.rationale for e in evidence)]) or "no detector ran"
             rationale = f"insufficient evidence over {span}: {reasons}"
         else:
-            rationale = f"{step.llr:+.1f} nats over {span}: " + window_rationale(evidence, step)
+            rationale = "; ".join(
+                [f"{step.llr:+.1f} nats over {span}: " + window_rationale(evidence, step), *caveats]
+            )
         items = []
         for item in evidence:
             data = item.to_json()
             if item.detector in step.contributions:
                 data["llr"] = round(step.contributions[item.detector], 3)
             items.append(data)
+        quality = window.quality.as_event() if window.quality is not None else None
         return self.make(
             "score",
             window=window.index,
@@ -127,6 +140,7 @@ class EventFactory:
             rationale=rationale,
             evidence=items,
             dropped_frames=dropped_frames,
+            quality=quality,
             inference_ms=round(inference_s * 1000, 2),
         )
 
@@ -165,6 +179,9 @@ class EventFactory:
         evidence_nats: float,
         config: MonitorConfig,
         counts: Mapping[str, Any],
+        quality: Mapping[str, Any] | None = None,
+        caveats: Sequence[str] = (),
+        unavailable: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """The session's verdict, its peak moment and its final state, as separate fields.
 
@@ -172,6 +189,8 @@ class EventFactory:
         never had evidence enough to clear), ``risk`` that peak on the risk scale, ``peak``
         where it was, ``final_level`` and ``final_risk`` where the session ended.
         ``evidence``: each detector's session-level evidence (explains, does not decide).
+        ``counts``: windows, frames, drops and alerts of the session; ``quality``: its
+        media, frame by frame; ``caveats``: what the verdict rests on.
         """
         decision = config.decision
         if verdict == "unknown" or peak is None:
@@ -190,6 +209,7 @@ class EventFactory:
             )
         if verdict != final_level:
             head += f"; final state {final_level} ({evidence_nats:.1f} nats)"
+        head = "; ".join([head, *caveats])
         details = scored_rationale(evidence)
         return self.make(
             "summary",
@@ -208,6 +228,8 @@ class EventFactory:
             final_risk=round(final_risk, 4),
             evidence_nats=round(evidence_nats, 3),
             **counts,
+            quality=dict(quality or {}),
+            unavailable_detectors=dict(unavailable or {}),
             rationale=head + (f". Session evidence: {details}" if details else ""),
             evidence=[item.to_json() for item in evidence],
         )
