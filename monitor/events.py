@@ -259,7 +259,9 @@ def level_reason(level: str, evidence_nats: float, config: MonitorConfig) -> str
 
 
 def window_rationale(evidence: Iterable[Evidence], step: WindowDecision) -> str:
-    """``detector +1.2 nats (score 0.83): its rationale; ...``, strongest evidence first."""
+    """``detector +1.2 nats (score 0.83): its rationale; ...``, strongest evidence first,
+    then the detectors without evidence and why (``lip_sync: insufficient evidence: ...``)."""
+    evidence = list(evidence)
     scored = [e for e in evidence if e.score is not None]
     scored.sort(key=lambda e: -step.contributions.get(e.detector, 0.0))
     parts = []
@@ -267,6 +269,7 @@ def window_rationale(evidence: Iterable[Evidence], step: WindowDecision) -> str:
         llr = step.contributions.get(e.detector)
         weight = "not counted" if llr is None else f"{llr:+.1f} nats"
         parts.append(f"{e.detector} {weight} (score {e.score:.2f}): {e.rationale}")
+    parts += [f"{e.detector}: {e.rationale}" for e in evidence if e.score is None]
     return "; ".join(parts)
 
 

@@ -42,9 +42,14 @@ def window(lip: float | None, temporal: float | None = None) -> list[Evidence]:
     return items
 
 
-def windows_to(decision: SequentialDecision, level: str, evidence: list[Evidence]) -> int:
+def windows_to(
+    decision: SequentialDecision,
+    level: str,
+    evidence: list[Evidence],
+    active: set[str] | None = None,
+) -> int:
     for n in range(1, 200):
-        if decision.update(evidence).level == level:
+        if decision.update(evidence, active).level == level:
             return n
     raise AssertionError(f"never reached {level}")
 
@@ -142,10 +147,16 @@ def test_clear_expires_without_evidence_but_an_alarm_does_not() -> None:
     assert decision.level == "alert"
 
 
-def test_a_required_detector_that_is_not_running_cannot_block_clearing() -> None:
+def test_without_a_required_detector_running_the_session_cannot_be_clear() -> None:
+    """Issue 16: lip-sync failed, hung or is not enabled; the other detectors must not clear
+    the call in its place, but can still raise an alarm."""
     decision = session()
-    decision.update(window(None, 0.1)[1:], active={"temporal"})
+    decision.update(window(0.1, 0.1))
     assert decision.level == "clear"
+    for _ in range(20):
+        step = decision.update(window(None, 0.05)[1:], active={"temporal"})
+        assert step.level == "unknown"
+    assert windows_to(decision, "alert", window(None, 0.99)[1:], active={"temporal"}) > 0
 
 
 def test_uncalibrated_detectors_count_a_little_and_say_so() -> None:
