@@ -5,6 +5,11 @@ the mean distance at each lag of -600..+600 ms (SyncNet's curve), and reads off 
 offset (``offset_ms > 0``: audio later than the lips), SyncNet's confidence (median
 minus minimum distance) and a calibrated in-sync probability; the score is one minus
 that probability. The model, its backends and its calibration live in monitor/sync/.
+
+With a streaming backend each frame's half of the video tower runs once, when a window
+first holds the frame, and is kept in a per-session :class:`FrameStore` for the three
+later windows that hold it too; per window only the temporal layers and the audio tower
+run. The result equals the whole-window model's up to float rounding.
 """
 
 from __future__ import annotations
@@ -18,8 +23,17 @@ import numpy as np
 from monitor.config import MonitorConfig
 from monitor.detectors.base import Evidence, describe_offset, format_span
 from monitor.errors import BackendUnavailableError
+from monitor.features.store import FrameStore
+from monitor.features.types import FrameFeatures
 from monitor.sync.backends import WEIGHTS_PATH, BatchingRunner, Calibration, shared_runner
-from monitor.sync.features import GRID_STEP_S, window_inputs, window_lag_distances
+from monitor.sync.features import (
+    GRID_STEP_S,
+    frame_model_inputs,
+    lag_distances,
+    stream_inputs,
+    window_inputs,
+    window_lag_distances,
+)
 from monitor.sync.scoring import CurveSummary, curve_features, summarize_curve
 from monitor.windows import AnalysisWindow
 
@@ -47,8 +61,13 @@ class LearnedSyncDetector:
 
     def __init__(self, config: MonitorConfig, runner: BatchingRunner | None = None) -> None:
         self.window_config = config.window
-        self.calibration = load_calibration()
         self.runner = runner if runner is not None else shared_runner(config.lip_sync.backend)
+        # The model file the backend runs says its own calibration (no torch needed).
+        self.calibration = getattr(self.runner, "calibration", None) or load_calibration()
+        self._frame_embeddings: FrameStore[np.ndarray] | None = (
+            FrameStore(self._embed_frames) if getattr(self.runner, "streaming", False) else None
+        )
+        self._blank: np.ndarray | None = None  # embedding of a grid step without a face
         self._curve_sum: np.ndarray | None = None
         self._lags: np.ndarray | None = None
         self._curve_windows = 0
@@ -61,11 +80,12 @@ class LearnedSyncDetector:
     def analyze(self, window: AnalysisWindow) -> Evidence:
         span = format_span(window.t_start, window.t_end)
         lacking = self._lacking(window)
+        measured = None
         if lacking is None:
-            inputs = window_inputs(window)
-            if inputs is None:
+            measured = self._curve(window)
+            if measured is None:
                 lacking = "no 5 consecutive frames (0.2 s) with a tracked face"
-        if lacking is not None:
+        if lacking is not None or measured is None:
             return Evidence(
                 self.name,
                 None,
@@ -78,13 +98,9 @@ class LearnedSyncDetector:
                     "backend": self.backend,
                 },
             )
-        assert inputs is not None
-        curve = window_lag_distances(inputs, self.runner.embed).mean(axis=0)
-        lags = inputs.lags
+        curve, lags, stacks = measured
         self._accumulate(curve, lags, window)
-        return self._evidence(
-            curve, lags, span, (window.t_start, window.t_end), len(inputs.positions)
-        )
+        return self._evidence(curve, lags, span, (window.t_start, window.t_end), stacks)
 
     def summarize(self) -> Evidence | None:
         """Session evidence from the mean lag curve of every scored window."""
@@ -97,6 +113,43 @@ class LearnedSyncDetector:
         return evidence
 
     # -----------------------------------------------------------------------------------
+
+    def _curve(self, window: AnalysisWindow) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(mean lag curve, lags, scored steps), or None without 5 face frames in a row."""
+        store = self._frame_embeddings
+        if store is None:
+            inputs = window_inputs(window)
+            if inputs is None:
+                return None
+            curve = window_lag_distances(inputs, self.runner.embed).mean(axis=0)
+            return curve, inputs.lags, len(inputs.positions)
+        streamed = stream_inputs(window)
+        if streamed is None:
+            return None
+        shown = streamed.frames >= 0
+        stored = store.get([window.frames[i] for i in streamed.frames[shown]])
+        steps = np.repeat(self._blank_embedding()[None], streamed.steps, axis=0)
+        if stored:
+            steps[shown] = np.stack(stored)
+        video, audio = self.runner.embed_windows(steps[None], streamed.mel[None])
+        # Windows move forward: no later one reads frames before this one's start.
+        store.forget_before(window.t_start)
+        curve = lag_distances(streamed, video[0], audio[0]).mean(axis=0)
+        return curve, streamed.lags, len(streamed.positions)
+
+    def _embed_frames(self, frames: list[FrameFeatures]) -> list[np.ndarray]:
+        crops, lips = frame_model_inputs([f.face for f in frames if f.face is not None])
+        return list(self.runner.embed_frames(crops, lips))
+
+    def _blank_embedding(self) -> np.ndarray:
+        """What a step without a face contributes: the frame half on all-zero inputs."""
+        if self._blank is None:
+            crops, lips = frame_model_inputs([])
+            self._blank = self.runner.embed_frames(
+                np.zeros((1, *crops.shape[1:]), np.float32),
+                np.zeros((1, lips.shape[1]), np.float32),
+            )[0]
+        return self._blank
 
     def _lacking(self, window: AnalysisWindow) -> str | None:
         if not window.has_audio_stream:
