@@ -18,6 +18,7 @@ class FaceObservation:
     face_crop: np.ndarray  # (256, 256, 3) uint8 RGB, whole face, size-normalized
     aperture: float  # inner-lip gap / face height
     mouth_width: float  # mouth corner distance / face width
+    track_id: int = 0  # which of the session's face tracks this is (0: not tracked)
 
 
 @dataclass(frozen=True, slots=True)

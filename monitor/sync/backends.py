@@ -56,6 +56,7 @@ FRAME_OUTPUT_NAME = "frame_features"
 WINDOW_INPUT_NAMES = ("frame_features", "mel")
 BACKEND_NAMES = ("auto", "tensorrt", "torch-cuda", "torch", "onnx")
 AUTO_ORDER = ("tensorrt", "torch-cuda", "onnx", "torch")
+GPU_BACKENDS = ("tensorrt", "torch-cuda")
 
 
 def _cpu_threads() -> int:
@@ -304,7 +305,12 @@ def create_backend(name: str = "auto") -> SyncBackend:
     if name != "auto":
         return _create_one(name)
     reasons = []
+    gpu = nvidia_gpu_visible()
     for candidate in AUTO_ORDER:
+        if candidate in GPU_BACKENDS and not gpu:
+            # Importing torch or TensorRT only to hear there is no GPU costs seconds.
+            reasons.append(f"{candidate}: no NVIDIA GPU visible")
+            continue
         try:
             return _create_one(candidate)
         except BackendUnavailableError as exc:
@@ -314,6 +320,16 @@ def create_backend(name: str = "auto") -> SyncBackend:
             reasons.append(f"{candidate}: {type(exc).__name__}: {exc}")
             log.warning("sync backend %s failed to start: %s", candidate, exc)
     raise BackendUnavailableError("no sync backend works here: " + "; ".join(reasons))
+
+
+def nvidia_gpu_visible() -> bool:
+    """Whether this process may see an NVIDIA GPU (device nodes present, not hidden by
+    ``CUDA_VISIBLE_DEVICES``); cheap, so ``auto`` imports no GPU stack on CPU machines."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    dev = Path("/dev")
+    return (dev / "nvidiactl").exists() or any(dev.glob("nvidia[0-9]*"))
 
 
 def _create_one(name: str) -> SyncBackend:
