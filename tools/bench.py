@@ -1,24 +1,34 @@
 #!/usr/bin/env python3
-"""How fast the monitor is: replay speed on one core, per-stage cost, live capacity,
-end-to-end alert latency, memory per session, and SyncNet's cost for comparison.
+"""How fast the monitor is, against a baseline commit measured in the same run.
 
-    .venv/bin/python tools/bench.py [CLIP] [--runs 3] [--out /tmp/dfmon-bench]
+    .venv/bin/python tools/bench.py [--baseline main] [--runs 3] [--out /tmp/dfmon-bench]
+                                    [--skip replay,capacity] [--include latency]
 
-- Replay speed: ``taskset -c 0`` on a subprocess that runs ``dfmon replay CLIP`` (the CLI
-  entry point, in-process, with ``replay_file`` wrapped to keep its stats), once per
-  lip-sync model and run. x real time = media seconds / replay wall seconds (interpreter
-  start and imports excluded; the process wall time is reported too). Milliseconds per
-  frame per stage come from the same run's stats; peak RSS from ``getrusage``.
-- Live capacity: ``tools/bench_live.py capacity`` (real WHIP sessions on loopback, the
-  server in one process, publishers in another); the largest count whose frame drops
-  stay <= 1% and whose latency does not grow by more than 0.5 s.
-- End-to-end latency: ``dfmon replay CLIP --realtime --serve-alerts`` in a subprocess and
-  a websocket client here; latency of a window = arrival time - (replay start + t_end).
-- SyncNet: ``tools/bench_sync.py`` on the same core, SyncNet's architecture (random
-  weights) against the learned model, per 2 s analysis window.
+Two source trees are measured side by side with the same interpreter and packages: this
+checkout ("current") and ``--baseline`` (a detached git worktree under /tmp, made once
+per commit). Runs of the two alternate, so that load from other jobs on the machine
+falls on both alike; every figure is the median of ``--runs`` runs, and the ratios are
+current / baseline.
 
-Every figure is a median of ``--runs`` runs (capacity: one sweep), with the baseline
-lip-sync detector measured in the same run as the reference for ratios.
+- **Replay on one core, process start included.** ``taskset -c 0`` on a fresh
+  ``python -m monitor.cli replay CLIP`` (one thread for numpy, torch and onnxruntime).
+  x real time = media seconds / process wall seconds, from spawn to exit. The same run
+  also gives the replay loop alone, the time from spawn to the first analysed frame
+  (the first frame through the face tracker), milliseconds per frame per stage from
+  the session's stats, and peak RSS. Clips (made once, cached in /tmp/dfmon-bench):
+  ``talking-head-512`` (24 s, 512x512, 25 fps: the three HDTF dev clips back to back,
+  H.264 crf 23, AAC), ``real-720p`` (the HyperLips dev clip, 1278x720 H.264, 10.9 s,
+  as it is), ``synthetic-720p`` (a 1280x720 synthetic call) and ``synthetic-480p``
+  (640x480). Clips from ../shared/data/dev are skipped when it is absent.
+- **Live sweep** (1 to 10 participants): each tree's own ``tools/bench_live.py capacity``
+  (real WHIP sessions on loopback; the server in one process, publishers sending
+  pre-encoded 640x480 25 fps VP8/Opus packets in another, so that encoding takes none of
+  the server's CPU). Per count: the server's CPU share (cores), the frame drop fraction,
+  latency median and p95 from window end to websocket. This script samples the server
+  process's RSS: its peak per count, and the extra MiB per session (least-squares slope
+  of peak RSS over the counts).
+- ``--include latency``: ``dfmon replay --realtime --serve-alerts`` of the 720p clip with
+  a websocket client here (window end to websocket, one participant, no WebRTC).
 """
 
 from __future__ import annotations
@@ -33,47 +43,192 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from monitor.evaluation.machine import describe_machine, machine_line  # noqa: E402
-from monitor.evaluation.metrics import percentile  # noqa: E402
 
-SHARED_CLIP = (
-    ROOT.parent / "shared" / "data" / "dev" / "real" / "semchan_HyperLips__test_video1_video1.mp4"
-)
+def _shared_dev() -> Path:
+    """../shared/data/dev beside the checkout (or beside the worktrees' directory)."""
+    for base in (ROOT.parent, ROOT.parent.parent):
+        if (base / "shared" / "data" / "dev").is_dir():
+            return base / "shared" / "data" / "dev"
+    return ROOT.parent / "shared" / "data" / "dev"
+
+
+SHARED_DEV = _shared_dev()
+CACHE = Path("/tmp/dfmon-bench")
 RESULT_MARK = "BENCH-RESULT "
 STAGES = ("decode", "landmarks", "audio_features", "detectors", "fusion")
-# Capacity: a count is sustained when drops stay under this and latency does not grow.
-MAX_DROP_FRACTION = 0.01
-MAX_LAG_GROWTH_S = 0.5
-ONE_CORE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GLOG_minloglevel": "2"}
+ONE_CORE_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "DFMON_SYNC_THREADS": "1",
+    "GLOG_minloglevel": "2",
+}
+HDTF_CLIPS = (
+    "OpenTalker_SadTalker__examples_ref_video_WDA_AlexandriaOcasioCortez_000.mp4",
+    "OpenTalker_SadTalker__examples_ref_video_WDA_KatieHill_000.mp4",
+    "OpenTalker_SadTalker__test_examples_source_image_RD_Radio2_000.mp4",
+)
+REAL_720P = "semchan_HyperLips__test_video1_video1.mp4"
+LONG_TEXT = (
+    "Hello, can you hear me? I am calling about the budget for next year. Please send the "
+    "figures before our meeting. We need the numbers for every department, and the plan "
+    "for the new office. Call me back when you have them, or write to me this afternoon."
+)
+# The live sweep: a count holds up when drops stay under this fraction.
+MAX_DROP_FRACTION = 0.0
 
 
-# ----- workers (run as subprocesses of this script) --------------------------------------------
+# ----- clips -----------------------------------------------------------------------------------
 
 
-def _capture_replay(on_start: Any = None) -> list[Any]:
-    """Wrap ``monitor.replay.replay_file`` (the CLI imports it at call time) to keep results."""
+def _talking_head_512(path: Path) -> Path | None:
+    """The three 8 s HDTF dev clips back to back: 24 s of 512x512 25 fps talking head."""
+    sources = [SHARED_DEV / "real" / name for name in HDTF_CLIPS]
+    if not all(p.exists() for p in sources):
+        return None
+    import av
+    import numpy as np
+
+    tmp = path.with_suffix(".tmp.mp4")
+    with av.open(str(tmp), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width = video.height = 512
+        video.pix_fmt = "yuv420p"
+        video.options = {"crf": "23", "preset": "veryfast"}
+        audio = out.add_stream("aac", rate=16000)
+        audio.layout = "mono"
+        frames = samples = 0
+        for source in sources:
+            with av.open(str(source)) as clip:
+                for frame in clip.decode(clip.streams.video[0]):
+                    image = frame.to_ndarray(format="yuv420p")
+                    picture = av.VideoFrame.from_ndarray(image, format="yuv420p")
+                    picture.pts = frames
+                    frames += 1
+                    out.mux(video.encode(picture))
+            with av.open(str(source)) as clip:
+                resampler = av.AudioResampler(format="fltp", layout="mono", rate=16000)
+                for frame in clip.decode(clip.streams.audio[0]):
+                    for chunk in resampler.resample(frame):
+                        chunk.pts = samples
+                        samples += chunk.samples
+                        out.mux(audio.encode(chunk))
+            gap = round(frames / 25 * 16000) - samples  # keep the audio level with the video
+            if gap > 0:
+                silence = av.AudioFrame.from_ndarray(
+                    np.zeros((1, gap), np.float32), format="fltp", layout="mono"
+                )
+                silence.sample_rate, silence.pts = 16000, samples
+                samples += gap
+                out.mux(audio.encode(silence))
+        out.mux(video.encode())
+        out.mux(audio.encode())
+    tmp.rename(path)
+    return path
+
+
+def _synthetic(path: Path, size: tuple[int, int]) -> Path:
+    from monitor.synth.call import make_call
+
+    make_call(path, seed=3, size=size, text=LONG_TEXT)
+    return path
+
+
+def bench_clips() -> dict[str, Path]:
+    """name -> clip, made once into the cache (the dev clips only where they exist)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    clips: dict[str, Path] = {}
+    head = CACHE / "talking-head-512.mp4"
+    if head.exists() or _talking_head_512(head) is not None:
+        clips["talking-head-512"] = head
+    real = SHARED_DEV / "real" / REAL_720P
+    if real.exists():
+        clips["real-720p"] = real
+    for name, size in (("synthetic-720p", (720, 1280)), ("synthetic-480p", (480, 640))):
+        path = CACHE / f"{name}.mp4"
+        clips[name] = path if path.exists() else _synthetic(path, size)
+    return clips
+
+
+# ----- trees -----------------------------------------------------------------------------------
+
+
+def _git(*args: str, cwd: Path = ROOT) -> str:
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def baseline_tree(commit: str) -> tuple[Path, str]:
+    """A detached worktree of ``commit`` under /tmp (made once), and its short hash."""
+    full = _git("rev-parse", "--verify", f"{commit}^{{commit}}")
+    short = full[:7]
+    tree = Path("/tmp") / f"dfmon-bench-baseline-{short}"
+    if not (tree / "monitor").is_dir():
+        if tree.exists():
+            shutil.rmtree(tree)
+        _git("worktree", "prune")
+        _git("worktree", "add", "--detach", str(tree), full)
+    return tree, short
+
+
+def _tree_env(tree: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment that makes ``import monitor`` load ``tree``'s code."""
+    return {**os.environ, "PYTHONPATH": str(tree), "DFMON_BENCH_TREE": str(tree), **(extra or {})}
+
+
+# ----- replay worker (a subprocess, importing the tree under test) ---------------------------
+
+
+def worker_replay(clip: str, spawned: float) -> int:
+    """``dfmon replay CLIP``; print its stats, the first analysed frame's time and RSS."""
+    import monitor.pipeline
     import monitor.replay
 
+    marks: dict[str, float] = {"imported": time.time() - spawned}
     results: list[Any] = []
-    original = monitor.replay.replay_file
+    add_video = monitor.pipeline.SessionAnalyzer.add_video
 
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        if on_start is not None:
-            on_start()
-        result = original(*args, **kwargs)
+    def timed_add_video(self: Any, frame: Any) -> None:
+        add_video(self, frame)
+        marks.setdefault("first_frame", time.time() - spawned)
+
+    replay_file = monitor.replay.replay_file
+
+    def kept_replay_file(*args: Any, **kwargs: Any) -> Any:
+        result = replay_file(*args, **kwargs)
         results.append(result)
         return result
 
-    monitor.replay.replay_file = wrapped
-    return results
+    monitor.pipeline.SessionAnalyzer.add_video = timed_add_video  # type: ignore[method-assign]
+    monitor.replay.replay_file = kept_replay_file
+    from monitor.cli import main as dfmon
+
+    status = dfmon(["replay", clip, "--out", os.devnull])
+    if status != 0 or not results:
+        return status or 1
+    result = results[0]
+    stats = result.stats
+    _emit_result(
+        {
+            "media_seconds": result.media_seconds,
+            "replay_seconds": result.wall_seconds,
+            "video_frames": stats.video_frames,
+            "windows": stats.windows_scored + stats.windows_insufficient,
+            "level": result.summary.get("level"),
+            "stage_seconds": {"decode": result.decode_seconds, **stats.stage_seconds},
+            "detector_seconds": stats.detector_seconds,
+            "marks": marks,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+    )
+    return 0
 
 
 def _emit_result(data: dict[str, Any]) -> None:
@@ -81,104 +236,167 @@ def _emit_result(data: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def worker_replay(clip: str, model: str) -> int:
-    """``dfmon replay CLIP`` as fast as possible; print its stats and this process's peak RSS."""
-    from monitor.cli import main as dfmon
-
-    results = _capture_replay()
-    status = dfmon(["replay", clip, "--out", os.devnull, "--lip-sync", model])
-    if status != 0 or not results:
-        return status or 1
-    result = results[0]
-    stats = result.stats
-    windows = stats.windows_scored + stats.windows_insufficient
-    _emit_result(
-        {
-            "media_seconds": result.media_seconds,
-            "wall_seconds": result.wall_seconds,
-            "x_realtime": result.x_realtime,
-            "video_frames": stats.video_frames,
-            "windows": windows,
-            "stage_seconds": {"decode": result.decode_seconds, **stats.stage_seconds},
-            "detector_seconds": stats.detector_seconds,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        }
-    )
-    return 0
-
-
-def worker_latency(clip: str, model: str, port: int) -> int:
-    """``dfmon replay --realtime --serve-alerts``; print the wall time its replay started."""
-    from monitor.cli import main as dfmon
-
-    origin: list[float] = []
-    _capture_replay(on_start=lambda: origin.append(time.time()))
-    status = dfmon(
-        [
-            "replay", clip, "--realtime", "--serve-alerts", f"127.0.0.1:{port}",
-            "--out", os.devnull, "--lip-sync", model,
-        ]
-    )  # fmt: skip
-    if origin:
-        _emit_result({"origin": origin[0]})
-    return status
-
-
-# ----- measurements (this process) -------------------------------------------------------------
-
-
-def _run_worker(args: list[str], *, one_core: bool, timeout: float) -> tuple[dict[str, Any], float]:
-    """Run a worker subprocess; return its result line and the process's wall seconds."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", *args]
-    if one_core:
-        command = ["taskset", "-c", "0", *command]
-    env = {**os.environ, **ONE_CORE_ENV} if one_core else dict(os.environ)
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-    wall = time.perf_counter() - started
-    for line in done.stdout.splitlines():
+def _result_line(stdout: str) -> dict[str, Any] | None:
+    for line in stdout.splitlines():
         if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK) :]), wall
-    raise RuntimeError(f"worker {args[0]} failed ({done.returncode}): {done.stderr[-800:]}")
+            return json.loads(line[len(RESULT_MARK) :])
+    return None
+
+
+def replay_once(tree: Path, clip: Path) -> dict[str, Any]:
+    """One process: spawn to exit on core 0, the worker's figures inside it."""
+    spawned = time.time()
+    command = [
+        "taskset", "-c", "0", sys.executable, str(Path(__file__).resolve()),
+        "--worker", "replay", str(clip), repr(spawned),
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=900, env=_tree_env(tree, ONE_CORE_ENV)
+    )
+    process_s = time.time() - spawned
+    result = _result_line(done.stdout)
+    if result is None:
+        raise RuntimeError(f"replay of {clip.name} in {tree} failed: {done.stderr[-800:]}")
+    result["process_seconds"] = process_s
+    return result
 
 
 def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def bench_replay(clip: Path, model: str, runs: int) -> dict[str, Any]:
-    """Replay speed and per-stage cost on core 0, median of ``runs`` runs."""
-    samples = [
-        _run_worker(["replay", str(clip), model], one_core=True, timeout=600) for _ in range(runs)
-    ]
-    results = [s for s, _ in samples]
-    frames = results[0]["video_frames"]
-    windows = max(1, results[0]["windows"])
-    per_stage = {
-        stage: round(
-            _median([1000 * r["stage_seconds"].get(stage, 0.0) / frames for r in results]), 3
-        )
-        for stage in STAGES
-    }
+def summarize_replay(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    first = runs[0]
+    frames = max(1, first["video_frames"])
+    windows = max(1, first["windows"])
+    media = first["media_seconds"]
     return {
-        "model": model,
-        "runs": runs,
-        "media_seconds": round(results[0]["media_seconds"], 2),
-        "video_frames": frames,
-        "windows": windows,
-        "x_realtime": round(_median([r["x_realtime"] for r in results]), 2),
-        "x_realtime_runs": [round(r["x_realtime"], 2) for r in results],
-        "process_wall_seconds": round(_median([wall for _, wall in samples]), 2),
-        "ms_per_frame": per_stage,
-        "ms_per_frame_total": round(sum(per_stage.values()), 3),
+        "runs": len(runs),
+        "media_seconds": round(media, 2),
+        "video_frames": first["video_frames"],
+        "windows": first["windows"],
+        "level": first["level"],
+        "x_realtime": round(_median([media / r["process_seconds"] for r in runs]), 2),
+        "x_realtime_runs": [round(media / r["process_seconds"], 2) for r in runs],
+        "x_realtime_replay_only": round(_median([media / r["replay_seconds"] for r in runs]), 2),
+        "process_seconds": round(_median([r["process_seconds"] for r in runs]), 2),
+        "first_frame_seconds": round(_median([r["marks"]["first_frame"] for r in runs]), 2),
+        "import_seconds": round(_median([r["marks"]["imported"] for r in runs]), 2),
+        "ms_per_frame": {
+            stage: round(
+                _median([1000 * r["stage_seconds"].get(stage, 0.0) / frames for r in runs]), 2
+            )
+            for stage in STAGES
+        },
         "detector_ms_per_window": {
             name: round(
-                _median([1000 * r["detector_seconds"].get(name, 0.0) / windows for r in results]), 2
+                _median([1000 * r["detector_seconds"].get(name, 0.0) / windows for r in runs]), 1
             )
-            for name in results[0]["detector_seconds"]
+            for name in first["detector_seconds"]
         },
-        "peak_rss_mib": round(_median([r["peak_rss_mib"] for r in results]), 1),
+        "peak_rss_mib": round(_median([r["peak_rss_mib"] for r in runs]), 1),
     }
+
+
+def bench_replay(trees: dict[str, Path], clips: dict[str, Path], runs: int, step) -> dict:  # noqa: ANN001
+    out: dict[str, dict[str, Any]] = {}
+    for name, clip in clips.items():
+        samples: dict[str, list[dict[str, Any]]] = {tree: [] for tree in trees}
+        for run in range(runs):
+            for tree_name, tree in trees.items():  # alternate: load falls on both alike
+                step(f"replay {name}, {tree_name}, run {run + 1}/{runs}")
+                samples[tree_name].append(replay_once(tree, clip))
+        out[name] = {tree: summarize_replay(s) for tree, s in samples.items()}
+    return out
+
+
+# ----- live sweep ------------------------------------------------------------------------------
+
+
+class _RssSampler(threading.Thread):
+    """Samples a process's resident set size (MiB) until stopped."""
+
+    def __init__(self, pid: int, period_s: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.period_s = pid, period_s
+        self.samples: list[tuple[float, float]] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        status = Path(f"/proc/{self.pid}/status")
+        while not self._stop_event.wait(self.period_s):
+            try:
+                text = status.read_text()
+            except OSError:
+                return
+            for line in text.splitlines():
+                if line.startswith("VmRSS:"):
+                    self.samples.append((time.monotonic(), int(line.split()[1]) / 1024))
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=2)
+
+
+def bench_capacity(tree: Path, counts: str, seconds: float) -> dict[str, Any]:
+    """One sweep of the tree's own tools/bench_live.py capacity, its server RSS sampled."""
+    command = [
+        sys.executable, str(tree / "tools" / "bench_live.py"), "capacity",
+        "--counts", counts, "--seconds", str(seconds),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=tree, env=_tree_env(tree), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    sampler = _RssSampler(process.pid)
+    sampler.start()
+    rows: list[dict[str, Any]] = []
+    started = time.monotonic()
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("{"):
+            row = json.loads(line)
+            ended = time.monotonic()
+            peak = [mib for t, mib in sampler.samples if started <= t <= ended]
+            row["server_peak_rss_mib"] = round(max(peak), 1) if peak else None
+            rows.append(row)
+            started = ended
+    stderr = process.stderr.read() if process.stderr else ""
+    process.wait()
+    sampler.stop()
+    if not rows:
+        return {"error": f"bench_live.py exited {process.returncode}: {stderr[-500:]}"}
+    held = 0
+    for row in sorted(rows, key=lambda r: r["participants"]):
+        if row["drop_fraction"] > MAX_DROP_FRACTION:
+            break
+        held = row["participants"]
+    return {
+        "seconds": seconds,
+        "sweep": rows,
+        "max_sessions_without_drops": held,
+        "mib_per_session": _slope(
+            [
+                (r["participants"], r["server_peak_rss_mib"])
+                for r in rows
+                if r["server_peak_rss_mib"]
+            ]
+        ),
+    }
+
+
+def _slope(points: list[tuple[float, float]]) -> float | None:
+    if len(points) < 2:
+        return None
+    xs, ys = zip(*points, strict=True)
+    mean_x, mean_y = statistics.mean(xs), statistics.mean(ys)
+    var = sum((x - mean_x) ** 2 for x in xs)
+    if var == 0:
+        return None
+    return round(sum((x - mean_x) * (y - mean_y) for x, y in points) / var, 1)
+
+
+# ----- end-to-end latency of a replay (optional) -------------------------------------------------
 
 
 def _free_port() -> int:
@@ -191,26 +409,21 @@ def _epoch(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
-async def _latency_once(clip: Path, model: str) -> dict[str, Any]:
+async def _latency_once(tree: Path, clip: Path) -> dict[str, Any]:
     from websockets.asyncio.client import connect
 
     port = _free_port()
     command = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--worker",
-        "latency",
-        str(clip),
-        model,
-        str(port),
-    ]
-    env = {**os.environ, "GLOG_minloglevel": "2"}
+        sys.executable, "-m", "monitor.cli", "replay", str(clip), "--realtime",
+        "--serve-alerts", f"127.0.0.1:{port}", "--out", os.devnull,
+    ]  # fmt: skip
     process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env
-    )
+        *command, cwd=tree, env=_tree_env(tree, {"GLOG_minloglevel": "2"}),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
     received: list[tuple[float, dict[str, Any]]] = []
-    deadline = time.monotonic() + 60
     websocket = None
+    deadline = time.monotonic() + 60
     while websocket is None:
         try:
             websocket = await connect(f"ws://127.0.0.1:{port}/alerts", open_timeout=2)
@@ -219,316 +432,192 @@ async def _latency_once(clip: Path, model: str) -> dict[str, Any]:
                 process.kill()
                 raise RuntimeError("the replay's alert channel never came up") from None
             await asyncio.sleep(0.05)
-    connected_at = time.time()
+    connected = time.time()
     try:
         async for message in websocket:
             received.append((time.time(), json.loads(message)))
     except Exception:  # the server closing at the end of the replay ends the stream
         pass
-    stdout, _ = await process.communicate()
-    origin = None
-    for line in stdout.decode().splitlines():
-        if line.startswith(RESULT_MARK):
-            origin = json.loads(line[len(RESULT_MARK) :])["origin"]
-    if origin is None:
-        raise RuntimeError(f"latency worker exited {process.returncode} without a result")
-    total, pipeline = [], []
-    for arrival, event in received:
-        # Events from before the connection came as history, not live: not timed.
-        if event.get("type") != "score" or _epoch(event["ts"]) < connected_at:
-            continue
-        window_end = origin + float(event["t_end"])
-        total.append(arrival - window_end)
-        pipeline.append(_epoch(event["ts"]) - window_end)
-    if not total:
+    await process.wait()
+    started = next((_epoch(e["ts"]) for _, e in received if e["type"] == "session_started"), None)
+    latencies = [
+        arrival - (started + float(e["t_end"]))
+        for arrival, e in received
+        if e["type"] == "score" and started is not None and _epoch(e["ts"]) >= connected
+    ]
+    if not latencies:
         raise RuntimeError("no score event arrived on the websocket")
-    return {
-        "windows": len(total),
-        "median_s": _median(total),
-        "p95_s": percentile(total, 95.0),
-        "emitted_median_s": _median(pipeline),
-    }
+    return {"median_s": _median(latencies), "p95_s": _percentile(latencies, 95.0)}
 
 
-def bench_latency(clip: Path, model: str, runs: int) -> dict[str, Any]:
-    results = [asyncio.run(_latency_once(clip, model)) for _ in range(runs)]
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100.0
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def bench_latency(tree: Path, clip: Path, runs: int) -> dict[str, Any]:
+    results = [asyncio.run(_latency_once(tree, clip)) for _ in range(runs)]
     return {
-        "model": model,
         "runs": runs,
-        "windows_per_run": results[0]["windows"],
         "median_s": round(_median([r["median_s"] for r in results]), 3),
         "p95_s": round(_median([r["p95_s"] for r in results]), 3),
-        "emitted_median_s": round(_median([r["emitted_median_s"] for r in results]), 3),
-        "run_medians_s": [round(r["median_s"], 3) for r in results],
     }
 
 
-def bench_capacity(counts: str, seconds: float) -> dict[str, Any]:
-    """One sweep of ``tools/bench_live.py capacity``; the last count that held up."""
-    script = ROOT / "tools" / "bench_live.py"
-    if not script.exists():
-        return {"error": "tools/bench_live.py is missing"}
-    command = [
-        sys.executable,
-        str(script),
-        "capacity",
-        "--counts",
-        counts,
-        "--seconds",
-        str(seconds),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 and not rows:
-        return {"error": f"bench_live.py exited {done.returncode}: {done.stderr[-500:]}"}
-    sustained = [
-        r["participants"]
-        for r in rows
-        if r["drop_fraction"] <= MAX_DROP_FRACTION
-        and (r.get("lag_growth_s") is None or r["lag_growth_s"] <= MAX_LAG_GROWTH_S)
-    ]
-    # The largest count such that it and every smaller count held up.
-    best = 0
-    for r in sorted(rows, key=lambda r: r["participants"]):
-        if r["participants"] not in sustained:
-            break
-        best = r["participants"]
-    return {"seconds": seconds, "sweep": rows, "max_sessions": best}
+# ----- report ------------------------------------------------------------------------------------
 
 
-def worker_syncnet() -> int:
-    """SyncNet's architecture against the learned model, from ``tools/bench_sync.py``.
-
-    Its full benchmark also times the trained model's ONNX export; until the weights exist
-    that fails, and the torch timing of both architectures (random weights: the cost does
-    not depend on them) is done here with its own model definitions and timers.
-    """
-    import importlib.util
-
-    import torch
-
-    spec = importlib.util.spec_from_file_location("bench_sync", ROOT / "tools" / "bench_sync.py")
-    assert spec is not None and spec.loader is not None
-    bench_sync = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_sync)
-    torch.set_num_threads(1)
-    try:
-        data = bench_sync.benchmark(1, 5, 3, False)
-        data["mode"] = "tools/bench_sync.py benchmark()"
-    except Exception as exc:  # the trained model's files are missing
-        data = _syncnet_torch_only(bench_sync)
-        data["mode"] = f"torch only, random weights (bench_sync.benchmark failed: {exc})"
-    _emit_result(data)
-    return 0
+def _ratio(value: float | None, base: float | None) -> str:
+    return f"{value / base:.2f}x" if value and base else "-"
 
 
-def _syncnet_torch_only(bench_sync: Any) -> dict[str, Any]:
-    import torch
-
-    from monitor.sync.model import SyncNetLite
-
-    torch.manual_seed(0)
-    models = {"ours": SyncNetLite().eval(), "syncnet": bench_sync.SyncNetReference().eval()}
-    inputs = {"ours": bench_sync.ours_inputs, "syncnet": bench_sync.syncnet_inputs}
-    repeats = {"ours": 5, "syncnet": 3}
-    data: dict[str, Any] = {"threads": 1}
-    for name, model in models.items():
-        macs = bench_sync.macs_per_frame(model, inputs[name](1, 1))
-        window = inputs[name](bench_sync.VIDEO_STACKS, bench_sync.AUDIO_WINDOWS)
-        with torch.inference_mode():
-            times = bench_sync._time(lambda m=model, w=window: m(*w), repeats[name])
-        data[name] = {
-            "parameters": bench_sync.parameter_count(model),
-            "macs_per_video_frame": macs,
-            "gmacs_per_second_of_video": round(macs * bench_sync.FPS / 1e9, 3),
-            "torch_cpu": bench_sync._summary(times),
-        }
-    return data
-
-
-def bench_syncnet() -> dict[str, Any]:
-    """SyncNet's architecture vs the learned model on core 0, one thread."""
-    if not (ROOT / "tools" / "bench_sync.py").exists():
-        return {"error": "tools/bench_sync.py is missing"}
-    try:
-        data, _ = _run_worker(["syncnet"], one_core=True, timeout=900)
-    except RuntimeError as exc:
-        return {"error": str(exc)}
-    return data
-
-
-# ----- report ----------------------------------------------------------------------------------
-
-
-def learned_model_available() -> bool:
-    """Whether ``--lip-sync learned`` really gets the learned model (not the fallback)."""
-    from monitor.config import load_config
-    from monitor.detectors.registry import create_lip_sync_detector
-
-    detector = create_lip_sync_detector(load_config(lip_sync={"model": "learned"}))
-    return not detector.version.startswith("baseline")
-
-
-def _replay_section(replay: dict[str, Any]) -> list[str]:
-    base = replay.get("baseline")
-    runs = next(iter(replay.values()))["runs"]
+def _replay_section(replay: dict[str, Any], runs: int) -> list[str]:
     lines = [
-        f"### Replay on one core (`taskset -c 0`), median of {runs} runs",
+        f"### Replay on one core (`taskset -c 0`, process start included), median of {runs} runs",
         "",
-        "| lip-sync | x real time | vs baseline | decode | landmarks | audio features "
-        "| detectors | fusion | total ms/frame | detector ms/window | peak RSS MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| clip | tree | x real time | vs baseline | replay loop only | first analysed frame s "
+        "| decode | landmarks | audio features | detectors | ms/frame total "
+        "| detector ms/window | peak RSS MiB | level |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
-    for model, r in replay.items():
-        ratio = r["x_realtime"] / base["x_realtime"] if base else 1.0
-        stages = " | ".join(f"{r['ms_per_frame'][s]:.2f}" for s in STAGES)
-        per_window = ", ".join(f"{k} {v:.1f}" for k, v in r["detector_ms_per_window"].items())
-        lines.append(
-            f"| {model} | {r['x_realtime']:.2f} | {ratio:.2f}x | {stages} | "
-            f"{r['ms_per_frame_total']:.2f} | {per_window} | {r['peak_rss_mib']:.0f} |"
-        )
-    return lines
-
-
-def _latency_section(latency: dict[str, Any]) -> list[str]:
-    lines = [
-        "### End-to-end latency: window end to websocket (`--realtime --serve-alerts`)",
+    for clip, trees in replay.items():
+        base = trees.get("baseline", {})
+        for tree, r in trees.items():
+            ms = r["ms_per_frame"]
+            per_window = ", ".join(f"{k} {v:.1f}" for k, v in r["detector_ms_per_window"].items())
+            lines.append(
+                f"| {clip} ({r['media_seconds']:.1f} s) | {tree} | {r['x_realtime']:.2f} | "
+                f"{_ratio(r['x_realtime'], base.get('x_realtime'))} | "
+                f"{r['x_realtime_replay_only']:.2f} | {r['first_frame_seconds']:.2f} | "
+                f"{ms['decode']:.2f} | {ms['landmarks']:.2f} | {ms['audio_features']:.2f} | "
+                f"{ms['detectors']:.2f} | {sum(ms.values()):.2f} | {per_window} | "
+                f"{r['peak_rss_mib']:.0f} | {r['level']} |"
+            )
+    lines += [
         "",
-        "| lip-sync | windows/run | median s | p95 s | until emitted (median) | run medians |",
-        "|---|---:|---:|---:|---:|---|",
+        "x real time = media seconds / process wall seconds (spawn to exit: interpreter start, "
+        "imports and model loading included); 'replay loop only' leaves those out. Stages are "
+        "the session's own timers (detectors: the wall time the session waited for them).",
     ]
-    for model, r in latency.items():
-        medians = ", ".join(f"{x:.3f}" for x in r["run_medians_s"])
-        lines.append(
-            f"| {model} | {r['windows_per_run']} | {r['median_s']:.3f} | {r['p95_s']:.3f} | "
-            f"{r['emitted_median_s']:.3f} | {medians} |"
-        )
     return lines
 
 
 def _capacity_section(capacity: dict[str, Any]) -> list[str]:
-    lines = ["### Concurrent live sessions (tools/bench_live.py capacity, one sweep)", ""]
-    if "error" in capacity:
-        return [*lines, f"Not measured: {capacity['error']}"]
+    lines = ["### Live sweep (each tree's tools/bench_live.py capacity, one sweep)", ""]
+    for tree, result in capacity.items():
+        if "error" in result:
+            lines.append(f"{tree}: not measured: {result['error']}")
+    trees = [t for t, r in capacity.items() if "error" not in r]
+    if not trees:
+        return lines
     lines += [
-        f"Largest count with drops <= {MAX_DROP_FRACTION:.0%} and latency growth <= "
-        f"{MAX_LAG_GROWTH_S} s: **{capacity['max_sessions']}** "
-        f"({capacity['seconds']:.0f} s of media each).",
-        "",
-        "| sessions | server CPU cores | drop fraction | latency median s | p95 s | growth s |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| sessions | "
+        + " | ".join(
+            f"{t} CPU cores | {t} drops | {t} latency median s | {t} p95 s | {t} RSS MiB"
+            for t in trees
+        )
+        + " |",
+        "|---:|" + "---:|" * (5 * len(trees)),
     ]
-    for r in capacity["sweep"]:
+    by_count: dict[int, dict[str, dict[str, Any]]] = {}
+    for tree in trees:
+        for row in capacity[tree]["sweep"]:
+            by_count.setdefault(row["participants"], {})[tree] = row
+    for count in sorted(by_count):
+        cells = []
+        for tree in trees:
+            row = by_count[count].get(tree)
+            if row is None:
+                cells += ["-"] * 5
+                continue
+            cells += [
+                f"{row['server_cpu_cores']:.2f}",
+                f"{row['drop_fraction']:.4f}",
+                str(row["latency_median_s"]),
+                str(row["latency_p95_s"]),
+                str(row.get("server_peak_rss_mib")),
+            ]
+        lines.append(f"| {count} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for tree in trees:
+        result = capacity[tree]
         lines.append(
-            f"| {r['participants']} | {r['server_cpu_cores']} | {r['drop_fraction']:.4f} | "
-            f"{r['latency_median_s']} | {r['latency_p95_s']} | {r['lag_growth_s']} |"
+            f"- {tree}: up to **{result['max_sessions_without_drops']}** sessions without a "
+            f"dropped frame; {result['mib_per_session']} MiB of server RSS per extra session "
+            f"(slope of peak RSS over the counts), {result['seconds']:.0f} s of media per count."
         )
-    return lines
-
-
-def _syncnet_section(sync: dict[str, Any], replay: dict[str, Any]) -> list[str]:
-    lines = ["### SyncNet's architecture vs the learned model and the baseline (one core)", ""]
-    if "error" in sync:
-        return [*lines, f"Not measured: {sync['error']}"]
-    lines += [f"Measured by: {sync['mode']}.", ""]
-    syncnet_ms = sync["syncnet"]["torch_cpu"]["ms_per_window"]
-    ours_ms = sync["ours"]["torch_cpu"]["ms_per_window"]
-    base_ms = replay.get("baseline", {}).get("detector_ms_per_window", {}).get("lip_sync")
-    window = sync.get("window")
-    if isinstance(window, dict):
-        lines += [f"One window: ours {window.get('ours')}; SyncNet {window.get('syncnet')}.", ""]
-    lines += [
-        "| per 2 s window | ms | GMACs per s of video | parameters | vs baseline detector |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    rows = [("SyncNet architecture (random weights, torch)", "syncnet", syncnet_ms)]
-    rows.append(("learned model (torch)", "ours", ours_ms))
-    if "onnx_cpu" in sync["ours"]:
-        rows.append(
-            ("learned model (onnxruntime)", "ours", sync["ours"]["onnx_cpu"]["ms_per_window"])
-        )
-    for label, key, ms in rows:
-        ratio = f"{ms / base_ms:.0f}x" if base_ms else "-"
-        lines.append(
-            f"| {label} | {ms:.1f} | {sync[key]['gmacs_per_second_of_video']} | "
-            f"{sync[key]['parameters']:,} | {ratio} |"
-        )
-    if base_ms:
-        lines.append(
-            f"| baseline detector (measured in the replay runs) | {base_ms:.1f} | - | 0 | 1x |"
-        )
-    lines += [
-        "",
-        f"A window comes every 0.5 s (the hop): SyncNet's architecture needs "
-        f"{syncnet_ms / 500:.2f} cores per live session for the sync model alone, the learned "
-        f"model {ours_ms / 500:.3f}; SyncNet / learned = {syncnet_ms / ours_ms:.0f}x.",
-    ]
     return lines
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [f"Machine: {machine_line(result['machine'])}.", f"Clip: {result['clip']}.", ""]
-    replay = result.get("replay", {})
-    sections = [
-        _replay_section(replay) if replay else [],
-        _latency_section(result["latency"]) if result.get("latency") else [],
-        _syncnet_section(result["syncnet"], replay) if result.get("syncnet") else [],
-        _capacity_section(result["capacity"]) if result.get("capacity") else [],
+    from monitor.evaluation.machine import machine_line
+
+    trees = ", ".join(f"{k} = `{v['commit']}` ({v['path']})" for k, v in result["trees"].items())
+    lines = [
+        f"Machine: {machine_line(result['machine'])}; load average at the end "
+        f"{result['load_average_end']}.",
+        f"Trees: {trees}.",
+        "",
     ]
-    for section in sections:
-        if section:
-            lines += [*section, ""]
+    if result.get("replay"):
+        lines += [*_replay_section(result["replay"], result["runs"]), ""]
+    if result.get("capacity"):
+        lines += [*_capacity_section(result["capacity"]), ""]
+    if result.get("latency"):
+        lines += ["### Replay --realtime --serve-alerts: window end to websocket", ""]
+        lines += ["| tree | median s | p95 s |", "|---|---:|---:|"]
+        for tree, r in result["latency"].items():
+            lines.append(f"| {tree} | {r['median_s']:.3f} | {r['p95_s']:.3f} |")
+        lines.append("")
     return "\n".join(lines)
 
 
-def default_clip() -> Path:
-    if SHARED_CLIP.exists():
-        return SHARED_CLIP
-    from monitor.synth.call import make_call
-
-    path = Path("/tmp/dfmon-bench-call.mp4")
-    if not path.exists():
-        make_call(path, seed=3)
-    return path
-
-
 def run(args: argparse.Namespace) -> int:
-    clip = Path(args.clip) if args.clip else default_clip()
-    if not clip.exists():
-        sys.stderr.write(f"bench: error: clip not found: {clip}\n")
-        return 2
+    sys.path.insert(0, str(ROOT))
+    from monitor.evaluation.machine import describe_machine, source_version
+
     if shutil.which("taskset") is None:
         sys.stderr.write("bench: error: taskset (util-linux) is needed for one-core figures\n")
         return 2
     started = time.monotonic()
-    models = ["baseline"] + (["learned"] if learned_model_available() else [])
-    skip = set(args.skip.split(",")) if args.skip else set()
-    result: dict[str, Any] = {
-        "clip": str(clip),
-        "machine": describe_machine(),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "learned_model_available": "learned" in models,
-    }
 
     def step(name: str) -> None:
-        sys.stderr.write(f"[{time.monotonic() - started:5.0f} s] {name}\n")
+        load = os.getloadavg()[0]
+        sys.stderr.write(f"[{time.monotonic() - started:5.0f} s, load {load:.1f}] {name}\n")
 
+    base_path, base_commit = baseline_tree(args.baseline)
+    trees = {"baseline": base_path, "current": ROOT}
+    skip = set(args.skip.split(",")) if args.skip else set()
+    include = set(args.include.split(",")) if args.include else set()
+    result: dict[str, Any] = {
+        "machine": describe_machine(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "runs": args.runs,
+        "trees": {
+            "baseline": {"commit": base_commit, "path": str(base_path)},
+            "current": {"commit": source_version(ROOT), "path": str(ROOT)},
+        },
+    }
+    clips = bench_clips()
+    if args.clips:
+        clips = {k: v for k, v in clips.items() if k in args.clips.split(",")}
+    result["clips"] = {k: str(v) for k, v in clips.items()}
     if "replay" not in skip:
-        result["replay"] = {}
-        for model in models:
-            step(f"replay on one core, {model}")
-            result["replay"][model] = bench_replay(clip, model, args.runs)
-    if "latency" not in skip:
-        result["latency"] = {}
-        for model in models:
-            step(f"end-to-end latency, {model}")
-            result["latency"][model] = bench_latency(clip, model, args.runs)
-    if "syncnet" not in skip:
-        step("SyncNet architecture")
-        result["syncnet"] = bench_syncnet()
+        result["replay"] = bench_replay(trees, clips, args.runs, step)
     if "capacity" not in skip:
-        step("live capacity")
-        result["capacity"] = bench_capacity(args.live_counts, args.live_seconds)
+        result["capacity"] = {}
+        for name, tree in trees.items():
+            step(f"live sweep {args.live_counts}, {name}")
+            result["capacity"][name] = bench_capacity(tree, args.live_counts, args.live_seconds)
+    if "latency" in include:
+        clip = clips.get("real-720p") or clips["synthetic-720p"]
+        result["latency"] = {}
+        for name, tree in trees.items():
+            step(f"replay latency, {name}")
+            result["latency"][name] = bench_latency(tree, clip, args.runs)
+    result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result["runtime_seconds"] = round(time.monotonic() - started, 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -544,25 +633,19 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--worker"]:
         kind, *rest = argv[1:]
         if kind == "replay":
-            return worker_replay(rest[0], rest[1])
-        if kind == "latency":
-            return worker_latency(rest[0], rest[1], int(rest[2]))
-        if kind == "syncnet":
-            return worker_syncnet()
+            return worker_replay(rest[0], float(rest[1]))
         raise SystemExit(f"unknown worker {kind}")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", default="main", help="commit to compare with (default main)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (median reported)")
+    parser.add_argument("--out", default="/tmp/dfmon-bench", help="where bench.json/.md go")
+    parser.add_argument("--clips", help="comma-separated subset of the clips")
+    parser.add_argument("--skip", help="comma-separated: replay,capacity")
+    parser.add_argument("--include", help="comma-separated extras: latency")
     parser.add_argument(
-        "clip", nargs="?", help="a call recording (default: a dev clip, or a synthetic call)"
+        "--live-counts", default="1,2,3,4,5,6,7,8,9,10", help="concurrent sessions to try"
     )
-    parser.add_argument(
-        "--runs", type=int, default=3, help="runs per measurement (median reported)"
-    )
-    parser.add_argument(
-        "--out", default="/tmp/dfmon-bench", help="where bench.json and bench.md go"
-    )
-    parser.add_argument("--skip", help="comma-separated: replay,latency,syncnet,capacity")
-    parser.add_argument("--live-counts", default="1,2,3,4,6,8", help="concurrent sessions to try")
-    parser.add_argument("--live-seconds", type=float, default=15.0, help="seconds per count")
+    parser.add_argument("--live-seconds", type=float, default=15.0, help="media seconds per count")
     return run(parser.parse_args(argv))
 
 

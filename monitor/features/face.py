@@ -86,6 +86,7 @@ FLOW_WINDOW = (21, 21)
 FLOW_LEVELS = 2
 # Flow whose forward-backward error exceeds this (tracking-image pixels) is not trusted.
 FLOW_MAX_ERROR = 1.5
+FLOW_FACTOR = 1.0
 
 # The two graphs: MediaPipe's own subgraphs (the ones FaceMesh is built from), driven
 # with our regions of interest.
@@ -261,7 +262,7 @@ def observe_face(
 
 @dataclass(frozen=True, slots=True)
 class Region:
-    """A rotated square region in pixels of the tracking image (MediaPipe's ROI)."""
+    """A rotated rectangle in pixels of the frame (MediaPipe's region of interest)."""
 
     cx: float
     cy: float
@@ -284,7 +285,7 @@ class Region:
         return inter / union if union > 0 else 0.0
 
     def moved(self, matrix: np.ndarray) -> Region:
-        """The region carried by a 2x3 similarity transform (tracking-image pixels)."""
+        """The region carried by a 2x3 similarity transform (frame pixels)."""
         cx, cy = matrix @ np.array([self.cx, self.cy, 1.0])
         scale = math.hypot(matrix[0, 0], matrix[1, 0])
         angle = math.atan2(matrix[1, 0], matrix[0, 0])
@@ -335,6 +336,26 @@ def _landmark_array(message: Any) -> np.ndarray:
             values = raw[:, [3, 4, 5, 6, 8, 9, 10, 11, 13, 14, 15, 16]]
             return np.ascontiguousarray(values).view("<f4").astype(np.float32)
     return np.array([(p.x, p.y, p.z) for p in message.landmark], dtype=np.float32)
+
+
+def _scaled(image: np.ndarray, factor: float) -> np.ndarray:
+    """``image`` resized by ``factor`` (< 1), or as it is; contiguous either way."""
+    if factor >= 1.0:
+        return np.ascontiguousarray(image)
+    height, width = image.shape[:2]
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+
+
+def _bounds(region: Region, shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+    """Integer bounds (x0, y0, x1, y1) of a region's bounding box within an image."""
+    height, width = shape[:2]
+    bx0, by0, bx1, by1 = region.box()
+    x0, y0 = max(int(math.floor(bx0)) - 1, 0), max(int(math.floor(by0)) - 1, 0)
+    x1, y1 = min(int(math.ceil(bx1)) + 1, width), min(int(math.ceil(by1)) + 1, height)
+    if x1 - x0 < 16 or y1 - y0 < 16:
+        return None
+    return x0, y0, x1, y1
 
 
 class _Graph:
@@ -465,41 +486,42 @@ class FaceModels:
             return _Graph(_LANDMARK_GRAPH, side, self._min_score)
         return _Graph(_DETECTION_GRAPH, {}, self._min_score)
 
-    def detect(self, image: np.ndarray) -> list[Region]:
-        """Regions of the faces the detector finds in ``image`` (RGB uint8)."""
+    def detect(self, image: np.ndarray, factor: float = 1.0) -> list[Region]:
+        """Regions (``image`` pixels) of the faces the detector finds, on ``image`` scaled
+        by ``factor`` (its input is 128x128 whatever it gets)."""
         from mediapipe.python import packet_creator, packet_getter
         from mediapipe.python._framework_bindings import image_frame
 
+        height, width = image.shape[:2]
         packet = packet_creator.create_image_frame(
-            image_format=image_frame.ImageFormat.SRGB, data=np.ascontiguousarray(image)
+            image_format=image_frame.ImageFormat.SRGB, data=_scaled(image, factor)
         )
         with self._graph("detection") as graph:
             out = graph.run({"image": packet})
         if "rois" not in out or out["rois"].is_empty():
             return []
-        height, width = image.shape[:2]
-        return [
-            _region_from_rect(r, width, height) for r in packet_getter.get_proto_list(out["rois"])
-        ]
+        # Normalized coordinates do not depend on the scale the detector saw.
+        rects = packet_getter.get_proto_list(out["rois"])
+        return [_region_from_rect(rect, width, height) for rect in rects]
 
-    def landmarks(self, image: np.ndarray, region: Region) -> tuple[np.ndarray, Region] | None:
-        """(478, 2) pixel landmarks of the face in ``region`` and the region to look in
-        next, or None when the model finds no face there. Only the region's bounding
-        box (within the image) is handed to the model."""
+    def landmarks(
+        self, image: np.ndarray, region: Region, factor: float = 1.0
+    ) -> tuple[np.ndarray, Region] | None:
+        """(478, 2) landmarks (``image`` pixels) of the face in ``region`` and the region
+        to look in next, or None when the model finds no face there. The model gets only
+        the region's bounding box within the image, scaled by ``factor``."""
         from mediapipe.python import packet_creator, packet_getter
         from mediapipe.python._framework_bindings import image_frame
 
-        height, width = image.shape[:2]
-        bx0, by0, bx1, by1 = region.box()
-        x0, y0 = max(int(math.floor(bx0)) - 1, 0), max(int(math.floor(by0)) - 1, 0)
-        x1, y1 = min(int(math.ceil(bx1)) + 1, width), min(int(math.ceil(by1)) + 1, height)
-        if x1 - x0 < 8 or y1 - y0 < 8:
+        bounds = _bounds(region, image.shape)
+        if bounds is None:
             return None
-        crop = image if (x0, y0, x1, y1) == (0, 0, width, height) else image[y0:y1, x0:x1]
+        x0, y0, x1, y1 = bounds
         crop_w, crop_h = x1 - x0, y1 - y0
         inputs = {
             "image": packet_creator.create_image_frame(
-                image_format=image_frame.ImageFormat.SRGB, data=np.ascontiguousarray(crop)
+                image_format=image_frame.ImageFormat.SRGB,
+                data=_scaled(image[y0:y1, x0:x1], factor),
             ),
             "roi": packet_creator.create_proto(_rect_from_region(region, crop_w, crop_h, x0, y0)),
         }
@@ -509,10 +531,8 @@ class FaceModels:
             return None
         points = _landmark_array(packet_getter.get_proto(out["landmarks"]))[:, :2]
         pixels = points * np.array([crop_w, crop_h], np.float32) + np.array([x0, y0], np.float32)
-        next_region = _region_from_rect(
-            packet_getter.get_proto(out["next_roi"]), crop_w, crop_h, x0, y0
-        )
-        return pixels, next_region
+        next_rect = packet_getter.get_proto(out["next_roi"])
+        return pixels, _region_from_rect(next_rect, crop_w, crop_h, x0, y0)
 
     def close(self) -> None:
         with self._lock:
@@ -541,7 +561,7 @@ def shared_face_models(min_detection_confidence: float) -> FaceModels:
 
 @dataclass
 class FaceTrack:
-    """One face followed across frames (coordinates in tracking-image pixels)."""
+    """One face followed across frames (coordinates in pixels of the frame)."""
 
     id: int
     region: Region  # where to look for the face on the next landmark frame
@@ -549,8 +569,9 @@ class FaceTrack:
     first_t: float
     last_t: float
     frames: int = 1
-    grey: np.ndarray | None = field(default=None, repr=False)  # last frame's grey region
-    grey_origin: tuple[int, int] = (0, 0)
+    # The last frame's region in grey at model scale and its bounds (image pixels), for
+    # optical flow to the next frame.
+    grey: tuple[np.ndarray, tuple[int, int, int, int]] | None = field(default=None, repr=False)
 
     @property
     def size(self) -> float:
@@ -614,47 +635,40 @@ class MediaPipeFaceTracker:
             self.tracks, self.lost = [], []
             self._frame_size = (height, width)
             self._last_detect_t = -math.inf
-        scale, small = self._tracking_image(image)
+        # The models see at most MAX_TRACKING_SIDE pixels on the long side.
+        factor = min(1.0, MAX_TRACKING_SIDE / max(height, width))
         interval = max(1, int(self.config.landmark_interval))
-        use_landmarks = self._frames_since_landmarks + 1 >= interval or not self.tracks
-        grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY) if interval > 1 else None
-        carried: list[FaceTrack] = []
-        if use_landmarks:
+        use_model = self._frames_since_landmarks + 1 >= interval or not self.tracks
+        if use_model:
             self._frames_since_landmarks = 0
             self.landmark_frames += 1
-            for track in self.tracks:
-                found = self.models.landmarks(small, track.region)
-                if found is None:
-                    self._lose(track)
-                    continue
-                track.landmarks, track.region = found
-                carried.append(track)
         else:
             self._frames_since_landmarks += 1
             self.flow_frames += 1
-            for track in self.tracks:
-                if self._flow(track, grey):
-                    carried.append(track)
-                else:  # flow failed: look again with the model
-                    found = self.models.landmarks(small, track.region)
-                    if found is None:
-                        self._lose(track)
-                        continue
-                    track.landmarks, track.region = found
-                    carried.append(track)
-        self.tracks = carried
+        kept: list[FaceTrack] = []
+        for track in self.tracks:
+            if not use_model and self._flow(track, image, FLOW_FACTOR):
+                kept.append(track)
+                continue
+            found = self.models.landmarks(image, track.region, factor)
+            if found is None:
+                self._lose(track)
+                continue
+            track.landmarks, track.region = found
+            kept.append(track)
+        self.tracks = kept
         detect_every = LOST_DETECT_INTERVAL_S if self.lost else DETECT_INTERVAL_S
         if not self.tracks or frame.t - self._last_detect_t >= detect_every:
-            self._detect(small, frame.t)
+            self._detect(image, factor, frame.t)
         self.tracks = self._without_duplicates(self.tracks)
         self.lost = [t for t in self.lost if frame.t - t.last_t <= REACQUIRE_S]
+        flow_next = self._frames_since_landmarks + 1 < interval
         faces = []
         for track in sorted(self.tracks, key=lambda t: (t.first_t, t.id)):
             track.last_t = frame.t
             track.frames += 1
-            if grey is not None:
-                self._keep_grey(track, grey)
-            faces.append(observe_face(image, track.landmarks / scale, self.config, track.id))
+            track.grey = self._grey(image, track.region, FLOW_FACTOR) if flow_next else None
+            faces.append(observe_face(image, track.landmarks, self.config, track.id))
         self.last_faces = tuple(faces)
         return self.last_faces
 
@@ -669,26 +683,14 @@ class MediaPipeFaceTracker:
 
     # ----- steps -----------------------------------------------------------------------
 
-    @staticmethod
-    def _tracking_image(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(per-axis scale, image) the models see: at most MAX_TRACKING_SIDE long."""
-        height, width = image.shape[:2]
-        long_side = max(height, width)
-        if long_side <= MAX_TRACKING_SIDE:
-            return np.ones(2, np.float32), image
-        factor = MAX_TRACKING_SIDE / long_side
-        size = (max(1, round(width * factor)), max(1, round(height * factor)))
-        small = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-        return np.array([size[0] / width, size[1] / height], np.float32), small
-
-    def _detect(self, small: np.ndarray, t: float) -> None:
+    def _detect(self, image: np.ndarray, factor: float, t: float) -> None:
         self._last_detect_t = t
         if len(self.tracks) >= self.config.max_faces:
             return
-        for region in self.models.detect(small):
+        for region in self.models.detect(image, factor):
             if any(region.iou(track.region) >= SAME_FACE_IOU for track in self.tracks):
                 continue
-            found = self.models.landmarks(small, region)
+            found = self.models.landmarks(image, region, factor)
             if found is None:
                 continue
             landmarks, next_region = found
@@ -724,52 +726,50 @@ class MediaPipeFaceTracker:
                 kept.append(track)
         return kept
 
-    def _keep_grey(self, track: FaceTrack, grey: np.ndarray) -> None:
-        """The grey region around the face, for the next frame's optical flow."""
-        height, width = grey.shape
-        x0, y0, x1, y1 = track.region.box()
-        left, top = max(int(x0), 0), max(int(y0), 0)
-        right, bottom = min(int(math.ceil(x1)), width), min(int(math.ceil(y1)), height)
-        if right - left < 16 or bottom - top < 16:
-            track.grey = None
-            return
-        track.grey = grey[top:bottom, left:right]
-        track.grey_origin = (left, top)
+    @staticmethod
+    def _grey(
+        image: np.ndarray, region: Region, factor: float
+    ) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+        """The region's bounding box in grey at model scale, with its bounds in ``image``."""
+        bounds = _bounds(region, image.shape)
+        if bounds is None:
+            return None
+        x0, y0, x1, y1 = bounds
+        return cv2.cvtColor(_scaled(image[y0:y1, x0:x1], factor), cv2.COLOR_RGB2GRAY), bounds
 
-    def _flow(self, track: FaceTrack, grey: np.ndarray) -> bool:
+    def _flow(self, track: FaceTrack, image: np.ndarray, factor: float) -> bool:
         """Carry the track's landmarks onto this frame by optical flow; False if unsure."""
         if track.grey is None:
             return False
-        left, top = track.grey_origin
-        height, width = track.grey.shape
-        current = grey[top : top + height, left : left + width]
-        if current.shape != track.grey.shape:
+        before_grey, (x0, y0, x1, y1) = track.grey
+        current = cv2.cvtColor(_scaled(image[y0:y1, x0:x1], factor), cv2.COLOR_RGB2GRAY)
+        if current.shape != before_grey.shape:
             return False
-        origin = np.array([left, top], np.float32)
-        before = (track.landmarks[list(FLOW_POINTS)] - origin).astype(np.float32)
+        origin = np.array([x0, y0], np.float64)
+        to_model = np.array(current.shape[::-1], np.float64) / np.array([x1 - x0, y1 - y0])
+        points = track.landmarks[list(FLOW_POINTS)].astype(np.float64)
+        before = ((points - origin) * to_model).astype(np.float32)[:, None]
         after, status, _ = cv2.calcOpticalFlowPyrLK(
-            track.grey, current, before[:, None], None, winSize=FLOW_WINDOW, maxLevel=FLOW_LEVELS
+            before_grey, current, before, None, winSize=FLOW_WINDOW, maxLevel=FLOW_LEVELS
         )
         back, back_status, _ = cv2.calcOpticalFlowPyrLK(
-            current, track.grey, after, None, winSize=FLOW_WINDOW, maxLevel=FLOW_LEVELS
+            current, before_grey, after, None, winSize=FLOW_WINDOW, maxLevel=FLOW_LEVELS
         )
-        after, back = after[:, 0], back[:, 0]
-        error = np.linalg.norm(back - before, axis=1)
+        error = np.linalg.norm(back[:, 0] - before[:, 0], axis=1)
         good = (status[:, 0] == 1) & (back_status[:, 0] == 1) & (error <= FLOW_MAX_ERROR)
-        anchors = np.arange(len(LIP_INDICES), len(FLOW_POINTS))
+        moved_points = after[:, 0].astype(np.float64) / to_model + origin
+        n_lips = len(LIP_INDICES)
+        anchors = np.arange(n_lips, len(FLOW_POINTS))
         trusted = anchors[good[anchors]]
-        head = _similarity(before[trusted], after[trusted])
-        if head is None or good[: len(LIP_INDICES)].mean() < 0.75:
+        head = _similarity(points[trusted], moved_points[trusted])
+        if head is None or good[:n_lips].mean() < 0.75:
             return False
-        moved = track.landmarks.astype(np.float64) - origin
-        moved = moved @ head[:, :2].T + head[:, 2]
-        lips = np.array(LIP_INDICES)
-        lip_ok = good[: len(LIP_INDICES)]
-        moved[lips[lip_ok]] = after[: len(LIP_INDICES)][lip_ok]
-        track.landmarks = (moved + origin).astype(np.float32)
-        head_image = head.copy()
-        head_image[:, 2] += origin - head[:, :2] @ origin
-        track.region = track.region.moved(head_image)
+        # The mesh moves with the head; the lips (articulation) by their own flow.
+        landmarks = track.landmarks.astype(np.float64) @ head[:, :2].T + head[:, 2]
+        lips = np.array(LIP_INDICES)[good[:n_lips]]
+        landmarks[lips] = moved_points[:n_lips][good[:n_lips]]
+        track.landmarks = landmarks.astype(np.float32)
+        track.region = track.region.moved(head)
         return True
 
 
