@@ -52,7 +52,7 @@ def test_frame_store_computes_each_frame_once_and_stays_bounded() -> None:
     assert store.get(frames[1:] + frames[1:2]) == [10, 20, 30, 10]
     assert calls == [[0, 1, 2], [3]]  # frame 1 twice in a request is computed once too
     store.forget_before(0.1)
-    assert len(store) == 1 and 3 in store
+    assert len(store) == 1 and frames[3] in store
     store.add(_frames([float(i) for i in range(8)]))  # indexes 0..7, 3 already stored
     assert len(store) == 5 and store.evicted == 3  # oldest first
     assert store.computed == 4 + 7

@@ -619,6 +619,7 @@ class MediaPipeFaceTracker:
         self._frames_since_landmarks = 0
         self.landmark_frames = 0  # frames the landmark model ran on (the rest: flow)
         self.flow_frames = 0
+        self.last_by_model = True  # the last frame's faces all came from the model
 
     # ----- public ----------------------------------------------------------------------
 
@@ -646,8 +647,10 @@ class MediaPipeFaceTracker:
             self._frames_since_landmarks += 1
             self.flow_frames += 1
         kept: list[FaceTrack] = []
+        self.last_by_model = True
         for track in self.tracks:
             if not use_model and self._flow(track, image, FLOW_FACTOR):
+                self.last_by_model = False
                 kept.append(track)
                 continue
             found = self.models.landmarks(image, track.region, factor)

@@ -22,8 +22,15 @@ T = TypeVar("T")
 DEFAULT_MAX_FRAMES = 1800
 
 
+def frame_key(frame: FrameFeatures) -> tuple[int, int]:
+    """A frame's face is (frame index, face track): with several faces in view, the face
+    a window scores decides what the frame contributes."""
+    return frame.index, 0 if frame.face is None else frame.face.track_id
+
+
 class FrameStore(Generic[T]):
-    """Frame index -> value, computed by ``compute`` in batches of the frames not seen yet.
+    """(frame index, face track) -> value, computed by ``compute`` in batches of the frames
+    not seen yet.
 
     ``compute`` gets the new frames (in the order given) and returns one value per frame.
     Not thread-safe: one session's analysis drives its stores.
@@ -36,15 +43,15 @@ class FrameStore(Generic[T]):
     ) -> None:
         self._compute = compute
         self._max_frames = max_frames
-        self._values: OrderedDict[int, tuple[float, T]] = OrderedDict()
+        self._values: OrderedDict[tuple[int, int], tuple[float, T]] = OrderedDict()
         self.computed = 0  # frames computed so far (each at most once while stored)
         self.evicted = 0  # entries dropped by the size bound, not by forget_before
 
     def __len__(self) -> int:
         return len(self._values)
 
-    def __contains__(self, index: int) -> bool:
-        return index in self._values
+    def __contains__(self, frame: FrameFeatures) -> bool:
+        return frame_key(frame) in self._values
 
     def add(self, frames: Sequence[FrameFeatures]) -> None:
         """Compute and keep the frames not stored yet (the arrival of new frames)."""
@@ -53,13 +60,15 @@ class FrameStore(Generic[T]):
     def get(self, frames: Sequence[FrameFeatures]) -> list[T]:
         """The values of ``frames``, computing those not stored yet."""
         fresh = self._add(self._missing(frames))
-        return [fresh[f.index] if f.index in fresh else self._values[f.index][1] for f in frames]
+        keys = [frame_key(f) for f in frames]
+        return [fresh[k] if k in fresh else self._values[k][1] for k in keys]
 
     def _missing(self, frames: Sequence[FrameFeatures]) -> list[FrameFeatures]:
         """Frames not stored yet, each once (a slow call's grid repeats frames)."""
-        return list({f.index: f for f in frames if f.index not in self._values}.values())
+        missing = {frame_key(f): f for f in frames}
+        return [f for key, f in missing.items() if key not in self._values]
 
-    def _add(self, new: list[FrameFeatures]) -> dict[int, T]:
+    def _add(self, new: list[FrameFeatures]) -> dict[tuple[int, int], T]:
         if not new:
             return {}
         values = self._compute(new)
@@ -67,8 +76,9 @@ class FrameStore(Generic[T]):
             raise ValueError(f"computed {len(values)} values for {len(new)} frames")
         fresh = {}
         for frame, value in zip(new, values, strict=True):
-            self._values[frame.index] = (frame.t, value)
-            fresh[frame.index] = value
+            key = frame_key(frame)
+            self._values[key] = (frame.t, value)
+            fresh[key] = value
         self.computed += len(new)
         while len(self._values) > self._max_frames:
             self._values.popitem(last=False)
@@ -77,6 +87,6 @@ class FrameStore(Generic[T]):
 
     def forget_before(self, t: float) -> None:
         """Drop frames before media time ``t``: no window still to come starts earlier."""
-        stale = [index for index, (frame_t, _) in self._values.items() if frame_t < t]
-        for index in stale:
-            del self._values[index]
+        stale = [key for key, (frame_t, _) in self._values.items() if frame_t < t]
+        for key in stale:
+            del self._values[key]

@@ -26,7 +26,9 @@ class FrameFeatures:
     t: float
     index: int
     frame_size: tuple[int, int]  # height, width
-    face: FaceObservation | None  # None: no face found in this frame
+    face: FaceObservation | None  # the face scored; None: no face (or none chosen)
+    # Every face tracked in the frame (``face`` among them), when there are several.
+    faces: tuple[FaceObservation, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
