@@ -31,10 +31,16 @@ sys.path.insert(0, str(ROOT))
 from monitor.config import FaceConfig, MonitorConfig  # noqa: E402
 from monitor.features.audio import compute_audio_features  # noqa: E402
 from monitor.features.face import MediaPipeFaceTracker  # noqa: E402
-from monitor.features.speaker import SpeakerSelector, face_tracks, mouth_speech_correlation  # noqa: E402
+from monitor.features.speaker import (  # noqa: E402
+    SpeakerSelector,
+    face_tracks,
+    mouth_speech_correlation,
+    window_of_speaker,
+)
 from monitor.features.types import FrameFeatures  # noqa: E402
 from monitor.media import AUDIO_RATE, AudioChunk, VideoFrame  # noqa: E402
 from monitor.sources.file import FileSource  # noqa: E402
+from monitor.windows import AnalysisWindow  # noqa: E402
 
 HEIGHT = 320
 
@@ -96,7 +102,14 @@ def evaluate(frames: list[VideoFrame], samples: np.ndarray, a_left: bool) -> lis
     tracker.close()
     width = frames[0].image.shape[1]
     config = MonitorConfig()
-    selector = SpeakerSelector(config.window.min_face_fraction)
+    try:
+        from monitor.detectors.lip_sync_learned import LearnedSyncDetector
+
+        detector = LearnedSyncDetector(config)
+    except Exception:  # the learned model is not installed: correlations only
+        detector = None
+    scorer = detector.speaker_scorer() if detector is not None else None
+    selector = SpeakerSelector(scorer, config.window.min_face_fraction)
     rows = []
     end = frames[-1].t
     t_start = 0.0
@@ -107,33 +120,54 @@ def evaluate(frames: list[VideoFrame], samples: np.ndarray, a_left: bool) -> lis
         audio = compute_audio_features(
             samples[lo : int(round((t_end + context) * AUDIO_RATE))], lo / AUDIO_RATE
         )
-        window = [f for f in features if t_start <= f.t < t_end]
+        frames_in = tuple(f for f in features if t_start <= f.t < t_end)
+        span = samples[lo : int(round((t_end + context) * AUDIO_RATE))]
+        window = AnalysisWindow("eval", len(rows), t_start, t_end, context, frames_in, span, audio)
         inside = (audio.times >= t_start) & (audio.times < t_end)
         speech = bool(
             inside.any() and audio.voiced[inside].mean() >= config.window.min_speech_fraction
         )
-        choice = selector.choose(window, audio, speech)
-        tracks = face_tracks(window)
+        choice = selector.choose(window, speech)
+        tracks = face_tracks(frames_in)
+        row = {
+            "t_start": t_start,
+            "speech": speech,
+            "faces": len(tracks),
+            "chosen": None,
+        }
         sides = {}
-        raw = {}
         for tid, obs in tracks.items():
             x0, _, x1, _ = obs[-1][1].face_box
-            sides[tid] = "A" if ((x0 + x1) / 2 < width / 2) == a_left else "B"
-            raw[sides[tid]] = mouth_speech_correlation(
-                np.array([t for t, _ in obs]), np.array([f.aperture for _, f in obs]), audio
-            )
-        rows.append(
-            {
-                "t_start": t_start,
-                "speech": speech,
-                "faces": len(tracks),
-                "chosen": None if choice.track_id is None else sides.get(choice.track_id),
-                "corr_a": raw.get("A"),
-                "corr_b": raw.get("B"),
-            }
-        )
+            side = sides[tid] = "a" if ((x0 + x1) / 2 < width / 2) == a_left else "b"
+            times = np.array([t for t, _ in obs])
+            apertures = np.array([f.aperture for _, f in obs])
+            row[f"corr_{side}"] = mouth_speech_correlation(times, apertures, audio)
+            row[f"corr_near_{side}"] = mouth_speech_correlation(times, apertures, audio, 0.12)
+            if scorer is not None:
+                row[f"sync_{side}"] = scorer.score(window_of_speaker(window, tid))
+        if choice.track_id is not None:
+            row["chosen"] = sides.get(choice.track_id, "?").upper()
+        rows.append(row)
         t_start += config.window.hop_s
     return rows
+
+
+def _separation(results: list[dict], key: str, label: str) -> str:
+    """How well a per-window figure tells speaker A from the other speaking face B."""
+    rows = [r for x in results if not x["still"] for r in x["rows"] if r["speech"]]
+    pairs = [
+        (r[f"{key}_a"], r[f"{key}_b"])
+        for r in rows
+        if r.get(f"{key}_a") is not None and r.get(f"{key}_b") is not None
+    ]
+    if not pairs:
+        return f"- {label}: not measured"
+    a, b = np.array(pairs, dtype=float).T
+    return (
+        f"- {label}: A median {np.median(a):.2f} (p10 {np.percentile(a, 10):.2f}), "
+        f"B median {np.median(b):.2f} (p90 {np.percentile(b, 90):.2f}); A above B in "
+        f"{np.mean(a > b):.0%} of {len(pairs)} windows with both faces and speech"
+    )
 
 
 def main() -> int:
@@ -189,24 +223,13 @@ def main() -> int:
                 f"| {label} | {total} | {sum(r['right'] for r in group)} | "
                 f"{sum(r['wrong'] for r in group)} | {sum(r['none'] for r in group)} |"
             )
-    corr_a = [
-        r["corr_a"] for x in results for r in x["rows"] if r["speech"] and r["corr_a"] is not None
-    ]
-    corr_b = [
-        r["corr_b"]
-        for x in results
-        if not x["still"]
-        for r in x["rows"]
-        if r["speech"] and r["corr_b"] is not None
-    ]
-    if corr_a and corr_b:
-        lines += [
-            "",
-            f"Per-window correlation with the speech: speaker A median {np.median(corr_a):.2f} "
-            f"(p10 {np.percentile(corr_a, 10):.2f}), the other speaking face B median "
-            f"{np.median(corr_b):.2f} (p90 {np.percentile(corr_b, 90):.2f}); "
-            f"{len(results)} composites.",
-        ]
+    lines.append("")
+    for key, label in (
+        ("corr", "mouth-loudness correlation, lags +-0.6 s"),
+        ("corr_near", "mouth-loudness correlation, lags +-0.12 s"),
+        ("sync", "learned sync confidence"),
+    ):
+        lines.append(_separation(results, key, label))
     text = "\n".join(lines) + "\n"
     (out / "speaker.md").write_text(text)
     sys.stdout.write(text)

@@ -23,6 +23,7 @@ import numpy as np
 from monitor.config import MonitorConfig
 from monitor.detectors.base import Evidence, describe_offset, format_span
 from monitor.errors import BackendUnavailableError
+from monitor.features.speaker import TrackScorer
 from monitor.features.store import FrameStore
 from monitor.features.types import FrameFeatures
 from monitor.sync.backends import WEIGHTS_PATH, BatchingRunner, Calibration, shared_runner
@@ -53,6 +54,10 @@ def load_calibration() -> Calibration:
     return info.calibration
 
 
+def _track(frame: FrameFeatures) -> int:
+    return -1 if frame.face is None else frame.face.track_id
+
+
 class LearnedSyncDetector:
     """``lip_sync`` with ``method: "learned"``."""
 
@@ -68,6 +73,7 @@ class LearnedSyncDetector:
             FrameStore(self._embed_frames) if getattr(self.runner, "streaming", False) else None
         )
         self._blank: np.ndarray | None = None  # embedding of a grid step without a face
+        self._last_curve: tuple[tuple, tuple[np.ndarray, np.ndarray, int] | None] | None = None
         self._curve_sum: np.ndarray | None = None
         self._lags: np.ndarray | None = None
         self._curve_windows = 0
@@ -102,6 +108,19 @@ class LearnedSyncDetector:
         self._accumulate(curve, lags, window)
         return self._evidence(curve, lags, span, (window.t_start, window.t_end), stacks)
 
+    def speaker_scorer(self) -> TrackScorer:
+        """Sync confidence of a window's face, for choosing the speaking face among several
+        (tools/eval_speaker.py: the speaker's median 3.2, another speaking face's 0.55)."""
+
+        def confidence(window: AnalysisWindow) -> float | None:
+            measured = self._curve(window)
+            if measured is None:
+                return None
+            curve, lags, _ = measured
+            return summarize_curve(curve, lags).confidence
+
+        return TrackScorer("sync confidence", confidence, min_score=1.0, min_margin=0.5)
+
     def summarize(self) -> Evidence | None:
         """Session evidence from the mean lag curve of every scored window."""
         if self._curve_sum is None or self._lags is None or self._span is None:
@@ -115,7 +134,20 @@ class LearnedSyncDetector:
     # -----------------------------------------------------------------------------------
 
     def _curve(self, window: AnalysisWindow) -> tuple[np.ndarray, np.ndarray, int] | None:
-        """(mean lag curve, lags, scored steps), or None without 5 face frames in a row."""
+        """(mean lag curve, lags, scored steps), or None without 5 face frames in a row.
+
+        Kept for the window last asked about: choosing among several faces measures the
+        chosen face's curve before the window is analysed on it."""
+        key = (window.index, window.t_start, tuple(_track(f) for f in window.frames))
+        if self._last_curve is not None and self._last_curve[0] == key:
+            return self._last_curve[1]
+        measured = self._measure_curve(window)
+        self._last_curve = (key, measured)
+        return measured
+
+    def _measure_curve(
+        self, window: AnalysisWindow
+    ) -> tuple[np.ndarray, np.ndarray, int] | None:
         store = self._frame_embeddings
         if store is None:
             inputs = window_inputs(window)

@@ -77,6 +77,9 @@ REACQUIRE_S = 10.0
 DUPLICATE_IOU = 0.5
 # A detection overlapping a tracked region this much is that face, not a new one.
 SAME_FACE_IOU = 0.3
+# Faces whose region (1.5 face heights) is smaller than this many model pixels are not
+# tracked: the landmark model (192x192 input) would read them from a blur.
+MIN_FACE_SIDE = 64
 
 # Points carried by optical flow between landmark frames: the lips move on their own,
 # these move with the head (eye corners, nose bridge and tip, brow, cheeks, chin).
@@ -118,6 +121,15 @@ node { calculator: "FaceDetectionFrontDetectionToRoi" input_stream: "DETECTION:d
 node { calculator: "EndLoopNormalizedRectCalculator" input_stream: "ITEM:roi"
        input_stream: "BATCH_END:end" output_stream: "ITERABLE:rois" }
 """
+
+
+_GRAPHS = {
+    "landmarks": _LANDMARK_GRAPH,
+    "detection": _DETECTION_GRAPH,
+    "full_range": _DETECTION_GRAPH.replace(
+        "FaceDetectionShortRangeCpu", "FaceDetectionFullRangeCpu"
+    ),
+}
 
 
 @runtime_checkable
@@ -451,8 +463,8 @@ class FaceModels:
     def __init__(self, min_detection_confidence: float, min_presence: float = 0.5) -> None:
         self._min_score = {"detection": min_detection_confidence, "presence": min_presence}
         self._size = max(1, len(os.sched_getaffinity(0)))
-        self._free: dict[str, list[_Graph]] = {"landmarks": [], "detection": []}
-        self._made = {"landmarks": 0, "detection": 0}
+        self._free: dict[str, list[_Graph]] = {kind: [] for kind in _GRAPHS}
+        self._made = dict.fromkeys(_GRAPHS, 0)
         self._lock = threading.Condition()
 
     @contextmanager
@@ -481,14 +493,16 @@ class FaceModels:
     def _new(self, kind: str) -> _Graph:
         from mediapipe.python import packet_creator
 
-        if kind == "landmarks":
-            side = {"with_attention": packet_creator.create_bool(True)}
-            return _Graph(_LANDMARK_GRAPH, side, self._min_score)
-        return _Graph(_DETECTION_GRAPH, {}, self._min_score)
+        side = {"with_attention": packet_creator.create_bool(True)} if kind == "landmarks" else {}
+        return _Graph(_GRAPHS[kind], side, self._min_score)
 
-    def detect(self, image: np.ndarray, factor: float = 1.0) -> list[Region]:
+    def detect(
+        self, image: np.ndarray, factor: float = 1.0, *, full_range: bool = False
+    ) -> list[Region]:
         """Regions (``image`` pixels) of the faces the detector finds, on ``image`` scaled
-        by ``factor`` (its input is 128x128 whatever it gets)."""
+        by ``factor``. The short-range model (128x128 input) finds faces that fill a good
+        part of the frame, as FaceMesh does; ``full_range`` (192x192, a few times the
+        cost) also finds smaller ones, such as a speaker beside a large second face."""
         from mediapipe.python import packet_creator, packet_getter
         from mediapipe.python._framework_bindings import image_frame
 
@@ -496,7 +510,7 @@ class FaceModels:
         packet = packet_creator.create_image_frame(
             image_format=image_frame.ImageFormat.SRGB, data=_scaled(image, factor)
         )
-        with self._graph("detection") as graph:
+        with self._graph("full_range" if full_range else "detection") as graph:
             out = graph.run({"image": packet})
         if "rois" not in out or out["rois"].is_empty():
             return []
@@ -687,10 +701,19 @@ class MediaPipeFaceTracker:
     # ----- steps -----------------------------------------------------------------------
 
     def _detect(self, image: np.ndarray, factor: float, t: float) -> None:
-        self._last_detect_t = t
+        """Look for faces not tracked yet: with the short-range model on every frame while
+        none is tracked (as FaceMesh does), and with the full-range one once a second."""
+        periodic = t - self._last_detect_t >= (
+            LOST_DETECT_INTERVAL_S if self.lost else DETECT_INTERVAL_S
+        )
         if len(self.tracks) >= self.config.max_faces:
             return
-        for region in self.models.detect(image, factor):
+        if periodic:
+            self._last_detect_t = t
+        min_side = MIN_FACE_SIDE / factor  # frame pixels for MIN_FACE_SIDE model pixels
+        for region in self.models.detect(image, factor, full_range=periodic):
+            if min(region.width, region.height) < min_side:
+                continue
             if any(region.iou(track.region) >= SAME_FACE_IOU for track in self.tracks):
                 continue
             found = self.models.landmarks(image, region, factor)

@@ -1,42 +1,58 @@
-"""Which face is speaking, when several are in view: the one whose mouth moves with the speech.
+"""Which face is speaking, when several are in view: the one whose lips go with the speech.
 
-Active-speaker detectors look for the face whose mouth motion goes with the audio. Here
-that is the correlation between a face track's mouth opening (inner-lip gap / face
-height, per frame) and the speech loudness at the same instants, at the best lag within
-the sync detectors' search range (a dubbed or shifted call still has its speaker's mouth
-following the speech, only late or early). A still face (a photo beside the speaker)
-does not move; another person's genuine speech moves the mouth, but not with this audio.
+Active-speaker detection asks which face's mouth matches the audio. The best judge here
+is the learned sync model itself (as SyncNet is used for active-speaker detection): the
+speaking face's lag curve has a clear minimum, another face's does not. On two real
+speakers side by side from the training pool (tools/eval_speaker.py) its sync confidence
+put the speaker above the other speaking face in 99% of the windows (median 3.2 against
+0.55), where the correlation of mouth opening with loudness managed 60%. That
+correlation is kept as the fallback scorer for lip-sync detectors without a confidence.
 
-The choice uses the last few windows' correlations, not one window's: over 2 s two
-unrelated signals can correlate by chance. When no face stands out, no face is chosen
-and the window is insufficient evidence; a guess could score the wrong person's lips
-against the speech and raise a false alarm on a genuine call.
+The choice uses the mean over the last few windows per face, so that one window's chance
+match does not flip it. When no face stands out, no face is chosen and the window is
+insufficient evidence: a guess could score the wrong person's lips against the speech and
+raise a false alarm on a genuine call.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from monitor.features.types import AudioFeatures, FaceObservation, FrameFeatures
 
-# Lags searched (seconds, either way): the sync detectors' range.
+if TYPE_CHECKING:
+    from monitor.windows import AnalysisWindow
+
+# Lags searched (seconds, either way) by the correlation scorer: the sync detectors' range.
 MAX_LAG_S = 0.6
 LAG_STEP_S = 0.04
 # Loudness below this (dBFS) counts as this: pauses are quiet, whatever the noise is.
 LOUDNESS_FLOOR_DB = -60.0
 # A mouth whose opening varies less than this (face heights) does not move.
 MIN_APERTURE_STD = 0.002
-# Windows whose correlations are averaged per track.
+# Windows with speech whose scores are averaged per face.
 HISTORY_WINDOWS = 4
-# The speaking face needs at least this mean correlation, and this much more than the
-# next face. Set on composites of training-pool clips (tools/eval_speaker.py).
-MIN_SCORE = 0.2
-MIN_MARGIN = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class TrackScorer:
+    """How well a window's face goes with its speech (higher: better); the window given
+    has ``face`` set to one track's face in every frame.
+
+    ``min_score``: what the speaking face reaches; ``min_margin``: how far it must lead
+    the next face. Both on the scale of ``score``, set on training-pool composites.
+    """
+
+    label: str
+    score: Callable[[AnalysisWindow], float | None]
+    min_score: float
+    min_margin: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,14 +61,14 @@ class SpeakerChoice:
 
     track_id: int | None  # None: no face could be chosen
     faces: int  # face tracks in view for most of the window
-    scores: dict[int, float] = field(default_factory=dict)  # track -> mean correlation
+    scores: dict[int, float] = field(default_factory=dict)  # track -> mean score
     reason: str = ""
 
     def to_json(self) -> dict[str, object]:
         return {
             "track": self.track_id,
             "faces": self.faces,
-            "mouth_speech_correlation": {str(k): round(v, 3) for k, v in self.scores.items()},
+            "scores": {str(k): round(v, 3) for k, v in self.scores.items()},
             "reason": self.reason,
         }
 
@@ -98,68 +114,86 @@ def _side(face: FaceObservation, width: int) -> str:
     return "left" if centre < 0.4 else "right" if centre > 0.6 else "middle"
 
 
+def correlation_scorer() -> TrackScorer:
+    """Mouth opening against loudness: for lip-sync detectors without a sync confidence."""
+
+    def score(window: AnalysisWindow) -> float:
+        faces = [(f.t, f.face) for f in window.frames if f.face is not None]
+        times = np.array([t for t, _ in faces])
+        apertures = np.array([face.aperture for _, face in faces])
+        return mouth_speech_correlation(times, apertures, window.audio)
+
+    return TrackScorer("mouth-speech correlation", score, min_score=0.3, min_margin=0.15)
+
+
 class SpeakerSelector:
     """Per-session choice of the face to score in each window."""
 
-    def __init__(self, min_face_fraction: float = 0.6) -> None:
+    def __init__(self, scorer: TrackScorer | None = None, min_face_fraction: float = 0.6) -> None:
+        self.scorer = scorer or correlation_scorer()
         self.min_face_fraction = min_face_fraction
         self._scores: dict[int, deque[float]] = {}
         self.chosen: int | None = None
 
-    def choose(
-        self, frames: Sequence[FrameFeatures], audio: AudioFeatures, speech: bool
-    ) -> SpeakerChoice:
+    def choose(self, window: AnalysisWindow, speech: bool) -> SpeakerChoice:
         """The window's speaking face. ``speech``: the window has enough speech to tell."""
+        frames = window.frames
         tracks = face_tracks(frames)
         needed = self.min_face_fraction * max(len(frames), 1)
-        present = {tid: obs for tid, obs in tracks.items() if len(obs) >= needed}
+        present = sorted(tid for tid, obs in tracks.items() if len(obs) >= needed)
         if len(present) <= 1:
-            track_id = next(iter(present), None)
+            track_id = present[0] if present else None
             if track_id is None and tracks:  # faces come and go: the one seen most
                 track_id = max(tracks, key=lambda t: len(tracks[t]))
             self.chosen = track_id if track_id is not None else self.chosen
             return SpeakerChoice(track_id, len(present), reason="one face in view")
-        for track_id, observations in present.items():
-            times = np.array([t for t, _ in observations])
-            aperture = np.array([face.aperture for _, face in observations])
-            if speech:
-                history = self._scores.setdefault(track_id, deque(maxlen=HISTORY_WINDOWS))
-                history.append(mouth_speech_correlation(times, aperture, audio))
+        if speech:
+            for track_id in present:
+                value = self.scorer.score(window_of_speaker(window, track_id))
+                if value is not None and math.isfinite(value):
+                    history = self._scores.setdefault(track_id, deque(maxlen=HISTORY_WINDOWS))
+                    history.append(float(value))
         scores = {
             tid: float(np.mean(self._scores[tid])) if self._scores.get(tid) else 0.0
             for tid in present
         }
-        ranked = sorted(scores, key=scores.__getitem__, reverse=True)
+        ranked = sorted(present, key=scores.__getitem__, reverse=True)
         best, second = ranked[0], ranked[1]
         width = frames[0].frame_size[1] if frames else 1
-        sides = {tid: _side(present[tid][-1][1], width) for tid in present}
-        if scores[best] >= MIN_SCORE and scores[best] - scores[second] >= MIN_MARGIN:
+        sides = {tid: _side(tracks[tid][-1][1], width) for tid in present}
+        label, n = self.scorer.label, len(present)
+        if (
+            scores[best] >= self.scorer.min_score
+            and scores[best] - scores[second] >= self.scorer.min_margin
+        ):
             self.chosen = best
             reason = (
-                f"{len(present)} faces in view: scored the {sides[best]} face (track {best}), "
-                f"whose mouth moves with the speech (correlation {scores[best]:.2f} against "
-                f"{scores[second]:.2f})"
+                f"{n} faces in view: scored the {sides[best]} face (track {best}), whose lips "
+                f"go with the speech ({label} {scores[best]:.2f} against {scores[second]:.2f})"
             )
-            return SpeakerChoice(best, len(present), scores, reason)
+            return SpeakerChoice(best, n, scores, reason)
         if not speech and self.chosen in present:
             reason = (
-                f"{len(present)} faces in view: kept the {sides[self.chosen]} face "
+                f"{n} faces in view: kept the {sides[self.chosen]} face "
                 f"(track {self.chosen}) chosen earlier"
             )
-            return SpeakerChoice(self.chosen, len(present), scores, reason)
+            return SpeakerChoice(self.chosen, n, scores, reason)
         reason = (
-            f"{len(present)} faces in view and none moves with the speech clearly enough to "
-            f"tell which one speaks (correlation {scores[best]:.2f} against {scores[second]:.2f})"
+            f"{n} faces in view and none goes with the speech clearly enough to tell which "
+            f"one speaks ({label} {scores[best]:.2f} against {scores[second]:.2f})"
         )
-        return SpeakerChoice(None, len(present), scores, reason)
+        return SpeakerChoice(None, n, scores, reason)
+
+
+def window_of_speaker(window: AnalysisWindow, track_id: int | None) -> AnalysisWindow:
+    """The window with every frame's ``face`` set to that track's (None where it is not)."""
+    return replace(window, frames=frames_of_speaker(window.frames, track_id))
 
 
 def frames_of_speaker(
     frames: Sequence[FrameFeatures], track_id: int | None
 ) -> tuple[FrameFeatures, ...]:
     """The frames with ``face`` set to the chosen track's face (None where it is not seen)."""
-    from dataclasses import replace
-
     out = []
     for frame in frames:
         faces = frame.faces or ((frame.face,) if frame.face is not None else ())
