@@ -62,6 +62,12 @@ def test_grid_marks_steps_without_a_near_frame() -> None:
     assert len(missing) == 8
 
 
+def test_grid_with_one_frame_or_none() -> None:
+    """A window holding a single frame (drops, a frozen stream) must not fail the grid."""
+    np.testing.assert_array_equal(grid_frames(np.array([1.0]), 0.96, 5), [0, 0, 0, -1, -1])
+    np.testing.assert_array_equal(grid_frames(np.array([]), 0.0, 3), [-1, -1, -1])
+
+
 @pytest.mark.parametrize("fps", [25.0, 30.0])
 def test_build_inputs_shapes_and_audio_alignment(fps: float) -> None:
     t_start = 5.0

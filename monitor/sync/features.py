@@ -171,10 +171,12 @@ def grid_frames(times: np.ndarray, t_start: float, n_grid: int) -> np.ndarray:
     grid = t_start + np.arange(n_grid) * GRID_STEP_S
     if len(times) == 0:
         return np.full(n_grid, -1)
-    right = np.clip(np.searchsorted(times, grid), 1, max(len(times) - 1, 1))
-    left = right - 1
-    pick = np.where(np.abs(times[left] - grid) <= np.abs(times[right] - grid), left, right)
-    pick = np.clip(pick, 0, len(times) - 1)
+    if len(times) == 1:  # one frame: it is the nearest for every step
+        pick = np.zeros(n_grid, dtype=np.int64)
+    else:
+        right = np.clip(np.searchsorted(times, grid), 1, len(times) - 1)
+        left = right - 1
+        pick = np.where(np.abs(times[left] - grid) <= np.abs(times[right] - grid), left, right)
     pick[np.abs(times[pick] - grid) > MAX_FRAME_DISTANCE_S] = -1
     return pick
 
