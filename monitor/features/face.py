@@ -587,12 +587,6 @@ class FaceTrack:
     # optical flow to the next frame.
     grey: tuple[np.ndarray, tuple[int, int, int, int]] | None = field(default=None, repr=False)
 
-    @property
-    def size(self) -> float:
-        x0, y0 = self.landmarks.min(axis=0)
-        x1, y1 = self.landmarks.max(axis=0)
-        return float(max(x1 - x0, y1 - y0))
-
 
 def _similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray | None:
     """Least-squares 2x3 similarity (rotation, scale, shift) taking source onto target."""
@@ -675,8 +669,9 @@ class MediaPipeFaceTracker:
             kept.append(track)
         self.tracks = kept
         detect_every = LOST_DETECT_INTERVAL_S if self.lost else DETECT_INTERVAL_S
-        if not self.tracks or frame.t - self._last_detect_t >= detect_every:
-            self._detect(image, factor, frame.t)
+        periodic = frame.t - self._last_detect_t >= detect_every
+        if periodic or not self.tracks:
+            self._detect(image, factor, frame.t, periodic)
         self.tracks = self._without_duplicates(self.tracks)
         self.lost = [t for t in self.lost if frame.t - t.last_t <= REACQUIRE_S]
         flow_next = self._frames_since_landmarks + 1 < interval
@@ -700,12 +695,10 @@ class MediaPipeFaceTracker:
 
     # ----- steps -----------------------------------------------------------------------
 
-    def _detect(self, image: np.ndarray, factor: float, t: float) -> None:
+    def _detect(self, image: np.ndarray, factor: float, t: float, periodic: bool) -> None:
         """Look for faces not tracked yet: with the short-range model on every frame while
-        none is tracked (as FaceMesh does), and with the full-range one once a second."""
-        periodic = t - self._last_detect_t >= (
-            LOST_DETECT_INTERVAL_S if self.lost else DETECT_INTERVAL_S
-        )
+        none is tracked (as FaceMesh does), and with the full-range one on the periodic
+        search (``periodic``)."""
         if len(self.tracks) >= self.config.max_faces:
             return
         if periodic:
