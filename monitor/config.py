@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.errors import ConfigError
+from monitor.events import EVENT_TYPES
 
 
 @dataclass
@@ -76,12 +77,17 @@ class DetectorsConfig:
     plugin_dirs: list[str] = field(default_factory=lambda: ["plugins"])
 
 
+# Inference backends of the learned sync model (monitor/sync/backends.py); "auto" picks
+# the first that works.
+BACKEND_NAMES = ("auto", "tensorrt", "torch-cuda", "torch", "onnx")
+# "learned" (the trained model) or "baseline" (training-free cross-correlation).
+LIP_SYNC_MODELS = ("learned", "baseline")
+
+
 @dataclass
 class LipSyncConfig:
-    # "learned" (the trained model) or "baseline" (training-free cross-correlation).
-    model: str = "learned"
-    # "auto" | "tensorrt" | "torch-cuda" | "torch" | "onnx"
-    backend: str = "auto"
+    model: str = "learned"  # one of LIP_SYNC_MODELS
+    backend: str = "auto"  # one of BACKEND_NAMES
 
 
 @dataclass
@@ -110,6 +116,40 @@ class LiveConfig:
 
 
 @dataclass
+class SinksConfig:
+    """Alert delivery (monitor/sinks, docs/ALERTS.md): where to, what, how often, how hard.
+
+    Secrets may be set here or, taking precedence, in the environment
+    (``DFMON_WEBHOOK_SECRET``, ``DFMON_SPLUNK_TOKEN``, ``DFMON_TEAMS_TOKEN``); never by flag.
+    """
+
+    # "KIND:TARGET", as --sink: webhook:URL, splunk:URL, syslog:udp://HOST:PORT,
+    # syslog:tcp://HOST:PORT, teams-report:URL or teams-report:FILE.
+    targets: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=lambda: ["alert", "summary"])
+    # At most one alert notice per participant per this many media seconds (Graph: 60).
+    throttle_s: float = 60.0
+    # Notices waiting per sink beyond this many: the oldest goes to the dead-letter file.
+    queue_size: int = 256
+    timeout_s: float = 5.0
+    max_attempts: int = 6
+    backoff_s: float = 0.5
+    backoff_max_s: float = 30.0
+    # On exit, seconds given to queued notices before they are dead-lettered.
+    drain_s: float = 10.0
+    dead_letter: str = "dfmon-dead-letter.jsonl"
+    # Names this monitor: CloudEvents source, HEC host, syslog HOSTNAME ("" = host name).
+    monitor_name: str = ""
+    webhook_secret: str | None = None
+    webhook_cloudevents: bool = False
+    splunk_token: str | None = None
+    splunk_index: str | None = None
+    splunk_sourcetype: str = "dfmon:event"
+    syslog_facility: int = 16  # local0
+    teams_token: str | None = None
+
+
+@dataclass
 class MonitorConfig:
     window: WindowConfig = field(default_factory=WindowConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -119,6 +159,7 @@ class MonitorConfig:
     lip_sync: LipSyncConfig = field(default_factory=LipSyncConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
+    sinks: SinksConfig = field(default_factory=SinksConfig)
 
     def validate(self) -> MonitorConfig:
         w = self.window
@@ -138,7 +179,24 @@ class MonitorConfig:
             raise ConfigError(f"detectors.time_budget_s must be in (0, 3600] s, got {budget}")
         if any(weight < 0 for weight in self.detectors.weights.values()):
             raise ConfigError("detector weights must not be negative")
+        self._validate_sinks()
         return self
+
+    def _validate_sinks(self) -> None:
+        s = self.sinks
+        if s.throttle_s < 0:
+            raise ConfigError(f"sinks.throttle_s must not be negative, got {s.throttle_s}")
+        if s.queue_size < 1 or s.max_attempts < 1:
+            raise ConfigError("sinks.queue_size and sinks.max_attempts must be at least 1")
+        if not (s.timeout_s > 0 and s.backoff_s > 0 and s.backoff_max_s >= s.backoff_s):
+            raise ConfigError("need sinks.timeout_s > 0 and 0 < backoff_s <= backoff_max_s")
+        if s.drain_s < 0:
+            raise ConfigError(f"sinks.drain_s must not be negative, got {s.drain_s}")
+        if not 0 <= s.syslog_facility <= 23:
+            raise ConfigError(f"sinks.syslog_facility must be 0-23, got {s.syslog_facility}")
+        unknown = sorted(set(s.events) - set(EVENT_TYPES))
+        if unknown:
+            raise ConfigError(f"sinks.events: unknown event types {unknown}; known: {EVENT_TYPES}")
 
 
 def _merge(instance: Any, overrides: dict[str, Any], where: str) -> Any:

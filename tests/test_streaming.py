@@ -17,14 +17,8 @@ from monitor.detectors.base import Evidence
 from monitor.detectors.temporal import cues
 from monitor.features.store import FrameStore
 from monitor.features.types import FrameFeatures
-from monitor.sync.backends import (
-    ONNX_PATH,
-    STREAM_PATHS,
-    WEIGHTS_PATH,
-    BatchingRunner,
-    OnnxBackend,
-    weights_digest,
-)
+from monitor.sync.backends import BatchingRunner, OnnxBackend
+from monitor.sync.checkpoint import ONNX_PATH, STREAM_PATHS, WEIGHTS_PATH, weights_digest
 
 needs_model = pytest.mark.skipif(
     not (ONNX_PATH.exists() and WEIGHTS_PATH.exists() and all(p.exists() for p in STREAM_PATHS)),
@@ -84,7 +78,7 @@ def test_texture_blurred_around_its_squares_equals_the_whole_crop_blurred() -> N
 def test_streaming_graphs_match_the_checkpoint_they_came_from() -> None:
     import torch
 
-    from monitor.sync.backends import load_checkpoint
+    from monitor.sync.checkpoint import load_checkpoint
     from monitor.sync.model import example_inputs
 
     backend = OnnxBackend()

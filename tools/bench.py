@@ -575,7 +575,6 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(ROOT))
     from monitor.evaluation.machine import describe_machine, source_version
 
     if shutil.which("taskset") is None:

@@ -6,10 +6,11 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 from typing import Any
 
+from monitor.commands import add_lip_sync_arguments, lip_sync_overrides, until_stopped
 from monitor.errors import ConfigError
+from monitor.sinks.targets import add_sink_option, apply_sink_flags
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +34,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--token", help="bearer token for WHIP and the alert channel (or env DFMON_TOKEN)"
     )
     parser.add_argument("--out", metavar="EVENTS.jsonl", help="also append every event here")
-    parser.add_argument(
-        "--lip-sync", choices=["learned", "baseline"], help="lip-sync model (default: learned)"
-    )
-    parser.add_argument(
-        "--backend",
-        choices=["auto", "tensorrt", "torch-cuda", "torch", "onnx"],
-        help="inference backend for the learned model (default: auto)",
-    )
+    add_lip_sync_arguments(parser)
+    add_sink_option(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -55,14 +50,9 @@ def build_config(args: argparse.Namespace) -> Any:
 
     token = args.token or os.environ.get("DFMON_TOKEN") or None
     overrides: dict[str, Any] = {"alerts": {"token": token}}
-    lip_sync: dict[str, str] = {}
-    if args.lip_sync:
-        lip_sync["model"] = args.lip_sync
-    if args.backend:
-        lip_sync["backend"] = args.backend
-    if lip_sync:
+    if lip_sync := lip_sync_overrides(args):
         overrides["lip_sync"] = lip_sync
-    return load_config(args.config, **overrides)
+    return apply_sink_flags(load_config(args.config, **overrides), args.sink)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,9 +70,12 @@ async def serve(
 ) -> None:
     """Run until SIGINT/SIGTERM; every open session then ends with ``server_shutdown``."""
     from monitor.live.whip import LiveServer
+    from monitor.sinks.build import build_delivery, sink_stats
+    from monitor.sinks.fanout import EventFanout
     from monitor.sinks.websocket import AlertServer
 
     token = config.alerts.token
+    delivery = build_delivery(config)  # a bad sink or a missing secret fails here, first
     sink = None
     if out:
         from monitor.sinks.jsonl import JsonlSink
@@ -93,30 +86,33 @@ async def serve(
         await alerts.start()
     except OSError as exc:
         raise ConfigError(f"cannot serve alerts on {host}:{alerts_port}: {exc.strerror}") from exc
-    server = LiveServer(
-        config,
-        token=token,
-        sinks=[alerts.publish, *([sink.write] if sink else [])],
-        alerts_port=alerts.port,
-    )
+    fanout = EventFanout([("websocket", alerts.publish)])
+    if sink is not None:
+        fanout.add("jsonl", sink.write)
+    if delivery is not None:
+        delivery.start()
+        for name, accept in delivery.receivers():
+            fanout.add(name, accept)
+    server = LiveServer(config, token=token, fanout=fanout, alerts_port=alerts.port)
+    server.metrics.sink_stats = lambda: sink_stats(fanout, delivery)
     try:
         await server.start(host, port)
     except OSError as exc:
         await alerts.stop()
+        if delivery is not None:
+            await delivery.aclose()
         raise ConfigError(f"cannot serve WHIP on {host}:{port}: {exc.strerror}") from exc
     log.info(
         "publish page http://%s:%s/publish, dashboard http://%s:%s/, alerts %s",
         host, server.port, host, server.port, alerts.url,
     )  # fmt: skip
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         log.info("shutting down: ending %d session(s)", len(server.sessions))
         await server.stop()
+        if delivery is not None:
+            await delivery.aclose()  # the sessions' summaries are queued by now
         await alerts.drain(2.0)
         await alerts.stop()
         if sink is not None:

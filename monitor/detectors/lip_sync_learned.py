@@ -26,7 +26,8 @@ from monitor.errors import BackendUnavailableError
 from monitor.features.speaker import TrackScorer
 from monitor.features.store import FrameStore
 from monitor.features.types import FrameFeatures
-from monitor.sync.backends import WEIGHTS_PATH, BatchingRunner, Calibration, shared_runner
+from monitor.sync.backends import BatchingRunner, shared_runner
+from monitor.sync.checkpoint import WEIGHTS_PATH, Calibration
 from monitor.sync.features import (
     GRID_STEP_S,
     frame_model_inputs,
@@ -46,7 +47,7 @@ ALIGNED_MS = 80.0
 
 @lru_cache(maxsize=1)
 def load_calibration() -> Calibration:
-    from monitor.sync.backends import load_checkpoint
+    from monitor.sync.checkpoint import load_checkpoint
 
     _, info = load_checkpoint(WEIGHTS_PATH)
     if info.calibration is None:

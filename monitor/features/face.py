@@ -36,6 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from monitor import native_log
 from monitor.config import FaceConfig
 from monitor.features.types import FaceObservation
 from monitor.media import VideoFrame
@@ -371,7 +372,11 @@ def _bounds(region: Region, shape: tuple[int, ...]) -> tuple[int, int, int, int]
 
 
 class _Graph:
-    """One MediaPipe graph, fed one timestamp at a time; not thread-safe (the pool is)."""
+    """One MediaPipe graph, fed one timestamp at a time; not thread-safe (the pool is).
+
+    MediaPipe and TensorFlow Lite log from their own threads while a graph starts and on
+    its first packets (see :mod:`monitor.native_log`): filtered until the first run ends.
+    """
 
     def __init__(
         self,
@@ -379,6 +384,14 @@ class _Graph:
         side_packets: dict[str, Any],
         min_score: dict[str, float] | None = None,
     ) -> None:
+        self._quiet: native_log.Hold | None = native_log.hold()
+        try:
+            self._start(text, side_packets, min_score or {})
+        except BaseException:
+            self._end_quiet()
+            raise
+
+    def _start(self, text: str, side_packets: dict[str, Any], min_score: dict[str, float]) -> None:
         import mediapipe as mp
         from google.protobuf import text_format
         from mediapipe.framework import calculator_pb2
@@ -396,7 +409,7 @@ class _Graph:
         )
         config = calculator_pb2.CalculatorGraphConfig()
         config.ParseFromString(validated.binary_config)
-        _set_options(config, min_score or {})
+        _set_options(config, min_score)
         self._graph = calculator_graph.CalculatorGraph(graph_config=config)
         self._outputs: dict[str, Any] = {}
         for name in config.output_stream:
@@ -411,10 +424,17 @@ class _Graph:
         for stream, packet in inputs.items():
             self._graph.add_packet_to_input_stream(stream=stream, packet=packet.at(self._timestamp))
         self._graph.wait_until_idle()
+        self._end_quiet()
         return dict(self._outputs)
+
+    def _end_quiet(self) -> None:
+        if self._quiet is not None:
+            self._quiet.release()
+            self._quiet = None
 
     def close(self) -> None:
         self._graph.close()
+        self._end_quiet()
 
 
 def _set_options(config: Any, min_score: dict[str, float]) -> None:

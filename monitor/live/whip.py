@@ -17,7 +17,6 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -28,8 +27,10 @@ from aiortc.exceptions import OperationError
 
 from monitor.config import MonitorConfig
 from monitor.errors import SdpError
+from monitor.events import EventSink
 from monitor.live.metrics import LiveMetrics
 from monitor.live.session import AnalyzerFactory, LiveSession, default_analyzer_factory
+from monitor.sinks.fanout import EventFanout
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,6 @@ CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Expose-Headers": "Location, Accept-Post, Link",
 }
-
-EventSink = Callable[[dict], None]
 
 
 class UnprocessableOffer(SdpError):
@@ -112,8 +111,10 @@ def _page(name: str) -> bytes | None:
 class LiveServer:
     """Owns the WHIP sessions, their metrics and the sinks their events go to.
 
-    ``sinks`` are called on the event loop with every event of every session (e.g.
-    ``AlertServer.publish``); ``alerts_port`` lets ``GET /`` point the dashboard at it.
+    Every event of every session passes, on the event loop, through ``fanout`` (the one
+    :class:`EventFanout`, which isolates failing sinks); plain ``sinks`` callables (e.g.
+    ``AlertServer.publish``) are added to it. ``alerts_port`` lets ``GET /`` point the
+    dashboard at the alert websocket.
     """
 
     def __init__(
@@ -123,13 +124,16 @@ class LiveServer:
         token: str | None = None,
         analyzer_factory: AnalyzerFactory = default_analyzer_factory,
         sinks: list[EventSink] | None = None,
+        fanout: EventFanout | None = None,
         alerts_port: int | None = None,
         prewarm: bool | None = None,
     ) -> None:
         self.config = config
         self.token = token
         self.analyzer_factory = analyzer_factory
-        self.sinks: list[EventSink] = list(sinks or [])
+        self.fanout = fanout if fanout is not None else EventFanout()
+        for sink in sinks or []:
+            self.fanout.add(getattr(sink, "__qualname__", repr(sink)), sink)
         self.alerts_port = alerts_port
         # Build one analyzer at start (imports torch, MediaPipe, models: seconds), so the
         # first participant's frames are not queued behind that.
@@ -219,11 +223,7 @@ class LiveServer:
     def dispatch(self, event: dict) -> None:
         """Every session's events pass here, on the loop: metrics, then the sinks."""
         self.metrics.observe_event(event)
-        for sink in self.sinks:
-            try:
-                sink(event)
-            except Exception:  # a broken sink must not take the session down
-                log.exception("event sink %r failed", sink)
+        self.fanout.publish(event)
 
     # ----- auth ---------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from monitor.sync.backends import (
+from monitor.sync.checkpoint import (
     FRAME_INPUT_NAMES,
     FRAME_OUTPUT_NAME,
     INPUT_NAMES,
