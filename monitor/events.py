@@ -21,6 +21,7 @@ from monitor.detectors.base import format_span
 if TYPE_CHECKING:
     from monitor.config import MonitorConfig
     from monitor.detectors.base import Evidence
+    from monitor.features.speaker import SpeakerChoice
     from monitor.fusion import LevelChange
     from monitor.media import StreamInfo
     from monitor.windows import AnalysisWindow
@@ -83,14 +84,21 @@ class EventFactory:
         session_level: str,
         dropped_frames: int,
         inference_s: float,
+        speaker: SpeakerChoice | None = None,
     ) -> dict[str, Any]:
-        """One window's score; ``window_risk`` None is insufficient evidence."""
+        """One window's score; ``window_risk`` None is insufficient evidence. ``speaker``:
+        which of several faces was scored (or that none could be), named in the event."""
         if window_risk is None:
             reasons = "; ".join(e.rationale for e in evidence) or "no detector ran"
+            if speaker is not None and speaker.track_id is None:
+                reasons = speaker.reason
             span = format_span(window.t_start, window.t_end)
             rationale = f"insufficient evidence over {span}: {reasons}"
         else:
             rationale = scored_rationale(evidence, strongest_first=True)
+            if speaker is not None:
+                rationale = f"{speaker.reason}; {rationale}"
+        extra = {"speaker": speaker.to_json()} if speaker is not None else {}
         return self.make(
             "score",
             window=window.index,
@@ -104,6 +112,7 @@ class EventFactory:
             evidence=[item.to_json() for item in evidence],
             dropped_frames=dropped_frames,
             inference_ms=round(inference_s * 1000, 2),
+            **extra,
         )
 
     def alert(

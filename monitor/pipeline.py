@@ -21,6 +21,7 @@ from monitor.detectors.base import Detector, Evidence
 from monitor.detectors.runner import CallTimeout, DetectorRunner
 from monitor.events import EventFactory, EventSink
 from monitor.explain.live import compact_explanation
+from monitor.features.speaker import SpeakerChoice, SpeakerSelector, window_of_speaker
 from monitor.features.types import FrameFeatures
 from monitor.fusion import RiskState, fuse_evidence, gate_clearing
 from monitor.levels import LEVEL_RANK, UNKNOWN
@@ -100,6 +101,8 @@ class SessionAnalyzer:
         self._windower = Windower(
             WindowSchedule.from_config(config.window), config.audio, session=session
         )
+        self._speakers: SpeakerSelector | None = None  # made when a second face shows up
+        self._background_counted: dict[str, float] = {}  # per-frame seconds already counted
         self._finished = False
         self._closed = False
 
@@ -126,13 +129,33 @@ class SessionAnalyzer:
 
     def add_video(self, frame: VideoFrame) -> None:
         started = time.perf_counter()
-        face = self.face_tracker.track(frame)
+        track_faces = getattr(self.face_tracker, "track_faces", None)
+        if track_faces is not None:
+            faces = tuple(track_faces(frame))
+        else:  # a tracker of one face
+            face = self.face_tracker.track(frame)
+            faces = () if face is None else (face,)
         self.stats.stage_seconds["landmarks"] += time.perf_counter() - started
         self.stats.video_frames += 1
-        self.stats.frames_with_face += face is not None
+        self.stats.frames_with_face += bool(faces)
         height, width = frame.image.shape[:2]
-        self._windower.add_frame(FrameFeatures(frame.t, frame.index, (height, width), face))
+        features = FrameFeatures(
+            frame.t,
+            frame.index,
+            (height, width),
+            faces[0] if faces else None,
+            faces if len(faces) > 1 else (),
+        )
+        self._windower.add_frame(features)
+        self._observe(features)
         self._pump()
+
+    def _observe(self, frame: FrameFeatures) -> None:
+        """Hand the frame to the detectors that work per frame, on their own threads."""
+        for name, detector in self.detectors.items():
+            observe = getattr(detector, "observe", None)
+            if observe is not None:
+                self._runner(name).submit(partial(observe, frame))
 
     def add_audio(self, chunk: AudioChunk) -> None:
         self._windower.add_audio(chunk)
@@ -187,6 +210,18 @@ class SessionAnalyzer:
             runner = self._runners[name] = DetectorRunner(name)
         return runner
 
+    def _count_background(self, name: str) -> None:
+        """Add the time a detector spent on per-frame work since last asked to its total."""
+        runner = self._runners.get(name)
+        if runner is None:
+            return
+        done = runner.background_seconds
+        counted = self._background_counted.get(name, 0.0)
+        self.stats.detector_seconds[name] = (
+            self.stats.detector_seconds.get(name, 0.0) + done - counted
+        )
+        self._background_counted[name] = done
+
     def _disable(self, name: str) -> None:
         """Drop a detector for the rest of the session and stop its thread (unless it hung)."""
         del self.detectors[name]
@@ -220,6 +255,7 @@ class SessionAnalyzer:
                 # A result that came just past the deadline is over budget all the same.
                 took = f"{elapsed:.2f} s" if elapsed > budget else None
             self.stats.detector_seconds[name] = self.stats.detector_seconds.get(name, 0.0) + elapsed
+            self._count_background(name)
             if took is not None:
                 self._disable(name)
                 self._error(
@@ -231,9 +267,47 @@ class SessionAnalyzer:
             evidence.append(item)
         return evidence
 
+    def _choose_speaker(
+        self, window: AnalysisWindow
+    ) -> tuple[AnalysisWindow, SpeakerChoice | None]:
+        """With several faces in the window, the one to score (:mod:`monitor.features.speaker`),
+        judged by the lip-sync detector where it offers a scorer, on its own thread."""
+        if not any(frame.faces for frame in window.frames):
+            return window, None
+        detector = self.detectors.get("lip_sync")
+        make_scorer = getattr(detector, "speaker_scorer", None)
+        by_detector = make_scorer is not None
+        if (
+            self._speakers is None
+            or (self._speakers.scorer.label == "sync confidence") != by_detector
+        ):
+            scorer = make_scorer() if make_scorer is not None else None
+            self._speakers = SpeakerSelector(scorer, self.config.window.min_face_fraction)
+        speech = (
+            window.has_audio_stream
+            and window.speech_fraction() >= self.config.window.min_speech_fraction
+        )
+        choose = partial(self._speakers.choose, window, speech)
+        if by_detector:
+            try:
+                choice, _ = self._runner("lip_sync").call(
+                    choose, self.config.detectors.time_budget_s
+                )
+            except Exception as exc:  # the window's detectors will meet the failure too
+                log.warning("choosing the speaking face failed: %s", exc)
+                choice = SpeakerChoice(None, 2, reason=f"choosing the speaking face failed: {exc}")
+        else:
+            choice = choose()
+        # Only a choice among faces in view is news; a face glimpsed in a few frames is not.
+        named = choice if choice.faces > 1 or choice.track_id is None else None
+        return window_of_speaker(window, choice.track_id), named
+
     def _analyze(self, window: AnalysisWindow) -> None:
         started = time.perf_counter()
-        evidence = self._run_detectors(window)
+        window, speaker = self._choose_speaker(window)
+        # No face chosen among several: insufficient evidence, the detectors are not asked.
+        unchosen = speaker is not None and speaker.track_id is None
+        evidence = [] if unchosen else self._run_detectors(window)
         inference_s = time.perf_counter() - started
         self.stats.stage_seconds["detectors"] += inference_s
         started = time.perf_counter()
@@ -257,6 +331,7 @@ class SessionAnalyzer:
             session_level=self.risk.level,
             dropped_frames=self.stats.dropped_total,
             inference_s=inference_s,
+            speaker=speaker,
         )
         self.stats.stage_seconds["fusion"] += time.perf_counter() - started
         self.emit(score)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from monitor.features.speaker import (
     SpeakerSelector,
@@ -14,6 +16,7 @@ from monitor.features.speaker import (
 )
 from monitor.features.types import AudioFeatures, FrameFeatures
 from monitor.windows import AnalysisWindow
+from tests.conftest import SHARED_DATA
 from tests.windows_factory import face_with_aperture, speech_like_envelope
 
 HOP = 0.01
@@ -147,3 +150,102 @@ def test_one_face_needs_no_choice_and_frames_follow_the_chosen_track() -> None:
     chosen = frames_of_speaker(two, 2)
     assert all(f.face is not None and f.face.track_id == 2 for f in chosen)
     assert all(f.face is None for f in frames_of_speaker(two, None))
+
+
+# ----- end to end: two faces side by side --------------------------------------------------
+
+
+def _replay(path: Path) -> list[dict]:
+    from monitor.config import MonitorConfig
+    from monitor.events import validate_event
+    from monitor.media import VideoFrame
+    from monitor.pipeline import SessionAnalyzer
+    from monitor.sources.file import FileSource
+
+    events: list[dict] = []
+
+    def emit(event: dict) -> None:
+        validate_event(event)  # the speaker field fits the schema
+        events.append(event)
+
+    analyzer = SessionAnalyzer(MonitorConfig(), session="s", participant="p", emit=emit)
+    with FileSource(path) as source:
+        analyzer.start(source.info)
+        for item in source:
+            if isinstance(item, VideoFrame):
+                analyzer.add_video(item)
+            else:
+                analyzer.add_audio(item)
+    analyzer.finish("end of file")
+    return events
+
+
+def _check_side_by_side(events: list[dict], speaker_side: str) -> None:
+    scores = [e for e in events if e["type"] == "score"]
+    summary = next(e for e in events if e["type"] == "summary")
+    named = [e["speaker"] for e in scores if "speaker" in e]
+    assert len(named) == len(scores)  # two faces in every window: each says which it scored
+    chosen = [s for s in named if s["track"] is not None]
+    assert len(chosen) >= len(named) // 2
+    for choice in chosen:
+        assert f"scored the {speaker_side} face" in choice["reason"]
+    assert len({s["track"] for s in chosen}) == 1
+    for event in scores:
+        if event["speaker"]["track"] is None:  # none chosen: insufficient, never scored
+            assert event["level"] == "unknown" and event["evidence"] == []
+            assert "none goes with the speech" in event["rationale"]
+    assert summary["level"] not in ("alert", "suspicious"), summary["rationale"]
+
+
+@pytest.fixture(scope="module")
+def other_speaker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from monitor.synth.call import make_call
+
+    out = tmp_path_factory.mktemp("other") / "other.mp4"
+    return make_call(out, seed=2, text="Seven wizards quietly hex the judge before lunch.").path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("speaker_left", "still"), [(True, False), (False, False), (True, True)])
+def test_two_synthetic_speakers_side_by_side(
+    synthetic_calls: dict[str, Path],
+    other_speaker: Path,
+    tmp_path: Path,
+    speaker_left: bool,
+    still: bool,
+) -> None:
+    from monitor.synth.composite import side_by_side
+
+    path = side_by_side(
+        synthetic_calls["sync"], other_speaker, tmp_path / "two.mp4",
+        speaker_left=speaker_left, still=still,
+    )  # fmt: skip
+    _check_side_by_side(_replay(path), "left" if speaker_left else "right")
+
+
+DEV = SHARED_DATA / "dev" / "real"
+# A wide shot of the speaker beside a close, larger second face (issue 16's case: the
+# tracker that followed one face took the larger one and alerted on a genuine call).
+WIDE_SPEAKER = DEV / "semchan_HyperLips__test_video1_video1.mp4"
+CLOSE_FACE = DEV / "OpenTalker_SadTalker__examples_ref_video_WDA_KatieHill_000.mp4"
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+@pytest.mark.parametrize(
+    ("speaker_left", "still"), [(True, False), (False, False), (True, True), (False, True)]
+)
+def test_two_real_speakers_side_by_side_never_alert(
+    tmp_path: Path, speaker_left: bool, still: bool
+) -> None:
+    from monitor.synth.composite import side_by_side
+
+    path = side_by_side(
+        WIDE_SPEAKER, CLOSE_FACE, tmp_path / "two.mp4", speaker_left=speaker_left, still=still
+    )
+    events = _replay(path)
+    summary = next(e for e in events if e["type"] == "summary")
+    assert summary["level"] not in ("alert", "suspicious"), summary["rationale"]
+    assert not [e for e in events if e["type"] == "alert" and e["level"] != "clear"]
+    chosen = [e["speaker"] for e in events if e.get("speaker", {}).get("track") is not None]
+    assert chosen and len({c["track"] for c in chosen}) == 1

@@ -41,6 +41,8 @@ from monitor.windows import AnalysisWindow
 
 log = logging.getLogger(__name__)
 
+# Arriving frames are embedded in batches of this many (a window asks for the rest).
+OBSERVE_BATCH = 5
 # |offset| up to this counts as aligned in rationales (codec and jitter-buffer delays).
 ALIGNED_MS = 80.0
 
@@ -74,6 +76,7 @@ class LearnedSyncDetector:
             FrameStore(self._embed_frames) if getattr(self.runner, "streaming", False) else None
         )
         self._blank: np.ndarray | None = None  # embedding of a grid step without a face
+        self._arrived: list[FrameFeatures] = []  # observed, not embedded yet
         self._last_curve: tuple[tuple, tuple[np.ndarray, np.ndarray, int] | None] | None = None
         self._curve_sum: np.ndarray | None = None
         self._lags: np.ndarray | None = None
@@ -83,6 +86,15 @@ class LearnedSyncDetector:
     @property
     def backend(self) -> str:
         return self.runner.name
+
+    def observe(self, frame: FrameFeatures) -> None:
+        """Embed arriving face frames a few at a time (one backend call per batch)."""
+        if self._frame_embeddings is None or frame.face is None:
+            return
+        self._arrived.append(frame)
+        if len(self._arrived) >= OBSERVE_BATCH:
+            self._frame_embeddings.add(self._arrived)
+            self._arrived = []
 
     def analyze(self, window: AnalysisWindow) -> Evidence:
         span = format_span(window.t_start, window.t_end)
@@ -146,9 +158,7 @@ class LearnedSyncDetector:
         self._last_curve = (key, measured)
         return measured
 
-    def _measure_curve(
-        self, window: AnalysisWindow
-    ) -> tuple[np.ndarray, np.ndarray, int] | None:
+    def _measure_curve(self, window: AnalysisWindow) -> tuple[np.ndarray, np.ndarray, int] | None:
         store = self._frame_embeddings
         if store is None:
             inputs = window_inputs(window)

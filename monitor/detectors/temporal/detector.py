@@ -68,6 +68,11 @@ class TemporalDetector:
 
     # ----- measurement --------------------------------------------------------------------
 
+    def observe(self, frame: FrameFeatures) -> None:
+        """Measure each face frame as it arrives (every window holding it reuses that)."""
+        if frame.face is not None:
+            self._measures.add([frame])
+
     def _frame_measures(self, window: AnalysisWindow) -> list[FrameMeasure]:
         measures = self._measures.get(window.face_frames)
         # Windows move forward: frames before this one's start are not needed again.
