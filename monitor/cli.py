@@ -21,6 +21,8 @@ from monitor.native_log import show_native_logs
 COMMAND_MODULES = (
     "replay",
     "serve",
+    "gateway",
+    "sinks",
     "push",
     "demo",
     "detectors",

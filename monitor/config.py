@@ -150,6 +150,39 @@ class SinksConfig:
 
 
 @dataclass
+class BusConfig:
+    """The Redis Streams bus (``--bus``): event streams, worker heartbeats, sink groups."""
+
+    # Every key starts with this, so several deployments can share one Redis.
+    prefix: str = "dfmon"
+    # Entries kept (approximately, XADD MAXLEN ~) in the stream of every event ...
+    stream_maxlen: int = 100_000
+    # ... and in each call's, participant's and session's own stream, which expire when idle.
+    keyed_stream_maxlen: int = 10_000
+    keyed_stream_idle_s: float = 86_400.0
+    # Events a worker holds while Redis is away; beyond it the oldest are dropped (counted).
+    buffer_events: int = 10_000
+    # Events per round trip to Redis.
+    batch_events: int = 256
+    # Seconds between heartbeats, and how long a heartbeat stays valid (missed beats).
+    heartbeat_s: float = 1.0
+    worker_ttl_s: float = 3.0
+    # A worker above this CPU share (its CPU time over the machine's cores) gets no more calls.
+    max_worker_cpu: float = 0.9
+    # Events a late /alerts client of the gateway first receives from the stream.
+    history_events: int = 1000
+    # Seconds a WHIP redirect ticket stays valid.
+    ticket_ttl_s: float = 30.0
+    # dfmon sinks: consumer group (one per sink: GROUP:SINK), event types delivered,
+    # idle time after which a dead consumer's pending entries are claimed, and how long
+    # delivered idempotency keys are remembered.
+    sink_group: str = "dfmon-sinks"
+    sink_events: list[str] = field(default_factory=lambda: ["alert", "summary"])
+    claim_idle_s: float = 30.0
+    delivered_ttl_s: float = 7 * 86_400.0
+
+
+@dataclass
 class MonitorConfig:
     window: WindowConfig = field(default_factory=WindowConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -160,6 +193,7 @@ class MonitorConfig:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
     sinks: SinksConfig = field(default_factory=SinksConfig)
+    bus: BusConfig = field(default_factory=BusConfig)
 
     def validate(self) -> MonitorConfig:
         w = self.window
@@ -179,6 +213,13 @@ class MonitorConfig:
             raise ConfigError(f"detectors.time_budget_s must be in (0, 3600] s, got {budget}")
         if any(weight < 0 for weight in self.detectors.weights.values()):
             raise ConfigError("detector weights must not be negative")
+        b = self.bus
+        if not b.prefix or any(c.isspace() for c in b.prefix):
+            raise ConfigError(f"bus.prefix must be a non-empty word, got {b.prefix!r}")
+        if min(b.stream_maxlen, b.keyed_stream_maxlen, b.buffer_events, b.batch_events) < 1:
+            raise ConfigError("bus stream lengths, buffer_events and batch_events must be >= 1")
+        if not (0 < b.heartbeat_s < b.worker_ttl_s):
+            raise ConfigError("need 0 < bus.heartbeat_s < bus.worker_ttl_s")
         self._validate_sinks()
         return self
 

@@ -5,6 +5,7 @@ all ICE candidates in the SDP (non-trickle: PATCH is refused with 405), so the c
 needs nothing else. Errors are RFC 9457 ``application/problem+json``. The session URL
 (``Location``) carries a random id from :func:`secrets.token_urlsafe`; the id used in
 events is a different, short one, so that alert subscribers cannot end sessions.
+The query may name the ``participant`` and the ``call`` it belongs to; events carry both.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -127,9 +129,13 @@ class LiveServer:
         fanout: EventFanout | None = None,
         alerts_port: int | None = None,
         prewarm: bool | None = None,
+        ticket_check: Callable[[str], bool] | None = None,
     ) -> None:
         self.config = config
         self.token = token
+        # With a bus, the gateway authenticates and redirects with a ?ticket= the worker
+        # accepts in place of the token (monitor/bus/ticket.py).
+        self.ticket_check = ticket_check
         self.analyzer_factory = analyzer_factory
         self.fanout = fanout if fanout is not None else EventFanout()
         for sink in sinks or []:
@@ -140,6 +146,7 @@ class LiveServer:
         self.prewarm = analyzer_factory is default_analyzer_factory if prewarm is None else prewarm
         self.metrics = LiveMetrics()
         self.sessions: dict[str, LiveSession] = {}  # by resource id (the unguessable one)
+        self.calls: dict[str, str] = {}  # session id -> the call it belongs to (?call=)
         self._pending_offers = 0
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -222,6 +229,9 @@ class LiveServer:
 
     def dispatch(self, event: dict) -> None:
         """Every session's events pass here, on the loop: metrics, then the sinks."""
+        call = self.calls.get(event.get("session", ""))
+        if call:
+            event["call"] = call
         self.metrics.observe_event(event)
         self.fanout.publish(event)
 
@@ -229,6 +239,9 @@ class LiveServer:
 
     def _auth_problem(self, request: web.Request) -> web.Response | None:
         if self.token is None:
+            return None
+        ticket = request.query.get("ticket")
+        if ticket and self.ticket_check is not None and self.ticket_check(ticket):
             return None
         header = request.headers.get("Authorization", "")
         scheme, _, presented = header.partition(" ")
@@ -283,13 +296,15 @@ class LiveServer:
                 **{"Accept-Post": SDP_TYPE},
             )
         participant = request.query.get("participant", "").strip()
-        if len(participant) > PARTICIPANT_MAX_LEN or not participant.isprintable():
-            self.metrics.sessions_rejected += 1
-            return problem(
-                400,
-                "Bad Request",
-                f"participant must be printable and at most {PARTICIPANT_MAX_LEN} characters",
-            )
+        call = request.query.get("call", "").strip()
+        for name, value in (("participant", participant), ("call", call)):
+            if len(value) > PARTICIPANT_MAX_LEN or not value.isprintable():
+                self.metrics.sessions_rejected += 1
+                return problem(
+                    400,
+                    "Bad Request",
+                    f"{name} must be printable and at most {PARTICIPANT_MAX_LEN} characters",
+                )
         if len(self.sessions) + self._pending_offers >= self.config.live.max_sessions:
             self.metrics.sessions_rejected += 1
             return problem(
@@ -304,11 +319,11 @@ class LiveServer:
             offer = ""
         self._pending_offers += 1
         try:
-            return await self._accept(offer, participant)
+            return await self._accept(offer, participant, call)
         finally:
             self._pending_offers -= 1
 
-    async def _accept(self, offer: str, participant: str) -> web.Response:
+    async def _accept(self, offer: str, participant: str, call: str = "") -> web.Response:
         try:
             sending = check_offer(offer)
         except UnprocessableOffer as exc:
@@ -356,6 +371,8 @@ class LiveServer:
             on_closed=lambda s, key=resource: self._forget(key),
         )
         self.sessions[resource] = session
+        if call:
+            self.calls[session_id] = call
         self.metrics.sessions_total += 1
         self.metrics.sessions_active += 1
         pc.remove_listener("track", collect)
@@ -373,7 +390,9 @@ class LiveServer:
         )
 
     def _forget(self, resource: str) -> None:
-        if self.sessions.pop(resource, None) is not None:
+        session = self.sessions.pop(resource, None)
+        if session is not None:
+            self.calls.pop(session.id, None)
             self.metrics.sessions_active -= 1
 
     async def handle_delete(self, request: web.Request) -> web.Response:
