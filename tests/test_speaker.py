@@ -105,7 +105,7 @@ def test_selector_picks_the_speaker_beside_another_speaking_face_and_a_photo() -
         side = "left" if speaker == 1 else "right"
         assert f"scored the {side} face (track {speaker})" in last.reason
         assert last.scores[speaker] > last.scores[beside]
-        assert set(last.to_json()) == {"track", "faces", "scores", "reason"}
+        assert set(last.to_json()) == {"track", "faces", "scores", "boxes", "reason"}
 
 
 def test_selector_follows_its_scorer_over_the_last_windows() -> None:

@@ -1,106 +1,22 @@
 #!/usr/bin/env python3
-"""Cheaper face tracking against full tracking, on real clips of the training pool.
+"""Cheaper face tracking (``--interval``) against full tracking on the training pool's real
+clips: lip-aperture and mouth-crop error, CPU per frame. What is measured:
+:mod:`monitor.evaluation.tracking`.
 
     .venv/bin/python tools/eval_tracking.py [../shared/data/train] [--interval 2] [--limit 20]
                                             [--seconds 10] [--out /tmp/dfmon-tracking]
-
-Every clip is tracked twice over the same decoded frames: with the landmark model on
-every frame (``landmark_interval = 1``, the reference) and with ``--interval`` (the
-frames between carried by optical flow). On frames where both found the primary face:
-
-- lip landmarks: mean distance of the 40 lip points, in percent of the face height;
-- aperture: absolute difference of the inner-lip gap / face height (the measure the
-  baseline detector and the temporal cues read), beside the clip's aperture range (5th
-  to 95th percentile) for scale;
-- mouth crop: mean absolute difference of the 48x96 crops the sync model sees, in grey
-  levels (0-255);
-- CPU milliseconds per frame of each tracker, and the share of frames it ran the model on.
-
-Only frames the carried tracker did not run the model on are compared (on the others both
-ran the same model on the same region and agree to float rounding).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
+from monitor.evaluation.tracking import evaluate_clip, real_clips, table
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from monitor.config import FaceConfig  # noqa: E402
-from monitor.features.face import LIP_INDICES, MediaPipeFaceTracker  # noqa: E402
-from monitor.media import VideoFrame  # noqa: E402
-from monitor.sources.file import FileSource  # noqa: E402
-
-
-def real_clips(data: Path) -> list[Path]:
-    with (data / "MANIFEST.tsv").open() as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
-    return [data / row["file"] for row in rows if row["label"] == "real"]
-
-
-def decode(path: Path, seconds: float) -> list[VideoFrame]:
-    frames = []
-    with FileSource(path) as source:
-        for item in source:
-            if isinstance(item, VideoFrame):
-                if item.t >= seconds:
-                    break
-                frames.append(item)
-    return frames
-
-
-def track(frames: list[VideoFrame], interval: int) -> tuple[list, float, float]:
-    """Observations, CPU ms per frame, share of frames the landmark model ran on."""
-    tracker = MediaPipeFaceTracker(FaceConfig(landmark_interval=interval))
-    faces = []
-    cpu_s = 0.0
-    for frame in frames:
-        started = time.process_time()
-        face = tracker.track(frame)
-        cpu_s += time.process_time() - started
-        faces.append((face, tracker.last_by_model))
-    tracker.close()
-    model_share = tracker.landmark_frames / max(1, len(frames))
-    return faces, 1000 * cpu_s / max(1, len(frames)), model_share
-
-
-def compare(reference: list, carried: list) -> dict[str, float] | None:
-    lips = list(LIP_INDICES)
-    lip_err, aperture_err, crop_err, apertures = [], [], [], []
-    for (ref, _), (face, by_model) in zip(reference, carried, strict=True):
-        if ref is None:
-            continue
-        apertures.append(ref.aperture)
-        if face is None or by_model:
-            continue
-        height = max(ref.face_box[3] - ref.face_box[1], 1.0)
-        lip_err.append(
-            100 * np.linalg.norm(face.landmarks[lips] - ref.landmarks[lips], axis=1).mean() / height
-        )
-        aperture_err.append(abs(face.aperture - ref.aperture))
-        crop_err.append(
-            np.abs(face.mouth_crop.astype(np.float32) - ref.mouth_crop.astype(np.float32)).mean()
-        )
-    if not lip_err:
-        return None
-    return {
-        "frames_compared": len(lip_err),
-        "lip_error_pct_median": float(np.median(lip_err)),
-        "lip_error_pct_p95": float(np.percentile(lip_err, 95)),
-        "aperture_error_median": float(np.median(aperture_err)),
-        "aperture_error_p95": float(np.percentile(aperture_err, 95)),
-        "aperture_range": float(np.percentile(apertures, 95) - np.percentile(apertures, 5)),
-        "mouth_crop_error_median": float(np.median(crop_err)),
-        "mouth_crop_error_p95": float(np.percentile(crop_err, 95)),
-    }
 
 
 def main() -> int:
@@ -117,52 +33,24 @@ def main() -> int:
         return 2
     rows = []
     for path in real_clips(data)[: args.limit]:
-        frames = decode(path, args.seconds)
-        reference, ref_ms, _ = track(frames, 1)
-        carried, carried_ms, model_share = track(frames, args.interval)
-        row = compare(reference, carried)
+        row = evaluate_clip(path, args.interval, args.seconds)
         if row is None:
             continue
-        row.update(
-            clip=path.name,
-            frames=len(frames),
-            reference_ms=ref_ms,
-            carried_ms=carried_ms,
-            model_share=model_share,
-        )
         rows.append(row)
         sys.stderr.write(
             f"{path.name[:50]:50s} lips {row['lip_error_pct_median']:.2f}% "
             f"aperture {row['aperture_error_median']:.4f} crop {row['mouth_crop_error_median']:.1f}"
-            f" ms {ref_ms:.1f} -> {carried_ms:.1f}\n"
+            f" ms {row['reference_ms']:.1f} -> {row['carried_ms']:.1f}\n"
         )
     if not rows:
         sys.stderr.write("eval_tracking: no clip with a tracked face\n")
         return 1
-    keys = [k for k in rows[0] if isinstance(rows[0][k], float)]
-    overall = {k: float(np.median([r[k] for r in rows])) for k in keys}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"interval": args.interval, "clips": rows, "median_over_clips": overall}
-    (out / "tracking.json").write_text(json.dumps(record, indent=1))
-    lines = [
-        f"landmark_interval {args.interval} against 1, {len(rows)} real clips of {data} "
-        f"(first {args.seconds:.0f} s each); medians over clips of per-clip figures",
-        "",
-        "| figure | median | p95 within clip (median over clips) |",
-        "|---|---:|---:|",
-        f"| lip landmark error, % of face height | {overall['lip_error_pct_median']:.2f} | "
-        f"{overall['lip_error_pct_p95']:.2f} |",
-        f"| aperture error (inner-lip gap / face height) | {overall['aperture_error_median']:.4f} "
-        f"| {overall['aperture_error_p95']:.4f} |",
-        f"| aperture range of the clips (p5-p95) | {overall['aperture_range']:.4f} | |",
-        f"| mouth crop error, grey levels | {overall['mouth_crop_error_median']:.2f} | "
-        f"{overall['mouth_crop_error_p95']:.2f} |",
-        f"| CPU ms per frame, full tracking | {overall['reference_ms']:.2f} | |",
-        f"| CPU ms per frame, interval {args.interval} | {overall['carried_ms']:.2f} | |",
-        f"| share of frames on the landmark model | {overall['model_share']:.2f} | |",
-    ]
-    text = "\n".join(lines) + "\n"
+    (out / "tracking.json").write_text(
+        json.dumps({"interval": args.interval, "clips": rows}, indent=1)
+    )
+    text = table(rows, args.interval, str(data), args.seconds)
     (out / "tracking.md").write_text(text)
     sys.stdout.write(text)
     return 0

@@ -63,12 +63,15 @@ class SpeakerChoice:
     faces: int  # face tracks in view for most of the window
     scores: dict[int, float] = field(default_factory=dict)  # track -> mean score
     reason: str = ""
+    # track -> its face box (x0, y0, x1, y1, frame pixels) in its last frame of the window
+    boxes: dict[int, tuple[float, float, float, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         return {
             "track": self.track_id,
             "faces": self.faces,
             "scores": {str(k): round(v, 3) for k, v in self.scores.items()},
+            "boxes": {str(k): [round(x, 1) for x in box] for k, box in self.boxes.items()},
             "reason": self.reason,
         }
 
@@ -161,6 +164,7 @@ class SpeakerSelector:
         best, second = ranked[0], ranked[1]
         width = frames[0].frame_size[1] if frames else 1
         sides = {tid: _side(tracks[tid][-1][1], width) for tid in present}
+        boxes = {tid: tracks[tid][-1][1].face_box for tid in present}
         label, n = self.scorer.label, len(present)
         if (
             scores[best] >= self.scorer.min_score
@@ -171,18 +175,18 @@ class SpeakerSelector:
                 f"{n} faces in view: scored the {sides[best]} face (track {best}), whose lips "
                 f"go with the speech ({label} {scores[best]:.2f} against {scores[second]:.2f})"
             )
-            return SpeakerChoice(best, n, scores, reason)
+            return SpeakerChoice(best, n, scores, reason, boxes)
         if not speech and self.chosen in present:
             reason = (
                 f"{n} faces in view: kept the {sides[self.chosen]} face "
                 f"(track {self.chosen}) chosen earlier"
             )
-            return SpeakerChoice(self.chosen, n, scores, reason)
+            return SpeakerChoice(self.chosen, n, scores, reason, boxes)
         reason = (
             f"{n} faces in view and none goes with the speech clearly enough to tell which "
             f"one speaks ({label} {scores[best]:.2f} against {scores[second]:.2f})"
         )
-        return SpeakerChoice(None, n, scores, reason)
+        return SpeakerChoice(None, n, scores, reason, boxes)
 
 
 def window_of_speaker(window: AnalysisWindow, track_id: int | None) -> AnalysisWindow:

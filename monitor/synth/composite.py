@@ -44,8 +44,9 @@ def side_by_side(
     *,
     speaker_left: bool = True,
     still: bool = False,
+    max_seconds: float | None = None,
 ) -> Path:
-    """Write the composite (H.264 + AAC .mp4) and return its path."""
+    """Write the composite (H.264 + AAC .mp4) and return its path; ``max_seconds`` cuts it."""
     speaker, other, out = Path(speaker), Path(other), Path(out)
     a_frames, rate = _frames(speaker)
     b_frames, _ = _frames(other)
@@ -53,6 +54,8 @@ def side_by_side(
         raise ValueError("both inputs need video frames")
     b_times = np.array([t for t, _ in b_frames])
     end = min(a_frames[-1][0], b_frames[-1][0] if not still else a_frames[-1][0])
+    if max_seconds is not None:
+        end = min(end, max_seconds)
     pictures = []
     for t, image in a_frames:
         if t > end + 1e-6:
