@@ -568,6 +568,14 @@ class FaceModels:
         next_rect = packet_getter.get_proto(out["next_roi"])
         return pixels, _region_from_rect(next_rect, crop_w, crop_h, x0, y0)
 
+    def warm(self) -> None:
+        """Start one graph of each kind and run a blank frame through it, so that the first
+        real frame (a live session's, most of all) does not wait for model loading."""
+        blank = np.zeros((192, 192, 3), np.uint8)
+        self.detect(blank)
+        self.detect(blank, full_range=True)
+        self.landmarks(blank, Region(96.0, 96.0, 160.0, 160.0, 0.0))
+
     def close(self) -> None:
         with self._lock:
             for graphs in self._free.values():
@@ -587,6 +595,7 @@ def shared_face_models(min_detection_confidence: float) -> FaceModels:
         models = _shared_models.get(key)
         if models is None:
             models = _shared_models[key] = FaceModels(*key)
+            models.warm()
         return models
 
 
