@@ -17,7 +17,7 @@ from monitor.features.speaker import (
 from monitor.features.types import AudioFeatures, FrameFeatures
 from monitor.windows import AnalysisWindow
 from tests.conftest import SHARED_DATA
-from tests.windows_factory import face_with_aperture, speech_like_envelope
+from tests.windows_factory import face_with_aperture, feed_file, speech_like_envelope
 
 HOP = 0.01
 
@@ -158,9 +158,7 @@ def test_one_face_needs_no_choice_and_frames_follow_the_chosen_track() -> None:
 def _replay(path: Path) -> list[dict]:
     from monitor.config import MonitorConfig
     from monitor.events import validate_event
-    from monitor.media import VideoFrame
     from monitor.pipeline import SessionAnalyzer
-    from monitor.sources.file import FileSource
 
     events: list[dict] = []
 
@@ -168,15 +166,7 @@ def _replay(path: Path) -> list[dict]:
         validate_event(event)  # the speaker field fits the schema
         events.append(event)
 
-    analyzer = SessionAnalyzer(MonitorConfig(), session="s", participant="p", emit=emit)
-    with FileSource(path) as source:
-        analyzer.start(source.info)
-        for item in source:
-            if isinstance(item, VideoFrame):
-                analyzer.add_video(item)
-            else:
-                analyzer.add_audio(item)
-    analyzer.finish("end of file")
+    feed_file(SessionAnalyzer(MonitorConfig(), session="s", participant="p", emit=emit), path)
     return events
 
 
