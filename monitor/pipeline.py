@@ -102,6 +102,7 @@ class SessionAnalyzer:
             WindowSchedule.from_config(config.window), config.audio, session=session
         )
         self._speakers: SpeakerSelector | None = None  # made when a second face shows up
+        self._speakers_judge: Detector | None = None  # whose scorer the selector uses
         self._background_counted: dict[str, float] = {}  # per-frame seconds already counted
         self._finished = False
         self._closed = False
@@ -271,33 +272,39 @@ class SessionAnalyzer:
         self, window: AnalysisWindow
     ) -> tuple[AnalysisWindow, SpeakerChoice | None]:
         """With several faces in the window, the one to score (:mod:`monitor.features.speaker`),
-        judged by the lip-sync detector where it offers a scorer, on its own thread."""
+        judged by the lip-sync detector where it offers a scorer (on its thread), else by
+        mouth motion against loudness. Returns the window on that face, and the choice
+        when there was one to make."""
         if not any(frame.faces for frame in window.frames):
             return window, None
         detector = self.detectors.get("lip_sync")
         make_scorer = getattr(detector, "speaker_scorer", None)
-        by_detector = make_scorer is not None
-        if (
-            self._speakers is None
-            or (self._speakers.scorer.label == "sync confidence") != by_detector
-        ):
+        if self._speakers is None or self._speakers_judge is not detector:
             scorer = make_scorer() if make_scorer is not None else None
             self._speakers = SpeakerSelector(scorer, self.config.window.min_face_fraction)
+            self._speakers_judge = detector
         speech = (
             window.has_audio_stream
             and window.speech_fraction() >= self.config.window.min_speech_fraction
         )
         choose = partial(self._speakers.choose, window, speech)
-        if by_detector:
-            try:
-                choice, _ = self._runner("lip_sync").call(
-                    choose, self.config.detectors.time_budget_s
-                )
-            except Exception as exc:  # the window's detectors will meet the failure too
-                log.warning("choosing the speaking face failed: %s", exc)
-                choice = SpeakerChoice(None, 2, reason=f"choosing the speaking face failed: {exc}")
-        else:
+        if make_scorer is None:
             choice = choose()
+        else:
+            budget = self.config.detectors.time_budget_s
+            try:
+                choice, _ = self._runner("lip_sync").call(choose, budget)
+            except CallTimeout:
+                self._disable("lip_sync")
+                self._error(
+                    f"detector lip_sync took more than {budget:.2f} s to choose the speaking "
+                    "face; disabled for this session",
+                    detector="lip_sync",
+                )
+                choice = SpeakerChoice(None, 0, reason="choosing the speaking face timed out")
+            except Exception as exc:  # the detector meets the same failure on the window
+                log.warning("choosing the speaking face failed: %s", exc)
+                choice = SpeakerChoice(None, 0, reason=f"choosing the speaking face failed: {exc}")
         # Only a choice among faces in view is news; a face glimpsed in a few frames is not.
         named = choice if choice.faces > 1 or choice.track_id is None else None
         return window_of_speaker(window, choice.track_id), named

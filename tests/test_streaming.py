@@ -238,3 +238,57 @@ def test_streaming_detector_equals_the_whole_window_detector(
     summary_got, summary_want = streaming.summarize(), whole.summarize()
     assert summary_got is not None and summary_want is not None
     assert summary_got.score == pytest.approx(summary_want.score, abs=SCORE_TOLERANCE)
+
+
+def test_runner_runs_submitted_calls_in_order_and_reports_their_failure() -> None:
+    from monitor.detectors.runner import DetectorRunner
+
+    runner = DetectorRunner("t")
+    seen: list[int] = []
+    try:
+        for i in range(5):
+            runner.submit(lambda i=i: seen.append(i))
+        result, _ = runner.call(lambda: list(seen), 5.0)
+        assert result == [0, 1, 2, 3, 4]  # every submitted call ran before the waited one
+        assert runner.background_seconds >= 0.0
+
+        def fail() -> None:
+            raise ValueError("bad frame")
+
+        runner.submit(fail)
+        with pytest.raises(ValueError, match="bad frame"):
+            runner.call(lambda: None, 5.0)
+        assert runner.call(lambda: "fine", 5.0)[0] == "fine"  # reported once
+    finally:
+        runner.close()
+
+
+def test_session_hands_every_frame_to_observe_before_its_windows(
+    synthetic_calls: dict[str, Path],
+) -> None:
+    from monitor.pipeline import SessionAnalyzer
+    from tests.windows_factory import feed_file
+
+    class Observer:
+        name, version = "observer", "0"
+
+        def __init__(self) -> None:
+            self.observed: list[int] = []
+            self.late: list[int] = []
+
+        def observe(self, frame: FrameFeatures) -> None:
+            self.observed.append(frame.index)
+
+        def analyze(self, window):  # noqa: ANN001, ANN202
+            seen = set(self.observed)
+            self.late += [f.index for f in window.frames if f.index not in seen]
+            return Evidence(self.name, None, "watched")
+
+    observer = Observer()
+    analyzer = SessionAnalyzer(
+        MonitorConfig(), session="s", participant="p", emit=lambda e: None,
+        detectors={"observer": observer},
+    )  # fmt: skip
+    summary = feed_file(analyzer, synthetic_calls["short"])
+    assert observer.observed == list(range(summary["video_frames"]))
+    assert observer.late == []

@@ -6,10 +6,11 @@ offset (``offset_ms > 0``: audio later than the lips), SyncNet's confidence (med
 minus minimum distance) and a calibrated in-sync probability; the score is one minus
 that probability. The model, its backends and its calibration live in monitor/sync/.
 
-With a streaming backend each frame's half of the video tower runs once, when a window
-first holds the frame, and is kept in a per-session :class:`FrameStore` for the three
-later windows that hold it too; per window only the temporal layers and the audio tower
-run. The result equals the whole-window model's up to float rounding.
+With a streaming backend each frame's half of the video tower runs once, as the frame
+arrives (:meth:`LearnedSyncDetector.observe`, a few frames per call), and is kept in a
+per-session :class:`FrameStore` for every window that holds the frame; per window only
+the temporal layers and the audio tower run. The result equals the whole-window model's
+up to float rounding (tests/test_streaming.py).
 """
 
 from __future__ import annotations
