@@ -78,8 +78,9 @@ REACQUIRE_S = 10.0
 DUPLICATE_IOU = 0.5
 # A detection overlapping a tracked region this much is that face, not a new one.
 SAME_FACE_IOU = 0.3
-# Faces whose region (1.5 face heights) is smaller than this many model pixels are not
-# tracked: the landmark model (192x192 input) would read them from a blur.
+# Faces the full-range search finds whose region (1.5 face heights) is smaller than this
+# many model pixels are not tracked: the landmark model (192x192 input) would read them
+# from a blur. (The short-range model finds none that small.)
 MIN_FACE_SIDE = 64
 
 # Points carried by optical flow between landmark frames: the lips move on their own,
@@ -517,18 +518,20 @@ class FaceModels:
         return _Graph(_GRAPHS[kind], side, self._min_score)
 
     def detect(
-        self, image: np.ndarray, factor: float = 1.0, *, full_range: bool = False
-    ) -> list[Region]:
-        """Regions (``image`` pixels) of the faces the detector finds, on ``image`` scaled
-        by ``factor``. The short-range model (128x128 input) finds faces that fill a good
-        part of the frame, as FaceMesh does; ``full_range`` (192x192, a few times the
-        cost) also finds smaller ones, such as a speaker beside a large second face."""
+        self, image: np.ndarray, frame_size: tuple[int, int] | None = None, *,
+        full_range: bool = False,
+    ) -> list[Region]:  # fmt: skip
+        """Regions (pixels of a frame of ``frame_size`` (h, w), by default ``image``'s own)
+        of the faces the detector finds in ``image``, the frame at the models' scale. The
+        short-range model (128x128 input) finds faces that fill a good part of the frame,
+        as FaceMesh does; ``full_range`` (192x192, a few times the cost) also finds smaller
+        ones, such as a speaker beside a large second face."""
         from mediapipe.python import packet_creator, packet_getter
         from mediapipe.python._framework_bindings import image_frame
 
-        height, width = image.shape[:2]
+        height, width = frame_size or image.shape[:2]
         packet = packet_creator.create_image_frame(
-            image_format=image_frame.ImageFormat.SRGB, data=_scaled(image, factor)
+            image_format=image_frame.ImageFormat.SRGB, data=np.ascontiguousarray(image)
         )
         with self._graph("full_range" if full_range else "detection") as graph:
             out = graph.run({"image": packet})
@@ -539,34 +542,33 @@ class FaceModels:
         return [_region_from_rect(rect, width, height) for rect in rects]
 
     def landmarks(
-        self, image: np.ndarray, region: Region, factor: float = 1.0
+        self, image: np.ndarray, region: Region, frame_size: tuple[int, int] | None = None
     ) -> tuple[np.ndarray, Region] | None:
-        """(478, 2) landmarks (``image`` pixels) of the face in ``region`` and the region
-        to look in next, or None when the model finds no face there. The model gets only
-        the region's bounding box within the image, scaled by ``factor``."""
+        """(478, 2) landmarks (frame pixels) of the face in ``region`` (frame pixels) and the
+        region to look in next, or None when the model finds no face there.
+
+        ``image`` is the whole frame at the models' scale, as FaceMesh gets it: handing the
+        model only the region's box was measured to move the landmarks by a tenth of a pixel
+        (MediaPipe projects a rotated region in normalized coordinates, exact only for the
+        frame's own aspect), enough to shift the temporal detector's landmark-jitter cue."""
         from mediapipe.python import packet_creator, packet_getter
         from mediapipe.python._framework_bindings import image_frame
 
-        bounds = _bounds(region, image.shape)
-        if bounds is None:
-            return None
-        x0, y0, x1, y1 = bounds
-        crop_w, crop_h = x1 - x0, y1 - y0
+        height, width = frame_size or image.shape[:2]
         inputs = {
             "image": packet_creator.create_image_frame(
-                image_format=image_frame.ImageFormat.SRGB,
-                data=_scaled(image[y0:y1, x0:x1], factor),
+                image_format=image_frame.ImageFormat.SRGB, data=np.ascontiguousarray(image)
             ),
-            "roi": packet_creator.create_proto(_rect_from_region(region, crop_w, crop_h, x0, y0)),
+            "roi": packet_creator.create_proto(_rect_from_region(region, width, height, 0, 0)),
         }
         with self._graph("landmarks") as graph:
             out = graph.run(inputs)
         if any(name not in out or out[name].is_empty() for name in ("landmarks", "next_roi")):
             return None
         points = _landmark_array(packet_getter.get_proto(out["landmarks"]))[:, :2]
-        pixels = points * np.array([crop_w, crop_h], np.float32) + np.array([x0, y0], np.float32)
+        pixels = points * np.array([width, height], np.float32)
         next_rect = packet_getter.get_proto(out["next_roi"])
-        return pixels, _region_from_rect(next_rect, crop_w, crop_h, x0, y0)
+        return pixels, _region_from_rect(next_rect, width, height)
 
     def warm(self) -> None:
         """Start one graph of each kind and run a blank frame through it, so that the first
@@ -673,8 +675,16 @@ class MediaPipeFaceTracker:
             self.tracks, self.lost = [], []
             self._frame_size = (height, width)
             self._last_detect_t = -math.inf
-        # The models see at most MAX_TRACKING_SIDE pixels on the long side.
+        # The models see the frame at most MAX_TRACKING_SIDE pixels on the long side.
         factor = min(1.0, MAX_TRACKING_SIDE / max(height, width))
+        small: np.ndarray | None = None
+
+        def model_image() -> np.ndarray:
+            nonlocal small
+            if small is None:
+                small = _scaled(image, factor)
+            return small
+
         interval = max(1, int(self.config.landmark_interval))
         use_model = self._frames_since_landmarks + 1 >= interval or not self.tracks
         if use_model:
@@ -690,7 +700,7 @@ class MediaPipeFaceTracker:
                 self.last_by_model = False
                 kept.append(track)
                 continue
-            found = self.models.landmarks(image, track.region, factor)
+            found = self.models.landmarks(model_image(), track.region, (height, width))
             if found is None:
                 self._lose(track)
                 continue
@@ -700,7 +710,7 @@ class MediaPipeFaceTracker:
         detect_every = LOST_DETECT_INTERVAL_S if self.lost else DETECT_INTERVAL_S
         periodic = frame.t - self._last_detect_t >= detect_every
         if periodic or not self.tracks:
-            self._detect(image, factor, frame.t, periodic)
+            self._detect(model_image(), (height, width), factor, frame.t, periodic)
         self.tracks = self._without_duplicates(self.tracks)
         self.lost = [t for t in self.lost if frame.t - t.last_t <= REACQUIRE_S]
         flow_next = self._frames_since_landmarks + 1 < interval
@@ -724,21 +734,25 @@ class MediaPipeFaceTracker:
 
     # ----- steps -----------------------------------------------------------------------
 
-    def _detect(self, image: np.ndarray, factor: float, t: float, periodic: bool) -> None:
-        """Look for faces not tracked yet: with the short-range model on every frame while
-        none is tracked (as FaceMesh does), and with the full-range one on the periodic
-        search (``periodic``)."""
+    def _detect(
+        self, small: np.ndarray, frame_size: tuple[int, int], factor: float, t: float,
+        periodic: bool,
+    ) -> None:  # fmt: skip
+        """Look for faces not tracked yet in ``small`` (the frame at the models' scale):
+        with the short-range model while none is tracked (as FaceMesh does, every frame),
+        and with the full-range one on the periodic search while faces are tracked."""
         if len(self.tracks) >= self.config.max_faces:
             return
         if periodic:
             self._last_detect_t = t
+        full_range = periodic and bool(self.tracks)
         min_side = MIN_FACE_SIDE / factor  # frame pixels for MIN_FACE_SIDE model pixels
-        for region in self.models.detect(image, factor, full_range=periodic):
-            if min(region.width, region.height) < min_side:
+        for region in self.models.detect(small, frame_size, full_range=full_range):
+            if full_range and min(region.width, region.height) < min_side:
                 continue
             if any(region.iou(track.region) >= SAME_FACE_IOU for track in self.tracks):
                 continue
-            found = self.models.landmarks(image, region, factor)
+            found = self.models.landmarks(small, region, frame_size)
             if found is None:
                 continue
             landmarks, next_region = found
