@@ -1,22 +1,25 @@
 """Face and lip tracking per video frame, behind a small swappable interface.
 
-The models are MediaPipe's: the short-range face detector (BlazeFace) and the face
-landmark model with attention (478 landmarks with refined lips, eyes and irises), the
-pair FaceMesh runs. Here they run as two small graphs driven with regions of interest
-this module chooses, which gives what FaceMesh's all-in-one graph cannot:
+The models are MediaPipe's: the face detectors (BlazeFace short- and full-range) and the
+face landmark model with attention (478 landmarks with refined lips, eyes and irises),
+the models FaceMesh runs. Here they run as small graphs of MediaPipe's own subgraphs,
+driven with regions of interest this module chooses. On one face the landmarks are
+FaceMesh's to the pixel (the same first detection, the same regions from the landmarks,
+the same whole frame at the same scale); beyond that:
 
 - **one track per face**: each face keeps its own region and track id from frame to
-  frame; the detector looks for new faces once a second (and on every frame while no
-  face is tracked) instead of on every frame, which FaceMesh does as soon as it may
-  track more than one face;
+  frame; the full-range detector looks for further faces once a second instead of the
+  short-range one on every frame, which FaceMesh does as soon as it may track more than
+  one face (it also finds a small speaker beside a large face);
 - **a face that leaves and comes back** gets its old track id back when it reappears
   where it was last seen (within :data:`REACQUIRE_S`);
-- **landmarks on every n-th frame** (``FaceConfig.landmark_interval``): the frames in
-  between carry each track's landmarks by pyramidal Lucas-Kanade optical flow (the lips
-  by their own flow, the rest of the mesh by a similarity fitted on stable points), and
-  their crops are cut from their own pixels;
-- **a smaller image**: the landmark model gets only the region around its face, not the
-  whole frame.
+- **one copy of the models per core**, shared by every session of the process
+  (:class:`FaceModels`), instead of a FaceMesh graph per session;
+- **landmarks on every n-th frame** (``FaceConfig.landmark_interval``, default 1): the
+  frames in between carry each track's landmarks by pyramidal Lucas-Kanade optical flow
+  (the lips by their own flow, the rest of the mesh by a similarity fitted on stable
+  points), and their crops are cut from their own pixels. tools/eval_tracking.py
+  measures what that costs in accuracy.
 
 From the landmarks we derive size-normalized geometry (mouth aperture and width) and two
 crops aligned so the eye line is horizontal, each cut with one affine warp straight from
