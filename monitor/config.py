@@ -173,11 +173,10 @@ class BusConfig:
     history_events: int = 1000
     # Seconds a WHIP redirect ticket stays valid.
     ticket_ttl_s: float = 30.0
-    # dfmon sinks: consumer group (one per sink: GROUP:SINK), event types delivered,
-    # idle time after which a dead consumer's pending entries are claimed, and how long
-    # delivered idempotency keys are remembered.
+    # dfmon sinks (what it delivers, and how, is [sinks]): consumer group (one per sink:
+    # GROUP:SINK), idle time after which a silent consumer's pending entries are taken
+    # over, and how long delivered idempotency keys are remembered.
     sink_group: str = "dfmon-sinks"
-    sink_events: list[str] = field(default_factory=lambda: ["alert", "summary"])
     claim_idle_s: float = 30.0
     delivered_ttl_s: float = 7 * 86_400.0
 
@@ -220,6 +219,8 @@ class MonitorConfig:
             raise ConfigError("bus stream lengths, buffer_events and batch_events must be >= 1")
         if not (0 < b.heartbeat_s < b.worker_ttl_s):
             raise ConfigError("need 0 < bus.heartbeat_s < bus.worker_ttl_s")
+        if b.claim_idle_s <= 0 or b.delivered_ttl_s < 1:
+            raise ConfigError("need bus.claim_idle_s > 0 and bus.delivered_ttl_s >= 1")
         self._validate_sinks()
         return self
 

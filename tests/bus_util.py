@@ -1,6 +1,7 @@
 """Shared pieces of the bus tests: a real redis-server on a free loopback port, dfmon
-processes (workers, gateway, sinks) started and killed like a deployment's, a webhook
-receiver, and an alert listener that keeps its receive times."""
+processes (workers, gateway, sinks) started and killed like a deployment's, and the
+arrival matching of events seen on a worker's and on the gateway's websocket. The
+webhook receiver is tests/sink_util.py's, which checks every signature."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from tests.sink_util import SECRET
 
 REPO = Path(__file__).resolve().parents[1]
 REDIS_SERVER = shutil.which("redis-server")
@@ -171,37 +172,6 @@ async def wait_for_http(url: str, timeout_s: float, processes: list[DfmonProcess
             await asyncio.sleep(0.1)
 
 
-class WebhookReceiver:
-    """A real HTTP server that records every POST's ``webhook-id`` and body."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, dict]] = []
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        self.received.append((request.headers.get("webhook-id", ""), body))
-        return web.Response(status=204)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}/hook"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def keys(self) -> list[str]:
-        return [key for key, _ in self.received]
-
-
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -267,12 +237,15 @@ class Deployment:
         self.gateway = Endpoint(process, port, alerts_port)
         return self.gateway
 
-    def sinks_process(self, webhook_url: str, consumer: str) -> DfmonProcess:
+    def sinks_process(self, targets: list[str], consumer: str) -> DfmonProcess:
+        """``dfmon sinks`` delivering to ``targets`` (KIND:TARGET), signing webhooks with
+        tests/sink_util.py's secret."""
+        sinks = [arg for target in targets for arg in ("--sink", target)]
         process = DfmonProcess(
             f"sinks-{consumer}",
-            [*self._common(), "sinks", "--bus", self.redis.url,
-             "--sink", f"webhook:{webhook_url}", "--consumer", consumer],
+            [*self._common(), "sinks", "--bus", self.redis.url, *sinks, "--consumer", consumer],
             self.directory / f"sinks-{consumer}.log",
+            env={"DFMON_WEBHOOK_SECRET": SECRET},
         )  # fmt: skip
         self.sinks.append(process)
         return process

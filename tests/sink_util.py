@@ -1,5 +1,6 @@
 """Real receivers on loopback for the alert-sink tests: a signature-checking webhook
-server that can fail and go away, and a server that never answers."""
+server that can fail and go away, a server that never answers, and a parser of the
+syslog CEF lines a listener reads back."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +18,7 @@ from aiohttp import web
 from monitor.sinks.signing import WebhookVerificationError, verify_webhook
 
 SECRET = "whsec_" + base64.b64encode(b"dfmon-test-key-0123456789abcdef").decode()
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
 
 @dataclass
@@ -133,3 +136,46 @@ class BlackHole:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+SYSLOG_5424 = re.compile(
+    r"^<(?P<pri>\d{1,3})>1 (?P<ts>\S+) (?P<host>\S+) (?P<app>\S+) (?P<procid>\S+) "
+    r"(?P<msgid>\S+) (?P<sd>-|\[.*?\]) (?P<msg>.*)$",
+    re.S,
+)
+
+
+def parse_cef(text: str) -> tuple[list[str], dict[str, str]]:
+    """CEF:0|vendor|product|version|signature|name|severity|extensions -> parts, fields."""
+    assert text.startswith("CEF:0|")
+    parts, current, i = [], "", 0
+    while len(parts) < 7:
+        ch = text[i]
+        if ch == "\\" and text[i + 1] in "\\|":
+            current, i = current + text[i + 1], i + 2
+            continue
+        if ch == "|":
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+        i += 1
+    extension = text[i:]
+    fields: dict[str, str] = {}
+    # A key is a word right before an unescaped "=", at the start or after a space.
+    keys = list(re.finditer(r"(?:^| )([A-Za-z0-9]+)=", extension))
+    for this, after in zip(keys, [*keys[1:], None], strict=True):
+        raw = extension[this.end() : after.start() if after else len(extension)]
+        fields[this.group(1)] = re.sub(
+            r"\\(.)", lambda m: {"n": "\n", "r": "\r"}.get(m.group(1), m.group(1)), raw
+        )
+    return parts[1:], fields
+
+
+def check_syslog(datagram: bytes) -> tuple[dict[str, str], list[str], dict[str, str]]:
+    match = SYSLOG_5424.match(datagram.decode())
+    assert match, datagram
+    header = match.groupdict()
+    assert RFC3339.match(header["ts"]) and header["app"] == "dfmon"
+    header_fields, extensions = parse_cef(header["msg"])
+    return header, header_fields, extensions

@@ -38,7 +38,7 @@ from monitor.sinks.targets import apply_sink_flags, parse_target
 from monitor.sinks.teams import TeamsReportSink, synthetic_media_report
 from monitor.sinks.webhook import WebhookSink, cloudevents_source, webhook_request
 from monitor.synth.events import session_events
-from tests.sink_util import SECRET, WebhookReceiver
+from tests.sink_util import RFC3339, SECRET, WebhookReceiver, check_syslog
 
 # The Standard Webhooks specification's published test vector.
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -356,7 +356,6 @@ async def test_retries_stop_at_a_permanent_failure_and_at_the_limit() -> None:
 
 CLOUDEVENTS_REQUIRED = ("id", "source", "specversion", "type")
 CLOUDEVENTS_NAME = re.compile(r"^[a-z0-9]{1,20}$")
-RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
 
 def check_cloudevent(event: dict[str, Any]) -> None:
@@ -470,48 +469,6 @@ async def test_splunk_hec_events_and_a_bad_token() -> None:
 
 
 # --- syslog CEF ------------------------------------------------------------------------------
-
-SYSLOG_5424 = re.compile(
-    r"^<(?P<pri>\d{1,3})>1 (?P<ts>\S+) (?P<host>\S+) (?P<app>\S+) (?P<procid>\S+) "
-    r"(?P<msgid>\S+) (?P<sd>-|\[.*?\]) (?P<msg>.*)$",
-    re.S,
-)
-
-
-def parse_cef(text: str) -> tuple[list[str], dict[str, str]]:
-    """CEF:0|vendor|product|version|signature|name|severity|extensions -> parts, fields."""
-    assert text.startswith("CEF:0|")
-    parts, current, i = [], "", 0
-    while len(parts) < 7:
-        ch = text[i]
-        if ch == "\\" and text[i + 1] in "\\|":
-            current, i = current + text[i + 1], i + 2
-            continue
-        if ch == "|":
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-        i += 1
-    extension = text[i:]
-    fields: dict[str, str] = {}
-    # A key is a word right before an unescaped "=", at the start or after a space.
-    keys = list(re.finditer(r"(?:^| )([A-Za-z0-9]+)=", extension))
-    for this, after in zip(keys, [*keys[1:], None], strict=True):
-        raw = extension[this.end() : after.start() if after else len(extension)]
-        fields[this.group(1)] = re.sub(
-            r"\\(.)", lambda m: {"n": "\n", "r": "\r"}.get(m.group(1), m.group(1)), raw
-        )
-    return parts[1:], fields
-
-
-def check_syslog(datagram: bytes) -> tuple[dict[str, str], list[str], dict[str, str]]:
-    match = SYSLOG_5424.match(datagram.decode())
-    assert match, datagram
-    header = match.groupdict()
-    assert RFC3339.match(header["ts"]) and header["app"] == "dfmon"
-    header_fields, extensions = parse_cef(header["msg"])
-    return header, header_fields, extensions
 
 
 def tricky_notice() -> dict[str, Any]:

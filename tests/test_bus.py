@@ -9,12 +9,15 @@ Figures go to tests/artifacts/bus_figures.json.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import json
+import re
 import statistics
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ import aiohttp
 import pytest
 
 from monitor.bus.connection import BusKeys, check_bus_url, connect
-from monitor.bus.consumer import idempotency_key
+from monitor.bus.consumer import SessionNotices
 from monitor.bus.gateway import LOST_REASON, WorkerDirectory
 from monitor.bus.publisher import EventPublisher
 from monitor.bus.ticket import TicketVerifier, issue_ticket
@@ -30,12 +33,13 @@ from monitor.config import load_config
 from monitor.errors import ConfigError
 from monitor.events import EventFactory, validate_event
 from monitor.live.client import push_file
+from monitor.sinks.notices import NoticePolicy
+from monitor.synth.events import FLAPPING, interleaved, session_events
 from tests.browser import find_chromium
 from tests.bus_util import (
     REDIS_SERVER,
     Deployment,
     RedisServer,
-    WebhookReceiver,
     arrivals_both_ways,
     stream_events,
     wait_until,
@@ -43,21 +47,53 @@ from tests.bus_util import (
     write_config,
 )
 from tests.live_util import AlertListener, RecordingAnalyzer, make_offer
+from tests.sink_util import WebhookReceiver, check_syslog
 
 TOKEN = "bus-s3cret"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 TEXT = "Please send me the figures before our meeting on Monday morning."
 # Short beats so a lost worker is noticed in about two seconds; no CPU gate (CI is busy).
+# dfmon sinks: quick retries; which events, and their throttle, the tests say (bus_config).
 FAST_BUS = """
 [bus]
 heartbeat_s = 0.5
 worker_ttl_s = 2.0
 max_worker_cpu = 1.01
-sink_events = ["*"]
 claim_idle_s = 1.0
+
+[sinks]
+backoff_s = 0.05
+backoff_max_s = 0.5
+"""
+needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+
+
+EVERY_EVENT_BUT_SCORES = """
+events = ["session_started", "alert", "summary", "session_ended", "error"]
+throttle_s = 0.0
 """
 
-needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+
+def bus_config(tmp_path: Path, sinks: str = EVERY_EVENT_BUT_SCORES) -> Path:
+    """FAST_BUS, a dead-letter file in ``tmp_path``, and more ``[sinks]`` settings (by
+    default: every event type but scores, unthrottled)."""
+    dead_letter = f'dead_letter = "{tmp_path / "dead-letter.jsonl"}"\n'
+    return write_config(tmp_path / "bus.toml", FAST_BUS + dead_letter + sinks)
+
+
+def expected_notices(client: Any, config: Path) -> list[dict]:
+    """What one NoticePolicy over the stream of every event, in order, gives: what the
+    sinks must deliver, however their consumers shared the entries."""
+    sinks = load_config(config).sinks
+    policy = NoticePolicy(sinks.events, sinks.throttle_s)
+    return [n for _, e in stream_events(client, BusKeys().events) for n in policy.process(e)]
+
+
+def sink_stats(log_text: str, sink: str) -> dict[str, int]:
+    """The counters a ``dfmon sinks`` process logs for ``sink`` when it stops."""
+    match = re.search(rf"sink {re.escape(sink)}: (\{{.*\}})", log_text)
+    assert match, log_text[-2000:]
+    return ast.literal_eval(match.group(1))
 
 
 def record_figures(name: str, figures: dict[str, Any]) -> None:
@@ -121,15 +157,23 @@ def test_bus_url_must_be_redis() -> None:
             check_bus_url(bad)
 
 
-def test_cli_refuses_bad_bus_flags(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_bad_bus_flags(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from monitor.cli import main
 
     assert main(["serve", "--bus", "localhost:6379"]) == 2
     assert "--bus must be redis://HOST:PORT/DB" in capsys.readouterr().err
     assert main(["serve", "--advertise", "http://h:1/whip"]) == 2
     assert "--advertise needs --bus" in capsys.readouterr().err
+    # dfmon sinks builds its sinks as serve does, before it connects to anything.
+    monkeypatch.delenv("DFMON_SPLUNK_TOKEN", raising=False)
     assert main(["sinks", "--bus", "redis://h:1/0", "--sink", "splunk:http://h"]) == 2
-    assert "only webhook:URL" in capsys.readouterr().err
+    assert "the splunk sink needs a HEC token" in capsys.readouterr().err
+    assert main(["sinks", "--bus", "redis://h:1/0", "--sink", "fax:123"]) == 2
+    assert "unknown sink kind 'fax'" in capsys.readouterr().err
+    assert main(["sinks", "--bus", "redis://h:1/0"]) == 2
+    assert "no sink: give --sink" in capsys.readouterr().err
 
 
 def test_tickets_are_single_use_unexpired_and_for_one_worker() -> None:
@@ -178,11 +222,6 @@ def test_directory_spreads_offers_by_expected_load() -> None:
     directory.update([_report("a", 3, 5), {"worker": "broken"}], now=22.0)
     assert directory.choose(now=22.0).id == "a"
     assert list(directory.workers) == ["a"]
-
-
-def test_idempotency_key_is_the_events_place_in_its_session() -> None:
-    assert idempotency_key({"session": "s1", "seq": 4}, "1-0") == "s1.4"
-    assert idempotency_key({"session": "s1"}, "1-0") == "1-0"
 
 
 # ----- the publisher against a real Redis -----------------------------------------------
@@ -246,6 +285,77 @@ async def test_a_retried_batch_is_written_once(redis_server: RedisServer) -> Non
     assert [e["seq"] for _, e in stream_events(client, keys.participant("alice"))] == [0, 1, 2]
     assert list(client.hgetall(keys.worker_sessions("w"))) == ["sess1"]
     await redis.aclose()
+
+
+@contextlib.asynccontextmanager
+async def bus_publisher(redis_url: str) -> AsyncIterator[EventPublisher]:
+    """A worker's publisher (it stamps ``worker`` and ``seq``); flushed at the end."""
+    redis = connect(redis_url)
+    publisher = EventPublisher(
+        redis, load_config().bus, publisher_id="feed", worker="feed", open_sessions_key="unused"
+    )
+    await publisher.start()
+    try:
+        yield publisher
+    finally:
+        assert await publisher.close(10)
+        await redis.aclose()
+
+
+async def publish_all(publisher: EventPublisher, events: list[dict], pause_s: float) -> None:
+    for event in events:
+        publisher.publish(event)
+        await asyncio.sleep(pause_s)
+
+
+@needs_redis
+async def test_notices_from_the_stream_match_one_policy_over_each_session(
+    redis_server: RedisServer,
+) -> None:
+    """However a group's consumers share the entries (in turn, across a restart, one taken
+    over late), each entry gives exactly the notices of one NoticePolicy over its session:
+    the throttling state comes from the session's stream."""
+    sessions = [session_events(FLAPPING, participant=f"p{i}", session=f"f{i}") for i in range(3)]
+    async with bus_publisher(redis_server.url) as publisher:
+        await publish_all(publisher, interleaved(sessions), 0)
+    entries = stream_events(redis_server.client(), BusKeys().events)
+    policy = NoticePolicy(["alert", "summary"], 4.0)
+    expected = {entry_id: policy.process(event) for entry_id, event in entries}
+    assert sum(len(n) for n in expected.values()) > 3 * 3  # several notices each ...
+    assert policy.throttled > 0  # ... and some changes held back
+    redis = connect(redis_server.url)
+
+    def reader() -> SessionNotices:
+        return SessionNotices(redis, BusKeys(), ["alert", "summary"], 4.0)
+
+    async def notices_of(notices: SessionNotices, part: list[tuple[str, dict]]) -> dict:
+        return {entry_id: await notices.notices(entry_id, event) for entry_id, event in part}
+
+    try:
+        alone = reader()
+        assert await notices_of(alone, entries) == expected
+        assert alone.caught_up == 0  # in order: nothing to read again
+
+        first, second = reader(), reader()  # two consumers, entries in turn
+        got = {}
+        for i, entry in enumerate(entries):
+            got |= await notices_of(first if i % 2 else second, [entry])
+        assert got == expected and first.caught_up > 0 and second.caught_up > 0
+
+        half = len(entries) // 2  # a crash half-way; the restarted one knows nothing
+        got = await notices_of(reader(), entries[:half]) | await notices_of(
+            reader(), entries[half:]
+        )
+        assert got == expected
+
+        late = entries[10:14]  # pending for a dead consumer, taken over after the rest
+        claimer = reader()
+        got = await notices_of(claimer, entries[:10] + entries[14:])
+        got |= await notices_of(claimer, late)
+        assert got == expected
+        assert claimer.incomplete == 0
+    finally:
+        await redis.aclose()
 
 
 # ----- gateway and worker in this process: redirects, tickets, capacity ------------------
@@ -322,13 +432,12 @@ async def test_gateway_redirects_with_a_ticket_and_refuses_when_full(
 async def test_deployment_spreads_calls_and_ends_a_killed_workers_sessions(
     redis_server: RedisServer, calls: dict[str, Path], tmp_path: Path
 ) -> None:
-    config = write_config(tmp_path / "bus.toml", FAST_BUS)
+    config = bus_config(tmp_path)
     deployment = Deployment(redis_server, tmp_path, token=TOKEN, config=config)
     workers = [deployment.add_worker() for _ in range(3)]
     gateway = deployment.add_gateway()
-    receiver = WebhookReceiver()
-    await receiver.start()
-    deployment.sinks_process(receiver.url, "sinks1")
+    receiver = await WebhookReceiver().start()
+    deployment.sinks_process([f"webhook:{receiver.url}"], "sinks1")
     listeners: list[AlertListener] = []
     try:
         await deployment.start()
@@ -379,10 +488,12 @@ async def test_deployment_spreads_calls_and_ends_a_killed_workers_sessions(
         assert len(added_ms) == len(bus.events)  # every event seen both ways
         short_call_events = len(bus.events)
 
-        # The sinks process delivered every event once, keyed by its place in its session.
-        expected = {f"{e['session']}.{e['seq']}" for e in bus.events}
-        await wait_until(lambda: set(receiver.keys()) >= expected, 20, "webhook deliveries")
-        assert len(receiver.keys()) == len(set(receiver.keys()))
+        # The sinks process delivered each notice of these events once, signed.
+        sinks = load_config(config).sinks
+        policy = NoticePolicy(sinks.events, sinks.throttle_s)
+        expected = {n["id"] for e in bus.events for n in policy.process(e)}
+        await wait_until(lambda: set(receiver.ids) >= expected, 20, "webhook deliveries")
+        assert receiver.repeats == 0 and receiver.refused_signatures == []
 
         # A late dashboard gets the same history, from the stream.
         late = AlertListener(gateway.alerts_url, TOKEN)
@@ -481,54 +592,37 @@ async def _location_of(deployment: Deployment, worker_id: str) -> str:
 async def test_killed_sinks_process_loses_and_repeats_nothing(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    """Two SIGKILLs while 400 events flow: one restart under another name (its pending
-    entries are taken over with XAUTOCLAIM), one under the same name (it re-reads its own
-    pending entries). Every event arrives; a repeat, if any, carries the same key."""
-    config = write_config(tmp_path / "bus.toml", FAST_BUS)
+    """Two SIGKILLs while 400 events flow to a receiver that fails its first 3 requests:
+    one restart under another name (its pending entries are taken over with XAUTOCLAIM),
+    one under the same name (it re-reads its own pending entries). Every notice arrives,
+    signed; a repeat, if any, is the one in flight at a kill, under the same id."""
+    config = bus_config(tmp_path)
     deployment = Deployment(redis_server, tmp_path, token=TOKEN, config=config)
-    receiver = WebhookReceiver()
-    await receiver.start()
-    keys = BusKeys()
+    receiver = await WebhookReceiver(fail_first=3).start()
+    target = f"webhook:{receiver.url}"
     client = redis_server.client()
-    redis = connect(redis_server.url)
-    bus_config = load_config(config).bus
-    publisher = EventPublisher(
-        redis, bus_config, publisher_id="feed", worker="feed", open_sessions_key="unused"
-    )
     total = 400
-    events = [e for s in range(4) for e in _events(total // 4, session=f"s{s}")]
-    expected = {f"{e['session']}.{i % (total // 4)}" for i, e in enumerate(events)}
-    first = deployment.sinks_process(receiver.url, "a")
-    groups = lambda: client.exists(keys.events) and client.xinfo_groups(keys.events)  # noqa: E731
+    events = interleaved([_events(total // 4, session=f"s{s}") for s in range(4)])
+    first = deployment.sinks_process([target], "a")
     kills = []
     try:
         await first.start()
-        await wait_until(groups, 30, "the consumer group")
-        await publisher.start()
-
-        async def feed() -> None:
-            for event in events:
-                publisher.publish(event)
-                await asyncio.sleep(0.005)
-
-        feeding = asyncio.create_task(feed())
-        await wait_until(lambda: len(receiver.received) >= 100, 30, "100 deliveries")
+        await wait_until(lambda: group_pending(client) is not None, 30, "the consumer group")
+        feeding = asyncio.create_task(feed(redis_server.url, events))
+        await wait_until(lambda: len(receiver.deliveries) >= 100, 30, "100 deliveries")
         await first.kill()
-        kills.append(len(receiver.received))
-        second = deployment.sinks_process(receiver.url, "b")
+        kills.append(len(receiver.deliveries))
+        second = deployment.sinks_process([target], "b")
         await second.start()
-        await wait_until(lambda: len(receiver.received) >= 250, 30, "250 deliveries")
+        await wait_until(lambda: len(receiver.deliveries) >= 250, 30, "250 deliveries")
         await second.kill()
-        kills.append(len(receiver.received))
-        third = deployment.sinks_process(receiver.url, "b")
+        kills.append(len(receiver.deliveries))
+        third = deployment.sinks_process([target], "b")
         await third.start()
         await feeding
-        await wait_until(lambda: set(receiver.keys()) >= expected, 30, "every delivery")
-        await wait_until(
-            lambda: all(g["pending"] == 0 for g in client.xinfo_groups(keys.events)),
-            10,
-            "all acknowledged",
-        )
+        expected = {n["id"] for n in expected_notices(client, config)}
+        await wait_until(lambda: set(receiver.ids) >= expected, 30, "every delivery")
+        await wait_until(lambda: group_pending(client) == 0, 10, "all acknowledged")
         claimed = "took over" in second.log_text()
     except BaseException:
         print(deployment.logs())
@@ -536,27 +630,129 @@ async def test_killed_sinks_process_loses_and_repeats_nothing(
     finally:
         await deployment.stop()
         await receiver.stop()
-        await publisher.close(2)
-        await redis.aclose()
-    counts = Counter(receiver.keys())
-    repeats = {key: n for key, n in counts.items() if n > 1}
-    bodies: dict[str, dict] = {}
-    for key, body in receiver.received:
-        assert bodies.setdefault(key, body) == body  # a repeat is the same event
-    lost = expected - set(counts)
-    assert not lost
-    assert sum(n - 1 for n in repeats.values()) <= len(kills)  # at most the one in flight
+    stats = sink_stats(third.log_text(), target)
+    lost = expected - set(receiver.ids)
+    assert len(expected) == total and not lost
+    assert len(receiver.ids) == total and receiver.refused_signatures == []
+    assert receiver.repeats <= len(kills)  # at most the one in flight at each kill
     assert claimed  # the second process took over the first one's pending entries
+    retried = receiver.requests - total - receiver.repeats  # answered 503, then sent again
+    assert retried >= 3
     record_figures(
         "sinks_kill",
         {
             "events": total,
-            "delivered_distinct": len(counts),
+            "delivered_distinct": len(receiver.ids),
+            "retried": retried,
+            "repeated": receiver.repeats,
             "lost": len(lost),
-            "repeated": sum(n - 1 for n in repeats.values()),
             "kills_at_deliveries": kills,
+            "last_process": stats,
         },
     )
+
+
+@needs_redis
+@pytest.mark.slow
+async def test_sinks_deliver_signed_webhooks_and_cef_throttled_across_the_group(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Two ``dfmon sinks`` processes share the groups of a webhook and a syslog UDP sink;
+    one is SIGKILLed half-way. Three flapping participants, throttled to one alert per 4 s:
+    each receiver gets exactly the notices of one policy over each whole session (nothing
+    missing, no alert the throttle holds back), signed, or as parseable CEF lines."""
+    config = bus_config(tmp_path, 'events = ["alert", "summary"]\nthrottle_s = 4.0\n')
+    deployment = Deployment(redis_server, tmp_path, token=TOKEN, config=config)
+    receiver = await WebhookReceiver(fail_first=2).start()
+    datagrams: list[bytes] = []
+
+    class Collect(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            datagrams.append(data)
+
+    loop = asyncio.get_running_loop()
+    udp, _ = await loop.create_datagram_endpoint(Collect, local_addr=("127.0.0.1", 0))
+    targets = [
+        f"webhook:{receiver.url}",
+        f"syslog:udp://127.0.0.1:{udp.get_extra_info('sockname')[1]}",
+    ]
+    a, b = deployment.sinks_process(targets, "a"), deployment.sinks_process(targets, "b")
+    client = redis_server.client()
+    sessions = [session_events(FLAPPING, participant=f"p{i}", session=f"f{i}") for i in range(3)]
+    events = interleaved(sessions)
+
+    def cef_ids() -> list[str]:
+        return [check_syslog(d)[2]["externalId"] for d in datagrams]
+
+    try:
+        await asyncio.gather(a.start(), b.start())
+        await wait_until(lambda: len(sink_groups(client)) == 2, 30, "two consumer groups")
+        async with bus_publisher(redis_server.url) as publisher:
+            await publish_all(publisher, events[: len(events) // 2], 0.01)
+            await a.kill()
+            await publish_all(publisher, events[len(events) // 2 :], 0.01)
+        expected = expected_notices(client, config)
+        ids = {n["id"] for n in expected}
+        await wait_until(lambda: set(receiver.ids) >= ids, 30, "every webhook notice")
+        await wait_until(lambda: set(cef_ids()) >= ids, 30, "every CEF line")
+        await asyncio.sleep(1.5)  # a notice the throttle should have held would come now
+    except BaseException:
+        print(deployment.logs())
+        raise
+    finally:
+        await deployment.stop()
+        await receiver.stop()
+        udp.close()
+    # (Not in order: what the killed consumer held arrives once it is taken over.)
+    assert set(receiver.ids) == ids and receiver.refused_signatures == []
+    assert receiver.repeats <= 1 and len(cef_ids()) - len(ids) <= 1  # the one in flight
+    kinds = Counter(n["type"] for n in expected)
+    assert kinds["summary"] == 3 and kinds["alert"] >= 3 * 3
+    by_id = {n["id"]: n for n in expected}
+    for delivery in receiver.deliveries:  # the notice itself, reasons and numbers included
+        assert delivery.body == by_id[delivery.headers["webhook-id"]]
+    for datagram in datagrams:
+        _, cef, ext = check_syslog(datagram)
+        notice = by_id[ext["externalId"]]
+        assert (
+            cef[3] == f"{notice['type']}-{notice['level']}"
+            and ext["suser"] == notice["participant"]
+        )
+    alerts = [n for n in expected if n["type"] == "alert"]
+    for participant in {n["participant"] for n in alerts}:
+        times = [n["notice"]["at_s"] for n in alerts if n["participant"] == participant]
+        assert all(t2 - t1 >= 4.0 for t1, t2 in zip(times, times[1:], strict=False))
+    stats = {t: sink_stats(b.log_text(), t) for t in targets}
+    record_figures(
+        "sinks_group",
+        {
+            "events": len(events),
+            "notices_per_sink": len(ids),
+            "alert_events": sum(e["type"] == "alert" for e in events),
+            "webhook": {"delivered": len(receiver.ids), "repeated": receiver.repeats,
+                        "answered_503": receiver.requests - len(receiver.ids) - receiver.repeats,
+                        "lost": len(ids - set(receiver.ids))},
+            "syslog": {"delivered": len(set(cef_ids())), "repeated": len(cef_ids()) - len(ids),
+                       "lost": len(ids - set(cef_ids()))},
+            "surviving_process": stats,
+        },
+    )  # fmt: skip
+
+
+def sink_groups(client: Any) -> list[dict]:
+    """The consumer groups on the stream of every event (none before it exists)."""
+    return client.xinfo_groups(BusKeys().events) if client.exists(BusKeys().events) else []
+
+
+async def feed(redis_url: str, events: list[dict]) -> None:
+    async with bus_publisher(redis_url) as publisher:
+        await publish_all(publisher, events, 0.005)
+
+
+def group_pending(client: Any) -> int | None:
+    """Entries pending in the sink groups; None before there is one."""
+    groups = sink_groups(client)
+    return sum(g["pending"] for g in groups) if groups else None
 
 
 @needs_redis

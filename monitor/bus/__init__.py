@@ -7,7 +7,7 @@ Redis Streams carry it (docs/SCALE.md has the design and the figures):
 - ``dfmon gateway`` redirects WHIP offers to the least-loaded worker, serves every
   worker's events on one ``/alerts`` websocket and ends the sessions of a worker whose
   heartbeat expired (:mod:`monitor.bus.gateway`);
-- ``dfmon sinks`` delivers events to the alert sinks as consumer groups
+- ``dfmon sinks`` runs the alert sinks of :mod:`monitor.sinks` as consumer groups
   (:mod:`monitor.bus.consumer`).
 
 Key names live in :class:`monitor.bus.connection.BusKeys`.

@@ -30,8 +30,6 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from aiohttp import web
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from monitor.bus.connection import REDIS_DOWN, Backoff, BusKeys, connect, raise_if_cancelled
 from monitor.bus.publisher import EventPublisher
@@ -39,7 +37,7 @@ from monitor.bus.ticket import issue_ticket
 from monitor.config import MonitorConfig
 from monitor.events import SCHEMA_VERSION, utc_timestamp
 from monitor.live.whip import CORS_HEADERS, SDP_TYPE, LiveServer, problem
-from monitor.sinks.websocket import AlertServer, _Client
+from monitor.sinks.websocket import AlertServer
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +140,9 @@ class StreamAlertServer(AlertServer):
     """``/alerts`` fed from the stream of every event, its history read from the stream.
 
     The gateway's reader calls :meth:`relay` with each entry in stream order and keeps
-    ``last_id``. A client is registered and ``last_id`` taken in one step of the loop;
-    the history is then read up to that id, and everything after it arrives live.
+    ``last_id``. :meth:`history` takes ``last_id`` in the step of the loop in which the
+    client was registered, then reads the stream up to it: everything after it arrives
+    live (see :meth:`AlertServer.history`).
     """
 
     def __init__(self, *args: Any, redis: Any, stream: str, history_events: int, **kwargs: Any):
@@ -157,44 +156,20 @@ class StreamAlertServer(AlertServer):
     def relay(self, entry_id: str, text: str) -> None:
         self.last_id = entry_id
         self.relayed += 1
-        self._publish_text(text)
+        self.publish_text(text)
 
-    async def history(self, upto: str | None) -> list[str]:
+    async def history(self) -> list[str]:
+        upto = self.last_id  # before any await: the cursor of this client's registration
         if upto is None or self._history_events <= 0:
             return []
-        entries = await self._redis.xrevrange(
-            self._stream, max=upto, min="-", count=self._history_events
-        )
-        return [fields["event"] for _, fields in reversed(entries) if "event" in fields]
-
-    async def _handler(self, connection: ServerConnection) -> None:
-        # As AlertServer._handler, with the backlog read from Redis after registering.
-        client = _Client(connection, [], self._config.client_queue_size)
-        self._clients.add(client)
-        upto = self.last_id
-        relay: asyncio.Task | None = None
         try:
-            try:
-                client.backlog = await self.history(upto)
-            except REDIS_DOWN as exc:
-                log.warning("alerts client %s gets no history: %s", client.name, exc)
-            log.info(
-                "alerts client %s connected (%d events from the stream)",
-                client.name,
-                len(client.backlog),
+            entries = await self._redis.xrevrange(
+                self._stream, max=upto, min="-", count=self._history_events
             )
-            relay = asyncio.create_task(client.relay(), name=f"alerts-relay {client.name}")
-            async for _ in connection:
-                pass
-        except ConnectionClosed:
-            pass
-        finally:
-            self._clients.discard(client)
-            if relay is not None:
-                relay.cancel()
-                await asyncio.wait([relay])
-            self._sent_gone += client.sent
-            self._dropped_gone += client.dropped
+        except REDIS_DOWN as exc:
+            log.warning("an alerts client gets no history: %s", exc)
+            return []
+        return [fields["event"] for _, fields in reversed(entries) if "event" in fields]
 
 
 # ----- the HTTP side ----------------------------------------------------------------------

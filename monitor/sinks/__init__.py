@@ -6,8 +6,9 @@ isolates the ones that fail: the JSONL file (``jsonl.py``), the ``/alerts`` webs
 (``websocket.py``), the HTML report's list, and one :class:`~monitor.sinks.delivery.SinkWorker`
 per alert sink configured with ``--sink KIND:TARGET`` or ``[sinks] targets``.
 
-An alert sink is three layers, each usable on its own (e.g. by a process that reads
-events from a bus and acknowledges only what was delivered):
+An alert sink is three layers, each usable on its own (``dfmon sinks``,
+:mod:`monitor.bus.consumer`, runs the policy and the core over a Redis stream, with
+the stream as its queue):
 
 1. **Policy** (``notices.py``): :class:`~monitor.sinks.notices.NoticePolicy` turns events
    into the payloads a sink delivers: the selected event types, alerts throttled to one

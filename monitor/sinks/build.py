@@ -72,19 +72,27 @@ def build_sink(target: SinkTarget, config: MonitorConfig) -> Sink:
     return TeamsReportSink(target.target, token=token, timeout_s=sinks.timeout_s)
 
 
+def build_sinks(config: MonitorConfig) -> list[Sink]:
+    """One sink per configured target (``[sinks] targets`` and ``--sink``), not connected.
+
+    Raises :class:`ConfigError` for a bad target, a missing secret or the same sink twice.
+    """
+    sinks = [build_sink(parse_target(text), config) for text in config.sinks.targets]
+    names = [sink.name for sink in sinks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"the same sink is configured twice: {names}")
+    return sinks
+
+
 def build_delivery(config: MonitorConfig) -> DeliveryService | None:
     """The configured alert sinks, not yet started; None when there are none.
 
     Raises :class:`ConfigError` for a bad target or a missing secret, before any media.
     """
     sinks_config = config.sinks
-    targets = [parse_target(text) for text in sinks_config.targets]
-    if not targets:
+    sinks = build_sinks(config)
+    if not sinks:
         return None
-    sinks = [build_sink(target, config) for target in targets]
-    names = [sink.name for sink in sinks]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"the same sink is configured twice: {names}")
     dead_letter = DeadLetter(sinks_config.dead_letter)
     retry = RetryPolicy.from_config(sinks_config)
     workers = [

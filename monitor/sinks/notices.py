@@ -37,11 +37,18 @@ from monitor.fusion import LEVEL_RANK
 ID_NAMESPACE = uuid.UUID("5f6c2c1e-4e0b-5d0a-9d7e-6466d6f6e017")
 STREAM_FIELDS = ("source", "fps", "sample_rate", "has_audio", "video_codec", "audio_codec")
 LIVE_SOURCE = "whip"
+TRANSPORT_FIELDS = frozenset({"worker", "seq"})  # stamped by the bus's publisher
 
 
 def idempotency_key(event: dict[str, Any]) -> str:
-    """A UUID that depends only on the event's content (canonical JSON)."""
-    canonical = json.dumps(event, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """A UUID that depends only on the event's content (canonical JSON).
+
+    The bus's stamps (``worker``, ``seq``: how the event travelled, not what it says) are
+    left out, so a notice sent in-process by ``dfmon serve --sink`` and one sent by
+    ``dfmon sinks`` from the bus carry the same key, and a receiver drops the second.
+    """
+    content = {k: v for k, v in event.items() if k not in TRANSPORT_FIELDS}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return str(uuid.uuid5(ID_NAMESPACE, canonical))
 
 

@@ -17,6 +17,19 @@ HOP_S = 0.5
 WINDOW_S = 2.0
 RISK = {"clear": 0.2, "suspicious": 0.6, "alert": 0.9, "unknown": 0.0}
 LAGS_MS = [float(ms) for ms in range(-600, 601, 40)]
+# A participant whose level flaps every second or two: throttled to a few seconds, some
+# changes are held, folded into one notice or dropped, so the notices depend on the
+# order of the whole session (the bus tests and tools/bench_bus.py --sinks).
+FLAPPING = [(3.0, "alert"), (4.0, "clear"), (6.0, "suspicious"), (7.0, "alert"), (9.0, "clear"),
+            (12.0, "alert"), (13.0, "unknown"), (15.0, "clear"), (16.0, "suspicious")]  # fmt: skip
+
+
+def interleaved(sessions: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The events of several sessions, one of each in turn, as concurrent calls make them."""
+    out: list[dict[str, Any]] = []
+    for i in range(max((len(s) for s in sessions), default=0)):
+        out += [s[i] for s in sessions if i < len(s)]
+    return out
 
 
 def _evidence(risk: float, t_start: float, t_end: float) -> list[dict[str, Any]]:
