@@ -355,6 +355,17 @@ def _landmark_array(message: Any) -> np.ndarray:
     return np.array([(p.x, p.y, p.z) for p in message.landmark], dtype=np.float32)
 
 
+def _image_packet(image: np.ndarray) -> Any:
+    """An RGB image packet that shares ``image``'s pixels instead of copying them (a
+    read-only view is passed by reference); a graph call ends before the frame does."""
+    from mediapipe.python import packet_creator
+    from mediapipe.python._framework_bindings import image_frame
+
+    view = np.ascontiguousarray(image).view()
+    view.flags.writeable = False
+    return packet_creator.create_image_frame(image_format=image_frame.ImageFormat.SRGB, data=view)
+
+
 def _scaled(image: np.ndarray, factor: float) -> np.ndarray:
     """``image`` resized by ``factor`` (< 1), or as it is; contiguous either way."""
     if factor >= 1.0:
@@ -529,13 +540,10 @@ class FaceModels:
         short-range model (128x128 input) finds faces that fill a good part of the frame,
         as FaceMesh does; ``full_range`` (192x192, a few times the cost) also finds smaller
         ones, such as a speaker beside a large second face."""
-        from mediapipe.python import packet_creator, packet_getter
-        from mediapipe.python._framework_bindings import image_frame
+        from mediapipe.python import packet_getter
 
         height, width = frame_size or image.shape[:2]
-        packet = packet_creator.create_image_frame(
-            image_format=image_frame.ImageFormat.SRGB, data=np.ascontiguousarray(image)
-        )
+        packet = _image_packet(image)
         with self._graph("full_range" if full_range else "detection") as graph:
             out = graph.run({"image": packet})
         if "rois" not in out or out["rois"].is_empty():
@@ -555,13 +563,10 @@ class FaceModels:
         (MediaPipe projects a rotated region in normalized coordinates, exact only for the
         frame's own aspect), enough to shift the temporal detector's landmark-jitter cue."""
         from mediapipe.python import packet_creator, packet_getter
-        from mediapipe.python._framework_bindings import image_frame
 
         height, width = frame_size or image.shape[:2]
         inputs = {
-            "image": packet_creator.create_image_frame(
-                image_format=image_frame.ImageFormat.SRGB, data=np.ascontiguousarray(image)
-            ),
+            "image": _image_packet(image),
             "roi": packet_creator.create_proto(_rect_from_region(region, width, height, 0, 0)),
         }
         with self._graph("landmarks") as graph:
