@@ -22,6 +22,7 @@ def test_replay_summary_and_table_set_current_against_baseline() -> None:
         return {
             "media_seconds": 24.0, "video_frames": 600, "windows": 45, "level": "clear",
             "process_seconds": process_s, "replay_seconds": process_s - 1.0,
+            "cpu_seconds": process_s / 2,
             "marks": {"imported": 0.5, "first_frame": 1.2},
             "stage_seconds": {"decode": 0.6, "landmarks": 1.8, "detectors": 1.2},
             "detector_seconds": {"lip_sync": 0.45}, "peak_rss_mib": 300.0,
@@ -34,7 +35,10 @@ def test_replay_summary_and_table_set_current_against_baseline() -> None:
     assert current["detector_ms_per_window"]["lip_sync"] == 10.0
     lines = bench._replay_section({"clip": {"baseline": base, "current": current}}, 3)
     row = next(line for line in lines if "| current |" in line)
-    assert f"| {current['x_realtime']:.2f} | 2.20x |" in row
+    assert (
+        f"| {current['x_realtime']:.2f} | 2.20x | {current['x_realtime_cpu']:.2f} | 2.20x |" in row
+    )
+    assert current["x_realtime_cpu"] == round(24 / 2.5, 2)
 
 
 def test_speaker_composite_scoring_reads_the_score_events() -> None:

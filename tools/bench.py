@@ -12,7 +12,9 @@ current / baseline.
 
 - **Replay on one core, process start included.** ``taskset -c 0`` on a fresh
   ``dfmon replay CLIP`` (``monitor.cli.main``) (one thread for numpy, torch and onnxruntime).
-  x real time = media seconds / process wall seconds, from spawn to exit. The same run
+  x real time = media seconds / process wall seconds, from spawn to exit; beside it the
+  same on the process's CPU seconds (what a core of its own would give, where other jobs
+  share the machine). The same run
   also gives the replay loop alone, the time from spawn to the first analysed frame
   (the first frame through the face tracker), milliseconds per frame per stage from
   the session's stats, and peak RSS. Clips (made once, cached in /tmp/dfmon-bench):
