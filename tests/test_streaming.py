@@ -176,8 +176,10 @@ def _windows(path: Path, keep_frame=lambda index: True) -> list:  # noqa: ANN001
             windows.append(window)
             return Evidence("keep", None, "kept")
 
+    config = MonitorConfig()
+    config.window.min_frames_fraction = 0.0  # thinned windows too: the detectors are compared
     analyzer = SessionAnalyzer(
-        MonitorConfig(), session="s", participant="p", emit=lambda e: None, detectors={"k": Keep()}
+        config, session="s", participant="p", emit=lambda e: None, detectors={"k": Keep()}
     )
     with FileSource(path) as source:
         analyzer.start(source.info)
