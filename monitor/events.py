@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from monitor.config import MonitorConfig
     from monitor.decision import WindowDecision
     from monitor.detectors.base import Evidence
+    from monitor.features.speaker import SpeakerChoice
     from monitor.media import StreamInfo
     from monitor.windows import AnalysisWindow
 
@@ -107,19 +108,26 @@ class EventFactory:
         risk: float,
         dropped_frames: int,
         inference_s: float,
+        speaker: SpeakerChoice | None = None,
         caveats: Sequence[str] = (),
     ) -> dict[str, Any]:
         """One window's score: what its evidence added (``step``) and where the session is.
-        ``caveats`` (too little media, thinned media, missing detectors) go into the
+        ``speaker``: which of several faces was scored (or that none could be), named in the
+        event. ``caveats`` (too little media, thinned media, missing detectors) go into the
         rationale."""
         span = format_span(window.t_start, window.t_end)
         if step.llr is None:
-            reasons = "; ".join([*caveats, *(e.rationale for e in evidence)]) or "no detector ran"
-            rationale = f"insufficient evidence over {span}: {reasons}"
+            reasons = [e.rationale for e in evidence]
+            if speaker is not None and speaker.track_id is None:
+                reasons = [speaker.reason]
+            because = "; ".join([*caveats, *reasons]) or "no detector ran"
+            rationale = f"insufficient evidence over {span}: {because}"
         else:
             rationale = "; ".join(
                 [f"{step.llr:+.1f} nats over {span}: " + window_rationale(evidence, step), *caveats]
             )
+            if speaker is not None:
+                rationale = f"{speaker.reason}; {rationale}"
         items = []
         for item in evidence:
             data = item.to_json()
@@ -127,6 +135,7 @@ class EventFactory:
                 data["llr"] = round(step.contributions[item.detector], 3)
             items.append(data)
         quality = window.quality.as_event() if window.quality is not None else None
+        extra = {"speaker": speaker.to_json()} if speaker is not None else {}
         return self.make(
             "score",
             window=window.index,
@@ -142,6 +151,7 @@ class EventFactory:
             dropped_frames=dropped_frames,
             quality=quality,
             inference_ms=round(inference_s * 1000, 2),
+            **extra,
         )
 
     def alert(

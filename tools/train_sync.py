@@ -1,4 +1,5 @@
-"""Train a learned sync model from scratch: monitor/models/NAME.{pt,onnx} and NAME.training.json.
+"""Train a learned sync model from scratch: monitor/models/NAME.{pt,onnx}, the two streaming
+graphs (NAME.frames.onnx, NAME.windows.onnx) and NAME.training.json.
 
 The default is the next model's recipe, ``sync_v2`` (no dev clips, three times the
 speakers of sync_v1, call re-encodes that show the nearest source frame); seeded, on
@@ -447,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     log.info("calibration: %s %s", calibration, calibration_stats)
 
-    from monitor.sync.export import export_onnx
+    from monitor.sync.export import export_onnx, export_stream_onnx
     from monitor.sync.model import macs_per_video_frame, parameter_count
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -469,6 +470,10 @@ def main(argv: list[str] | None = None) -> int:
     weights_path = args.out / f"{args.name}.pt"
     save_checkpoint(model, calibration, meta, weights_path)
     export_onnx(weights_path, args.out / f"{args.name}.onnx")
+    export_stream_onnx(
+        weights_path,
+        (args.out / f"{args.name}.frames.onnx", args.out / f"{args.name}.windows.onnx"),
+    )
     meta["total_seconds"] = round(time.perf_counter() - started, 1)
     # Every clip training and the in-sync calibration read: what later calibrations and
     # evaluations must leave out (monitor.evaluation.calibration_run reads this list).

@@ -40,7 +40,7 @@ from monitor.sync.checkpoint import (
     OUTPUT_NAMES,
     WEIGHTS_PATH,
 )
-from monitor.sync.model import (
+from monitor.sync.dims import (
     CROP_HEIGHT,
     CROP_WIDTH,
     LIP_FEATURES,
