@@ -261,6 +261,7 @@ class SequentialDecision:
         self.peak_window: int | None = None  # index (0-based, among updates) of the peak
         self.windows = 0
         self.windows_with_evidence = 0
+        self.clearing_windows = 0  # windows with evidence from the clear_requires detectors
         self.total_llr = 0.0  # unweighted sum over every window with evidence
         self._insufficient_streak = 0
 
@@ -335,6 +336,7 @@ class SequentialDecision:
             not self.clear_requires or any(name in contributions for name in self.clear_requires)
         )
         self._insufficient_streak = 0 if clearing else self._insufficient_streak + 1
+        self.clearing_windows += clearing
         if self.level == "clear" and (
             not can_clear or self._insufficient_streak >= self.unknown_after_windows
         ):

@@ -192,6 +192,7 @@ class EventFactory:
         quality: Mapping[str, Any] | None = None,
         caveats: Sequence[str] = (),
         unavailable: Mapping[str, str] | None = None,
+        clearing_windows: int | None = None,
     ) -> dict[str, Any]:
         """The session's verdict, its peak moment and its final state, as separate fields.
 
@@ -203,8 +204,21 @@ class EventFactory:
         media, frame by frame; ``caveats``: what the verdict rests on.
         """
         decision = config.decision
-        if verdict == "unknown" or peak is None:
+        if peak is None:
             head = "insufficient evidence: no window had enough face and speech to clear the call"
+        elif verdict == "unknown":
+            needs = "/".join(config.fusion.clear_requires)
+            why_not_clear = (
+                f"no window had the {needs} evidence (a face and speech) that clearing needs"
+                if clearing_windows == 0
+                else "it never looked genuine enough to clear the call"
+            )
+            head = (
+                f"insufficient evidence: {why_not_clear}; the evidence for manipulation "
+                f"peaked at {peak['evidence_nats']:.1f} nats over "
+                f"{format_span(peak['t_start'], peak['t_end'])}, below the suspicious level "
+                f"({decision.suspicious_nats:g} nats)"
+            )
         elif verdict == "clear":
             head = (
                 f"clear: the evidence for manipulation peaked at {peak['evidence_nats']:.1f} "

@@ -505,6 +505,7 @@ class SessionAnalyzer:
             quality=self._session_quality(),
             caveats=self._session_caveats(scored=decision.windows_with_evidence > 0),
             unavailable=dict(self.unavailable),
+            clearing_windows=decision.clearing_windows,
         )
 
     def _session_quality(self) -> dict[str, Any]:

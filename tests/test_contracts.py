@@ -37,3 +37,32 @@ def test_every_command_offers_the_backends_of_the_config() -> None:
     }
     assert set(offering) >= {"replay", "report", "serve", "demo"}
     assert all(tuple(choices) == BACKEND_NAMES for choices in offering.values())
+
+
+def test_an_unknown_verdict_says_why_the_call_was_not_cleared() -> None:
+    from monitor.config import MonitorConfig
+    from monitor.events import EventFactory
+
+    peak = {"level": UNKNOWN, "risk": 0.3, "evidence_nats": 1.9, "t_start": 5.5, "t_end": 7.5}
+    peak["rationale"] = "temporal 0.27"
+
+    def rationale(clearing_windows: int) -> str:
+        summary = EventFactory("s", "p").summary(
+            [],
+            verdict=UNKNOWN,
+            risk=0.3,
+            peak=peak,
+            final_level=UNKNOWN,
+            final_risk=0.3,
+            evidence_nats=1.9,
+            config=MonitorConfig(),
+            counts={},
+            clearing_windows=clearing_windows,
+        )
+        return summary["rationale"]
+
+    no_speech = rationale(0)
+    assert no_speech.startswith("insufficient evidence: no window had the lip_sync evidence")
+    assert "peaked at 1.9 nats over 00:05.5-00:07.5" in no_speech
+    ambiguous = rationale(12)
+    assert ambiguous.startswith("insufficient evidence: it never looked genuine enough")
