@@ -1,0 +1,123 @@
+"""The artifact network: one aligned face crop in, a fake logit and a blend-boundary map out.
+
+Fully convolutional on the 256 px face crop the tracker cuts (eye line horizontal), so the
+first layers see the pixels at the resolution where resampling, sharpening and pasting
+leave their traces. Five stride-2 stages bring it to a 16x16 grid; there the network
+predicts, per cell, the blend boundary 4·M·(1−M) of a pasted region (LAA-Net's target), a
+picture of *where* a face was pasted. The fake logit is read from features pooled over
+the upper and the lower half of the grid and their difference, so it compares the lower
+face with the upper face of the same frame instead of judging the face as a whole, plus
+the strongest boundary cells.
+
+:func:`score_crops` is the per-frame scoring function: arrays in, arrays out, no session
+state, so a per-session feature store can call it as well as the detector.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+INPUT_SIDE = 256  # the tracker's face crop (FaceConfig.face_crop_size)
+GRID = 16  # output grid: one cell per 16x16 input pixels
+STAGES = (16, 32, 48, 64, 96)
+# The mask is blurred by this much (input pixels) before the boundary is read, so a hard
+# edge gives a seam one or two cells wide wherever it falls on the grid.
+TARGET_BLUR = 6.0
+TOP_CELLS = 8
+
+
+def boundary_target(mask: np.ndarray) -> np.ndarray:
+    """4·M·(1−M) for a unit-peak blend mask of INPUT_SIDE pixels, its maximum per grid cell:
+    1 in the cells the mask's edge crosses, falling off over about a cell either side."""
+    soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), TARGET_BLUR)
+    seam = 4.0 * soft * (1.0 - soft)
+    cell = INPUT_SIDE // GRID
+    cells = seam.reshape(GRID, cell, GRID, cell).max(axis=(1, 3))
+    return np.clip(cells, 0.0, 1.0).astype(np.float32)
+
+
+def _block(c_in: int, c_out: int, stride: int, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ArtifactNet(nn.Module):
+    def __init__(self, stages: tuple[int, ...] = STAGES) -> None:
+        super().__init__()
+        c1, c2, c3, c4, c5 = stages
+        self.features = nn.Sequential(
+            _block(3, c1, 2),  # 128
+            _block(c1, c2, 2),  # 64
+            _block(c2, c3, 2),  # 32
+            _block(c3, c4, 1),
+            _block(c4, c5, 2),  # 16
+            _block(c5, c5, 1, dilation=2),
+        )
+        self.boundary = nn.Conv2d(c5, 1, 1)
+        self.classify = nn.Sequential(
+            nn.Linear(3 * c5 + c5 + TOP_CELLS, 64), nn.ReLU(inplace=True), nn.Linear(64, 1)
+        )
+        self.stages = tuple(stages)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fake logits (N,), boundary logits (N, GRID, GRID)) for normalised crops."""
+        features = self.features(x)
+        boundary = self.boundary(features)[:, 0]
+        half = features.shape[2] // 2
+        upper = features[:, :, :half].mean(dim=(2, 3))
+        lower = features[:, :, half:].mean(dim=(2, 3))
+        strongest = features.amax(dim=(2, 3))
+        top = torch.sigmoid(boundary).flatten(1).topk(TOP_CELLS, dim=1).values
+        pooled = torch.cat([upper, lower, lower - upper, strongest, top], dim=1)
+        return self.classify(pooled)[:, 0], boundary
+
+
+def normalize(crops: np.ndarray) -> np.ndarray:
+    """(N, S, S, 3) uint8 RGB -> (N, 3, S, S) float32, each crop standardised on its own
+    (mean per channel, one spread), so exposure and contrast do not decide."""
+    x = np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32)
+    x -= x.mean(axis=(2, 3), keepdims=True)
+    x /= x.reshape(len(x), -1).std(axis=1)[:, None, None, None] + 2.0
+    return x
+
+
+def to_input_side(crop: np.ndarray) -> np.ndarray:
+    """A face crop of any size at INPUT_SIDE (the default tracker already cuts it so)."""
+    if crop.shape[0] == INPUT_SIDE and crop.shape[1] == INPUT_SIDE:
+        return crop
+    interpolation = cv2.INTER_AREA if crop.shape[0] > INPUT_SIDE else cv2.INTER_LINEAR
+    return cv2.resize(crop, (INPUT_SIDE, INPUT_SIDE), interpolation=interpolation)
+
+
+@torch.inference_mode()
+def score_crops(model: ArtifactNet, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame scoring: fake logits (N,) and boundary maps (N, GRID, GRID) in [0, 1]."""
+    if len(crops) == 0:
+        return np.zeros(0, np.float32), np.zeros((0, GRID, GRID), np.float32)
+    logits, boundary = model(torch.from_numpy(normalize(crops)))
+    return logits.numpy().astype(np.float32), torch.sigmoid(boundary).numpy().astype(np.float32)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_model(path: Any, model: ArtifactNet, extra: dict[str, Any]) -> None:
+    torch.save({"stages": list(model.stages), "state": model.state_dict(), **extra}, path)
+
+
+def load_model(path: Any) -> tuple[ArtifactNet, dict[str, Any]]:
+    """The network in eval mode and the rest of the checkpoint (training record)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = ArtifactNet(tuple(checkpoint.pop("stages")))
+    model.load_state_dict(checkpoint.pop("state"))
+    model.eval()
+    return model, checkpoint

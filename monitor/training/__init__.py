@@ -1,0 +1,1 @@
+"""Reusable parts of the training tools (data preparation, training loops, calibration)."""
