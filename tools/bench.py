@@ -18,7 +18,9 @@ end-to-end alert latency, memory per session, and SyncNet's cost for comparison.
   weights) against the learned model, per 2 s analysis window.
 
 Every figure is a median of ``--runs`` runs (capacity: one sweep), with the baseline
-lip-sync detector measured in the same run as the reference for ratios.
+lip-sync detector measured in the same run as the reference for ratios. ``--ref COMMIT``
+also replays with that commit's code (``git archive`` under /tmp, same interpreter and
+packages), so a change is measured against its parent in the same run.
 """
 
 from __future__ import annotations
@@ -127,9 +129,12 @@ def worker_latency(clip: str, model: str, port: int) -> int:
 # ----- measurements (this process) -------------------------------------------------------------
 
 
-def _run_worker(args: list[str], *, one_core: bool, timeout: float) -> tuple[dict[str, Any], float]:
-    """Run a worker subprocess; return its result line and the process's wall seconds."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", *args]
+def _run_worker(
+    args: list[str], *, one_core: bool, timeout: float, tree: Path = ROOT
+) -> tuple[dict[str, Any], float]:
+    """Run a worker subprocess (of the code in ``tree``); return its result line and the
+    process's wall seconds."""
+    command = [sys.executable, str(tree / "tools" / "bench.py"), "--worker", *args]
     if one_core:
         command = ["taskset", "-c", "0", *command]
     env = {**os.environ, **ONE_CORE_ENV} if one_core else dict(os.environ)
@@ -146,10 +151,27 @@ def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def bench_replay(clip: Path, model: str, runs: int) -> dict[str, Any]:
+def ref_tree(ref: str) -> tuple[Path, str]:
+    """The code of commit ``ref`` unpacked under /tmp (once per commit), and its short hash."""
+    sha = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", ref],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    tree = Path("/tmp") / f"dfmon-bench-ref-{sha}"
+    if not (tree / "tools" / "bench.py").exists():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", sha], capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree, sha
+
+
+def bench_replay(clip: Path, model: str, runs: int, tree: Path = ROOT) -> dict[str, Any]:
     """Replay speed and per-stage cost on core 0, median of ``runs`` runs."""
     samples = [
-        _run_worker(["replay", str(clip), model], one_core=True, timeout=600) for _ in range(runs)
+        _run_worker(["replay", str(clip), model], one_core=True, timeout=600, tree=tree)
+        for _ in range(runs)
     ]
     results = [s for s, _ in samples]
     frames = results[0]["video_frames"]
@@ -515,9 +537,15 @@ def run(args: argparse.Namespace) -> int:
 
     if "replay" not in skip:
         result["replay"] = {}
+        reference = ref_tree(args.ref) if args.ref else None
         for model in models:
             step(f"replay on one core, {model}")
             result["replay"][model] = bench_replay(clip, model, args.runs)
+            if reference is not None:  # the same model with the reference commit's code
+                step(f"replay on one core, {model} at {reference[1]}")
+                result["replay"][f"{model} at {reference[1]}"] = bench_replay(
+                    clip, model, args.runs, tree=reference[0]
+                )
     if "latency" not in skip:
         result["latency"] = {}
         for model in models:
@@ -561,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default="/tmp/dfmon-bench", help="where bench.json and bench.md go"
     )
     parser.add_argument("--skip", help="comma-separated: replay,latency,syncnet,capacity")
+    parser.add_argument("--ref", help="also replay with this commit's code (e.g. HEAD~1)")
     parser.add_argument("--live-counts", default="1,2,3,4,6,8", help="concurrent sessions to try")
     parser.add_argument("--live-seconds", type=float, default=15.0, help="seconds per count")
     return run(parser.parse_args(argv))
