@@ -26,8 +26,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -95,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     train = samples
     held_groups: set[str] = set()
     if args.heldout_share > 0:
-        held_groups = training.heldout_groups(samples.clips, args.heldout_share, args.seed + 1)
-        held = np.array([samples.clips[c].group in held_groups for c in samples.clip])
-        train, heldout = samples.subset(~held), samples.subset(held)
+        train, heldout, held_groups = training.split_heldout(
+            samples, args.heldout_share, args.seed + 1, args.real_fakes > 0
+        )
         log.info("held out %d sources: %s", len(held_groups), sorted(held_groups))
     settings = training.TrainSettings(
         steps=args.steps, real_fakes_per_batch=args.real_fakes, seed=args.seed

@@ -151,12 +151,30 @@ def load_samples(prepared: Sequence[tuple[PoolClip, Path]]) -> SampleSet:
     return SampleSet(clips=clips, **arrays)
 
 
-def heldout_groups(clips: Sequence[PoolClip], share: float, seed: int) -> set[str]:
-    """Groups (people, scenes) of real clips kept out of training, about ``share`` of them."""
-    groups = sorted({c.group for c in clips if c.label == "real"})
+def heldout_groups(clips: Sequence[PoolClip], share: float, seed: int, label: str) -> set[str]:
+    """Groups (people, scenes) of ``label`` clips kept out of training, about ``share``."""
+    groups = sorted({c.group for c in clips if c.label == label})
     rng = np.random.default_rng(seed)
     rng.shuffle(groups)
     return set(groups[: max(1, int(round(share * len(groups))))])
+
+
+def split_heldout(
+    samples: SampleSet, share: float, seed: int, train_on_fakes: bool
+) -> tuple[SampleSet, SampleSet, set[str]]:
+    """(train, held out, held-out groups). Real clips are held out by group; the pool's
+    fakes too when training uses them, else all of them (none is trained on)."""
+    held = heldout_groups(samples.clips, share, seed, "real")
+    if train_on_fakes:
+        held |= heldout_groups(samples.clips, share, seed, "fake")
+    out = np.array(
+        [
+            samples.clips[c].group in held
+            or (samples.clips[c].label == "fake" and not train_on_fakes)
+            for c in samples.clip
+        ]
+    )
+    return samples.subset(~out), samples.subset(out), held
 
 
 def auc(positive: Sequence[float], negative: Sequence[float]) -> float:
@@ -195,7 +213,7 @@ class TrainSettings:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     boundary_weight: float = 1.0
-    threads: int = 2
+    threads: int = 1  # more intra-op threads contend badly on a shared 2-core machine
     seed: int = 0
     eval_every: int = 250
 

@@ -760,17 +760,22 @@ def prepare_clip(clip: PoolClip, cache: Path, n_chunks: int, seed: int, blend: b
     """The clip's samples as an ``.npz`` under ``cache`` (reused when present); None when the
     clip gave no sample (no face, too short)."""
     path = cache_file(cache, clip, n_chunks, seed, blend)
+    empty = path.with_suffix(".none")  # the clip was tried and gave nothing
     if path.exists():
         return path
+    if empty.exists():
+        return None
+    cache.mkdir(parents=True, exist_ok=True)
     try:
         samples, record = clip_samples(clip, n_chunks, seed, blend)
     except InputError as exc:
         log.warning("%s: %s", clip.name, exc)
+        empty.write_text(str(exc))
         return None
     if not samples.label:
         log.warning("%s: no usable chunk", clip.name)
+        empty.write_text("no usable chunk")
         return None
-    cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **samples.arrays(), record=np.array(json.dumps(record)))
     tmp.replace(path)
