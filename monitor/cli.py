@@ -14,17 +14,21 @@ from collections.abc import Sequence
 
 from monitor import __version__
 from monitor.errors import InputError
+from monitor.native_log import show_native_logs
 
 # Each module defines ``add_parser(subparsers) -> argparse.ArgumentParser`` and sets
 # ``run=callable(args) -> int`` as a default on its parser. Heavy imports stay inside run.
 COMMAND_MODULES = (
     "replay",
     "serve",
+    "gateway",
+    "sinks",
     "push",
     "demo",
     "detectors",
     "build_engine",
     "report",
+    "verify_webhook",
 )
 
 
@@ -61,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    show_native_logs(args.verbose)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.errors import ConfigError
+from monitor.events import EVENT_TYPES
 
 
 @dataclass
@@ -72,12 +73,17 @@ class DetectorsConfig:
     plugin_dirs: list[str] = field(default_factory=lambda: ["plugins"])
 
 
+# Inference backends of the learned sync model (monitor/sync/backends.py); "auto" picks
+# the first that works.
+BACKEND_NAMES = ("auto", "tensorrt", "torch-cuda", "torch", "onnx")
+# "learned" (the trained model) or "baseline" (training-free cross-correlation).
+LIP_SYNC_MODELS = ("learned", "baseline")
+
+
 @dataclass
 class LipSyncConfig:
-    # "learned" (the trained model) or "baseline" (training-free cross-correlation).
-    model: str = "learned"
-    # "auto" | "tensorrt" | "torch-cuda" | "torch" | "onnx"
-    backend: str = "auto"
+    model: str = "learned"  # one of LIP_SYNC_MODELS
+    backend: str = "auto"  # one of BACKEND_NAMES
 
 
 @dataclass
@@ -106,6 +112,72 @@ class LiveConfig:
 
 
 @dataclass
+class SinksConfig:
+    """Alert delivery (monitor/sinks, docs/ALERTS.md): where to, what, how often, how hard.
+
+    Secrets may be set here or, taking precedence, in the environment
+    (``DFMON_WEBHOOK_SECRET``, ``DFMON_SPLUNK_TOKEN``, ``DFMON_TEAMS_TOKEN``); never by flag.
+    """
+
+    # "KIND:TARGET", as --sink: webhook:URL, splunk:URL, syslog:udp://HOST:PORT,
+    # syslog:tcp://HOST:PORT, teams-report:URL or teams-report:FILE.
+    targets: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=lambda: ["alert", "summary"])
+    # At most one alert notice per participant per this many media seconds (Graph: 60).
+    throttle_s: float = 60.0
+    # Notices waiting per sink beyond this many: the oldest goes to the dead-letter file.
+    queue_size: int = 256
+    timeout_s: float = 5.0
+    max_attempts: int = 6
+    backoff_s: float = 0.5
+    backoff_max_s: float = 30.0
+    # On exit, seconds given to queued notices before they are dead-lettered.
+    drain_s: float = 10.0
+    dead_letter: str = "dfmon-dead-letter.jsonl"
+    # Names this monitor: CloudEvents source, HEC host, syslog HOSTNAME ("" = host name).
+    monitor_name: str = ""
+    webhook_secret: str | None = None
+    webhook_cloudevents: bool = False
+    splunk_token: str | None = None
+    splunk_index: str | None = None
+    splunk_sourcetype: str = "dfmon:event"
+    syslog_facility: int = 16  # local0
+    teams_token: str | None = None
+
+
+@dataclass
+class BusConfig:
+    """The Redis Streams bus (``--bus``): event streams, worker heartbeats, sink groups."""
+
+    # Every key starts with this, so several deployments can share one Redis.
+    prefix: str = "dfmon"
+    # Entries kept (approximately, XADD MAXLEN ~) in the stream of every event ...
+    stream_maxlen: int = 100_000
+    # ... and in each call's, participant's and session's own stream, which expire when idle.
+    keyed_stream_maxlen: int = 10_000
+    keyed_stream_idle_s: float = 86_400.0
+    # Events a worker holds while Redis is away; beyond it the oldest are dropped (counted).
+    buffer_events: int = 10_000
+    # Events per round trip to Redis.
+    batch_events: int = 256
+    # Seconds between heartbeats, and how long a heartbeat stays valid (missed beats).
+    heartbeat_s: float = 1.0
+    worker_ttl_s: float = 3.0
+    # A worker above this CPU share (its CPU time over the machine's cores) gets no more calls.
+    max_worker_cpu: float = 0.9
+    # Events a late /alerts client of the gateway first receives from the stream.
+    history_events: int = 1000
+    # Seconds a WHIP redirect ticket stays valid.
+    ticket_ttl_s: float = 30.0
+    # dfmon sinks (what it delivers, and how, is [sinks]): consumer group (one per sink:
+    # GROUP:SINK), idle time after which a silent consumer's pending entries are taken
+    # over, and how long delivered idempotency keys are remembered.
+    sink_group: str = "dfmon-sinks"
+    claim_idle_s: float = 30.0
+    delivered_ttl_s: float = 7 * 86_400.0
+
+
+@dataclass
 class MonitorConfig:
     window: WindowConfig = field(default_factory=WindowConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -115,6 +187,8 @@ class MonitorConfig:
     lip_sync: LipSyncConfig = field(default_factory=LipSyncConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
+    sinks: SinksConfig = field(default_factory=SinksConfig)
+    bus: BusConfig = field(default_factory=BusConfig)
 
     def validate(self) -> MonitorConfig:
         w = self.window
@@ -132,7 +206,33 @@ class MonitorConfig:
             raise ConfigError(f"detectors.time_budget_s must be in (0, 3600] s, got {budget}")
         if any(weight < 0 for weight in self.detectors.weights.values()):
             raise ConfigError("detector weights must not be negative")
+        b = self.bus
+        if not b.prefix or any(c.isspace() for c in b.prefix):
+            raise ConfigError(f"bus.prefix must be a non-empty word, got {b.prefix!r}")
+        if min(b.stream_maxlen, b.keyed_stream_maxlen, b.buffer_events, b.batch_events) < 1:
+            raise ConfigError("bus stream lengths, buffer_events and batch_events must be >= 1")
+        if not (0 < b.heartbeat_s < b.worker_ttl_s):
+            raise ConfigError("need 0 < bus.heartbeat_s < bus.worker_ttl_s")
+        if b.claim_idle_s <= 0 or b.delivered_ttl_s < 1:
+            raise ConfigError("need bus.claim_idle_s > 0 and bus.delivered_ttl_s >= 1")
+        self._validate_sinks()
         return self
+
+    def _validate_sinks(self) -> None:
+        s = self.sinks
+        if s.throttle_s < 0:
+            raise ConfigError(f"sinks.throttle_s must not be negative, got {s.throttle_s}")
+        if s.queue_size < 1 or s.max_attempts < 1:
+            raise ConfigError("sinks.queue_size and sinks.max_attempts must be at least 1")
+        if not (s.timeout_s > 0 and s.backoff_s > 0 and s.backoff_max_s >= s.backoff_s):
+            raise ConfigError("need sinks.timeout_s > 0 and 0 < backoff_s <= backoff_max_s")
+        if s.drain_s < 0:
+            raise ConfigError(f"sinks.drain_s must not be negative, got {s.drain_s}")
+        if not 0 <= s.syslog_facility <= 23:
+            raise ConfigError(f"sinks.syslog_facility must be 0-23, got {s.syslog_facility}")
+        unknown = sorted(set(s.events) - set(EVENT_TYPES))
+        if unknown:
+            raise ConfigError(f"sinks.events: unknown event types {unknown}; known: {EVENT_TYPES}")
 
 
 def _merge(instance: Any, overrides: dict[str, Any], where: str) -> Any:

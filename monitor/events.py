@@ -1,19 +1,35 @@
 """Event construction and validation (schema version 1).
 
 Every event carries ``schema``, ``type``, ``session``, ``participant`` and ``ts``;
-the same dicts go to JSONL files and to the websocket alert channel.
+the same dicts go to JSONL files and to the websocket alert channel. The payloads of
+``session_started``, ``score``, ``alert`` and ``summary`` are built here, beside the
+schema they must satisfy (``monitor/schema/events.schema.json``), from what the session
+decided: the session computes risks and levels, this module words and rounds them.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from monitor.detectors.base import format_span
+
+if TYPE_CHECKING:
+    from monitor.config import MonitorConfig
+    from monitor.detectors.base import Evidence
+    from monitor.fusion import LevelChange
+    from monitor.media import StreamInfo
+    from monitor.windows import AnalysisWindow
 
 SCHEMA_VERSION = 1
 EVENT_TYPES = ("session_started", "score", "alert", "summary", "session_ended", "error")
+
+# Where events go: a session's ``emit``, a sink, a fan-out. Takes one event dict.
+EventSink = Callable[[dict[str, Any]], None]
 
 
 def utc_timestamp(now: datetime | None = None) -> str:
@@ -40,6 +56,111 @@ class EventFactory:
             "ts": utc_timestamp(),
             **fields,
         }
+
+    def session_started(
+        self, info: StreamInfo, config: MonitorConfig, detector_versions: Mapping[str, str]
+    ) -> dict[str, Any]:
+        return self.make(
+            "session_started",
+            **info.as_event_fields(),
+            config={
+                "window_s": config.window.window_s,
+                "hop_s": config.window.hop_s,
+                "suspicious_threshold": config.fusion.suspicious_threshold,
+                "alert_threshold": config.fusion.alert_threshold,
+                "detectors": dict(detector_versions),
+            },
+        )
+
+    def score(
+        self,
+        window: AnalysisWindow,
+        evidence: Sequence[Evidence],
+        *,
+        risk: float,
+        window_risk: float | None,
+        level: str,
+        session_level: str,
+        dropped_frames: int,
+        inference_s: float,
+    ) -> dict[str, Any]:
+        """One window's score; ``window_risk`` None is insufficient evidence."""
+        if window_risk is None:
+            reasons = "; ".join(e.rationale for e in evidence) or "no detector ran"
+            span = format_span(window.t_start, window.t_end)
+            rationale = f"insufficient evidence over {span}: {reasons}"
+        else:
+            rationale = scored_rationale(evidence, strongest_first=True)
+        return self.make(
+            "score",
+            window=window.index,
+            t_start=round(window.t_start, 3),
+            t_end=round(window.t_end, 3),
+            risk=round(risk, 4),
+            window_risk=None if window_risk is None else round(window_risk, 4),
+            level=level,
+            session_level=session_level,
+            rationale=rationale,
+            evidence=[item.to_json() for item in evidence],
+            dropped_frames=dropped_frames,
+            inference_ms=round(inference_s * 1000, 2),
+        )
+
+    def alert(
+        self, score: dict[str, Any], change: LevelChange, explanation: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The level change that ``score`` (a score event) brought, with its evidence."""
+        return self.make(
+            "alert",
+            level=change.level,
+            previous_level=change.previous_level,
+            risk=score["risk"],
+            t_start=score["t_start"],
+            t_end=score["t_end"],
+            rationale=f"level {change.previous_level} -> {change.level}: {score['rationale']}",
+            evidence=score["evidence"],
+            explanation=explanation,
+        )
+
+    def summary(
+        self,
+        evidence: Sequence[Evidence],
+        *,
+        risk: float | None,
+        level: str,
+        final_level: str,
+        peak_risk: float,
+        mean_window_risk: float | None,
+        counts: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """The session's verdict from its session-level ``evidence``; ``risk`` None is
+        insufficient evidence. ``counts``: windows, frames, drops and alerts of the session."""
+        if risk is None:
+            rationale = "insufficient evidence: no window had both a face and speech"
+        else:
+            rationale = scored_rationale(evidence) or f"mean window risk {risk:.2f}"
+        return self.make(
+            "summary",
+            risk=round(float(risk or 0.0), 4),
+            level=level,
+            final_level=final_level,
+            peak_risk=round(peak_risk, 4),
+            mean_window_risk=None if mean_window_risk is None else round(mean_window_risk, 4),
+            **counts,
+            rationale=rationale,
+            evidence=[item.to_json() for item in evidence],
+        )
+
+    def error(self, message: str, **fields: Any) -> dict[str, Any]:
+        return self.make("error", message=message, **fields)
+
+
+def scored_rationale(evidence: Iterable[Evidence], *, strongest_first: bool = False) -> str:
+    """``detector 0.83: its rationale; ...`` over the sufficient evidence."""
+    scored = [e for e in evidence if e.score is not None]
+    if strongest_first:
+        scored.sort(key=lambda e: -(e.score or 0.0))
+    return "; ".join(f"{e.detector} {e.score:.2f}: {e.rationale}" for e in scored)
 
 
 @lru_cache(maxsize=1)

@@ -17,10 +17,7 @@ from dataclasses import dataclass, field
 
 from monitor.config import FusionConfig
 from monitor.detectors.base import Evidence
-
-LEVELS = ("clear", "suspicious", "alert")
-LEVEL_RANK = {"unknown": -1, "clear": 0, "suspicious": 1, "alert": 2}
-
+from monitor.levels import LEVEL_RANK, RISK_LEVELS, UNKNOWN
 
 POWER = 4.0
 
@@ -71,8 +68,8 @@ class RiskState:
     # Consecutive insufficient windows after which the session level becomes unknown.
     unknown_after_windows: int = 8
     smoothed_risk: float | None = None
-    level: str = "unknown"
-    peak_level: str = "unknown"
+    level: str = UNKNOWN
+    peak_level: str = UNKNOWN
     peak_risk: float = 0.0
     window_risks: list[float] = field(default_factory=list)
     _raise_streak: int = 0
@@ -131,7 +128,7 @@ class RiskState:
         self._raise_streak = 0
         # Step down one level at a time, only past the hysteresis band.
         while self.level != "clear" and risk < self._threshold(self.level) - self.config.hysteresis:
-            self.level = LEVELS[LEVELS.index(self.level) - 1]
+            self.level = RISK_LEVELS[RISK_LEVELS.index(self.level) - 1]
 
     @property
     def mean_window_risk(self) -> float | None:

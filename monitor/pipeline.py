@@ -1,7 +1,7 @@
 """One session's pipeline: timestamped media in, explained events out.
 
 :class:`SessionAnalyzer` owns everything of one participant's session: the face tracker,
-the bounded frame and audio buffers that form windows, the detectors, the risk state.
+its windower (:mod:`monitor.windows`), the detectors, the risk state.
 It is synchronous and not thread-safe on purpose: one thread drives one session, so
 file replay and live ingest share exactly the same code. The only other threads are one
 worker per detector (:mod:`monitor.detectors.runner`), waited for one call at a time, so
@@ -12,76 +12,25 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from monitor.config import MonitorConfig
-from monitor.detectors.base import Detector, Evidence, format_span
+from monitor.detectors.base import Detector, Evidence
 from monitor.detectors.runner import CallTimeout, DetectorRunner
-from monitor.events import EventFactory
+from monitor.events import EventFactory, EventSink
 from monitor.explain.live import compact_explanation
-from monitor.features.audio import AudioFeatureExtractor
 from monitor.features.types import FrameFeatures
-from monitor.fusion import LEVEL_RANK, RiskState, fuse_evidence, gate_clearing
+from monitor.fusion import RiskState, fuse_evidence, gate_clearing
+from monitor.levels import LEVEL_RANK, UNKNOWN
 from monitor.media import AUDIO_RATE, AudioChunk, StreamInfo, VideoFrame
-from monitor.windows import AnalysisWindow
+from monitor.windows import AnalysisWindow, Windower, WindowSchedule
+
+if TYPE_CHECKING:
+    from monitor.features.face import FaceTracker
 
 log = logging.getLogger(__name__)
-
-EmitFn = Callable[[dict[str, Any]], None]
-# Live audio that stalls this far behind the video no longer holds windows back.
-AUDIO_STALL_S = 3.0
-
-
-class AudioBuffer:
-    """Mono 16 kHz samples placed by timestamp; gaps are zeros, old samples are trimmed."""
-
-    def __init__(self) -> None:
-        self.t0: float | None = None  # time of samples[0]
-        self.samples = np.zeros(0, dtype=np.float32)
-
-    @property
-    def t_end(self) -> float:
-        return -np.inf if self.t0 is None else self.t0 + len(self.samples) / AUDIO_RATE
-
-    def add(self, chunk: AudioChunk) -> None:
-        if self.t0 is None:
-            self.t0 = chunk.t
-        start = int(round((chunk.t - self.t0) * AUDIO_RATE))
-        data = chunk.samples.astype(np.float32, copy=False)
-        if start < 0:  # before the kept span: keep only what is new
-            data, start = data[-start:], 0
-        end = start + len(data)
-        if end > len(self.samples):
-            self.samples = np.concatenate(
-                [self.samples, np.zeros(end - len(self.samples), np.float32)]
-            )
-        self.samples[start:end] = data
-
-    def span(self, t_from: float, t_to: float) -> np.ndarray:
-        """Samples in [t_from, t_to), zero-filled where nothing was received."""
-        n = int(round((t_to - t_from) * AUDIO_RATE))
-        out = np.zeros(n, dtype=np.float32)
-        if self.t0 is None:
-            return out
-        src = int(round((t_from - self.t0) * AUDIO_RATE))
-        lo, hi = max(src, 0), min(src + n, len(self.samples))
-        if hi > lo:
-            out[lo - src : hi - src] = self.samples[lo:hi]
-        return out
-
-    def trim_before(self, t: float) -> None:
-        if self.t0 is None:
-            return
-        drop = int((t - self.t0) * AUDIO_RATE)
-        if drop > 0:
-            self.samples = self.samples[drop:]
-            self.t0 += drop / AUDIO_RATE
 
 
 @dataclass
@@ -107,6 +56,18 @@ class SessionStats:
     def dropped_total(self) -> int:
         return sum(self.frames_dropped.values())
 
+    def summary_counts(self) -> dict[str, Any]:
+        """The counts a ``summary`` event reports."""
+        return {
+            "windows_scored": self.windows_scored,
+            "windows_insufficient": self.windows_insufficient,
+            "frames_dropped": self.dropped_total,
+            "dropped_by_kind": dict(self.frames_dropped),
+            "alerts": self.alerts,
+            "video_frames": self.video_frames,
+            "frames_with_face": self.frames_with_face,
+        }
+
 
 class SessionAnalyzer:
     """Source-agnostic analysis of one participant: feed media, get events through ``emit``."""
@@ -117,8 +78,8 @@ class SessionAnalyzer:
         *,
         session: str,
         participant: str,
-        emit: EmitFn,
-        face_tracker: Any | None = None,
+        emit: EventSink,
+        face_tracker: FaceTracker | None = None,
         detectors: dict[str, Detector] | None = None,
     ) -> None:
         self.config = config
@@ -128,7 +89,7 @@ class SessionAnalyzer:
             from monitor.features.face import create_face_tracker
 
             face_tracker = create_face_tracker(config.face)
-        self.face_tracker = face_tracker
+        self.face_tracker: FaceTracker = face_tracker
         self.stats = SessionStats()
         self.detectors: dict[str, Detector] = (
             detectors if detectors is not None else self._create_detectors()
@@ -136,14 +97,9 @@ class SessionAnalyzer:
         self._runners: dict[str, DetectorRunner] = {}  # started on a detector's first call
         windows_per_unknown = max(1, round(2 * config.window.window_s / config.window.hop_s))
         self.risk = RiskState(config.fusion, unknown_after_windows=windows_per_unknown)
-        self._frames: deque[FrameFeatures] = deque()
-        self._audio = AudioBuffer()
-        self._audio_features = AudioFeatureExtractor(config.audio)
-        self._has_audio = True
-        self._audio_ended = False
-        self._last_frame_t = -np.inf
-        self._frame_interval = 0.04
-        self._next_window = 0
+        self._windower = Windower(
+            WindowSchedule.from_config(config.window), config.audio, session=session
+        )
         self._finished = False
         self._closed = False
 
@@ -164,22 +120,9 @@ class SessionAnalyzer:
     # ----- input --------------------------------------------------------------------------
 
     def start(self, info: StreamInfo) -> None:
-        self._has_audio = info.has_audio
-        self.emit(
-            self.events.make(
-                "session_started",
-                **info.as_event_fields(),
-                config={
-                    "window_s": self.config.window.window_s,
-                    "hop_s": self.config.window.hop_s,
-                    "suspicious_threshold": self.config.fusion.suspicious_threshold,
-                    "alert_threshold": self.config.fusion.alert_threshold,
-                    "detectors": {
-                        name: getattr(det, "version", "?") for name, det in self.detectors.items()
-                    },
-                },
-            )
-        )
+        self._windower.has_audio = info.has_audio
+        versions = {name: getattr(det, "version", "?") for name, det in self.detectors.items()}
+        self.emit(self.events.session_started(info, self.config, versions))
 
     def add_video(self, frame: VideoFrame) -> None:
         started = time.perf_counter()
@@ -187,15 +130,12 @@ class SessionAnalyzer:
         self.stats.stage_seconds["landmarks"] += time.perf_counter() - started
         self.stats.video_frames += 1
         self.stats.frames_with_face += face is not None
-        if frame.t > self._last_frame_t and np.isfinite(self._last_frame_t):
-            self._frame_interval = 0.9 * self._frame_interval + 0.1 * (frame.t - self._last_frame_t)
-        self._last_frame_t = max(self._last_frame_t, frame.t)
         height, width = frame.image.shape[:2]
-        self._frames.append(FrameFeatures(frame.t, frame.index, (height, width), face))
+        self._windower.add_frame(FrameFeatures(frame.t, frame.index, (height, width), face))
         self._pump()
 
     def add_audio(self, chunk: AudioChunk) -> None:
-        self._audio.add(chunk)
+        self._windower.add_audio(chunk)
         self.stats.audio_seconds += len(chunk.samples) / AUDIO_RATE
         self._pump()
 
@@ -207,9 +147,9 @@ class SessionAnalyzer:
         if self._finished:
             raise RuntimeError("session already finished")
         self._finished = True
-        self._audio_ended = True
+        self._windower.end_of_media()
         try:
-            self._pump(final=True)
+            self._pump()
             if reason is not None:
                 self.emit(self.events.make("session_ended", reason=reason))
             summary = self._summary()
@@ -230,61 +170,14 @@ class SessionAnalyzer:
         for runner in self._runners.values():
             runner.close()
         self._runners.clear()
-        close = getattr(self.face_tracker, "close", None)
-        if close is not None:
-            close()
+        self.face_tracker.close()
 
     # ----- windows ------------------------------------------------------------------------
 
-    def _window_bounds(self, index: int) -> tuple[float, float]:
-        start = index * self.config.window.hop_s
-        return start, start + self.config.window.window_s
-
-    def _ready(self, t_end: float, final: bool) -> bool:
-        video_done = (
-            self._last_frame_t + self._frame_interval >= t_end
-            if final
-            else (self._last_frame_t >= t_end)
-        )
-        if not video_done:
-            return False
-        if not self._has_audio or self._audio_ended:
-            return True
-        audio_needed = t_end + self.config.window.max_lag_s
-        return self._audio.t_end >= audio_needed or (
-            self._last_frame_t - self._audio.t_end > AUDIO_STALL_S
-        )
-
-    def _pump(self, final: bool = False) -> None:
-        while True:
-            t_start, t_end = self._window_bounds(self._next_window)
-            if not self._ready(t_end, final):
-                return
-            self._analyze(self._build_window(t_start, t_end))
-            self._next_window += 1
-            next_start, _ = self._window_bounds(self._next_window)
-            while self._frames and self._frames[0].t < next_start:
-                self._frames.popleft()
-            self._audio.trim_before(next_start - self.config.window.max_lag_s - 1.0)
-
-    def _build_window(self, t_start: float, t_end: float) -> AnalysisWindow:
-        context = self.config.window.max_lag_s
-        frames = tuple(f for f in self._frames if t_start <= f.t < t_end)
-        samples = self._audio.span(t_start - context, t_end + context)
-        started = time.perf_counter()
-        audio = self._audio_features.compute(samples, t_start - context)
-        self.stats.stage_seconds["audio_features"] += time.perf_counter() - started
-        return AnalysisWindow(
-            session=self.events.session,
-            index=self._next_window,
-            t_start=t_start,
-            t_end=t_end,
-            context_s=context,
-            frames=frames,
-            samples=samples,
-            audio=audio,
-            has_audio_stream=self._has_audio,
-        )
+    def _pump(self) -> None:
+        for window in self._windower.windows():
+            self.stats.stage_seconds["audio_features"] = self._windower.audio_feature_seconds
+            self._analyze(window)
 
     def _runner(self, name: str) -> DetectorRunner:
         runner = self._runners.get(name)
@@ -355,59 +248,28 @@ class SessionAnalyzer:
             self.stats.windows_insufficient += 1
         else:
             self.stats.windows_scored += 1
-        level = self.risk.level if window_risk is not None else "unknown"
-        risk = self.risk.smoothed_risk if self.risk.smoothed_risk is not None else 0.0
-        evidence_json = [item.to_json() for item in evidence]
-        rationale = self._window_rationale(window, evidence, window_risk)
-        self.stats.stage_seconds["fusion"] += time.perf_counter() - started
-        self.emit(
-            self.events.make(
-                "score",
-                window=window.index,
-                t_start=round(window.t_start, 3),
-                t_end=round(window.t_end, 3),
-                risk=round(risk, 4),
-                window_risk=None if window_risk is None else round(window_risk, 4),
-                level=level,
-                session_level=self.risk.level,
-                rationale=rationale,
-                evidence=evidence_json,
-                dropped_frames=self.stats.dropped_total,
-                inference_ms=round(inference_s * 1000, 2),
-            )
+        score = self.events.score(
+            window,
+            evidence,
+            risk=self.risk.smoothed_risk if self.risk.smoothed_risk is not None else 0.0,
+            window_risk=window_risk,
+            level=self.risk.level if window_risk is not None else UNKNOWN,
+            session_level=self.risk.level,
+            dropped_frames=self.stats.dropped_total,
+            inference_s=inference_s,
         )
+        self.stats.stage_seconds["fusion"] += time.perf_counter() - started
+        self.emit(score)
         if change is None:
             return
-        if change.previous_level == "unknown" and change.level == "clear" and not self.stats.alerts:
+        if change.previous_level == UNKNOWN and change.level == "clear" and not self.stats.alerts:
             return  # the first evidence establishing "clear" is not news
         self.stats.alerts += 1
-        self.emit(
-            self.events.make(
-                "alert",
-                level=change.level,
-                previous_level=change.previous_level,
-                risk=round(risk, 4),
-                t_start=round(window.t_start, 3),
-                t_end=round(window.t_end, 3),
-                rationale=f"level {change.previous_level} -> {change.level}: {rationale}",
-                evidence=evidence_json,
-                explanation=compact_explanation(window, evidence, self.config.detectors.weights),
-            )
-        )
-
-    @staticmethod
-    def _window_rationale(
-        window: AnalysisWindow, evidence: list[Evidence], window_risk: float | None
-    ) -> str:
-        span = format_span(window.t_start, window.t_end)
-        if window_risk is None:
-            reasons = "; ".join(e.rationale for e in evidence) or "no detector ran"
-            return f"insufficient evidence over {span}: {reasons}"
-        ranked = sorted((e for e in evidence if e.score is not None), key=lambda e: -e.score)
-        return "; ".join(f"{e.detector} {e.score:.2f}: {e.rationale}" for e in ranked)
+        explanation = compact_explanation(window, evidence, self.config.detectors.weights)
+        self.emit(self.events.alert(score, change, explanation))
 
     def _error(self, message: str, **fields: Any) -> None:
-        self.emit(self.events.make("error", message=message, **fields))
+        self.emit(self.events.error(message, **fields))
 
     # ----- summary ------------------------------------------------------------------------
 
@@ -442,32 +304,17 @@ class SessionAnalyzer:
         mean_risk = self.risk.mean_window_risk
         if session_risk is None:
             session_risk = mean_risk
-        if session_risk is None:
-            risk, rationale = 0.0, "insufficient evidence: no window had both a face and speech"
-            level = "unknown"
-        else:
-            risk = session_risk
-            level = max(self.risk.peak_level, self.risk.level_for(risk), key=LEVEL_RANK.__getitem__)
-            parts = [
-                f"{e.detector} {e.score:.2f}: {e.rationale}"
-                for e in session_evidence
-                if e.score is not None
-            ]
-            rationale = "; ".join(parts) or f"mean window risk {risk:.2f}"
-        return self.events.make(
-            "summary",
-            risk=round(float(risk), 4),
+        level = UNKNOWN
+        if session_risk is not None:
+            level = max(
+                self.risk.peak_level, self.risk.level_for(session_risk), key=LEVEL_RANK.__getitem__
+            )
+        return self.events.summary(
+            session_evidence,
+            risk=session_risk,
             level=level,
             final_level=self.risk.level,
-            peak_risk=round(self.risk.peak_risk, 4),
-            mean_window_risk=None if mean_risk is None else round(mean_risk, 4),
-            windows_scored=self.stats.windows_scored,
-            windows_insufficient=self.stats.windows_insufficient,
-            frames_dropped=self.stats.dropped_total,
-            dropped_by_kind=dict(self.stats.frames_dropped),
-            alerts=self.stats.alerts,
-            video_frames=self.stats.video_frames,
-            frames_with_face=self.stats.frames_with_face,
-            rationale=rationale,
-            evidence=[e.to_json() for e in session_evidence],
+            peak_risk=self.risk.peak_risk,
+            mean_window_risk=mean_risk,
+            counts=self.stats.summary_counts(),
         )

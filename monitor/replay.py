@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from monitor.config import MonitorConfig
+from monitor.events import EventSink
 from monitor.media import AudioChunk, VideoFrame
+from monitor.native_log import stderr_is_terminal
 from monitor.pipeline import SessionAnalyzer, SessionStats
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ class Progress:
 
     def __init__(self, duration_s: float | None) -> None:
         self.duration_s = duration_s
-        self.enabled = sys.stderr.isatty() and bool(duration_s)
+        self.enabled = stderr_is_terminal() and bool(duration_s)
         self._last = 0.0
 
     def update(self, t: float) -> None:
@@ -62,7 +64,7 @@ class Progress:
 def replay_file(
     path: str | Path,
     config: MonitorConfig,
-    emit: Callable[[dict[str, Any]], None],
+    emit: EventSink,
     *,
     audio_path: str | Path | None = None,
     realtime: bool = False,

@@ -10,8 +10,8 @@ import pytest
 
 from monitor.config import MonitorConfig
 from monitor.detectors.base import Evidence
-from monitor.sync.backends import ONNX_PATH, WEIGHTS_PATH
-from tests.windows_factory import window_from_signals
+from monitor.sync.checkpoint import ONNX_PATH, WEIGHTS_PATH
+from tests.windows_factory import feed_file, window_from_signals
 
 pytestmark = pytest.mark.skipif(
     not (ONNX_PATH.exists() and WEIGHTS_PATH.exists()), reason="sync model not trained yet"
@@ -54,9 +54,7 @@ def replay(path: Path, factory) -> tuple[list[Evidence], Evidence | None]:  # no
     if path in _replays:
         return _replays[path]
     from monitor.events import validate_event
-    from monitor.media import VideoFrame
     from monitor.pipeline import SessionAnalyzer
-    from monitor.sources.file import FileSource
 
     recording = _Recording(factory())
     analyzer = SessionAnalyzer(
@@ -66,17 +64,7 @@ def replay(path: Path, factory) -> tuple[list[Evidence], Evidence | None]:  # no
         emit=validate_event,  # every event the session emits must fit the schema
         detectors={"lip_sync": recording},
     )
-    source = FileSource(path)
-    try:
-        analyzer.start(source.info)
-        for item in source:
-            if isinstance(item, VideoFrame):
-                analyzer.add_video(item)
-            else:
-                analyzer.add_audio(item)
-        analyzer.finish("end of file")
-    finally:
-        source.close()
+    feed_file(analyzer, path)
     _replays[path] = (recording.evidence, recording.inner.summarize())
     return _replays[path]
 

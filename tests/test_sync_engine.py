@@ -16,7 +16,7 @@ import pytest
 
 from monitor.errors import BackendUnavailableError, ConfigError
 from monitor.sync import engine
-from monitor.sync.backends import ONNX_PATH, WEIGHTS_PATH
+from monitor.sync.checkpoint import ONNX_PATH, WEIGHTS_PATH
 
 needs_model = pytest.mark.skipif(
     not (ONNX_PATH.exists() and WEIGHTS_PATH.exists()), reason="sync model not trained yet"

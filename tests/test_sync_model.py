@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from pathlib import Path
 
@@ -10,7 +9,8 @@ import numpy as np
 import pytest
 
 from monitor.errors import ConfigError
-from monitor.sync.backends import ONNX_PATH, WEIGHTS_PATH, BatchingRunner, create_backend
+from monitor.sync.backends import BatchingRunner, create_backend
+from monitor.sync.checkpoint import ONNX_PATH, WEIGHTS_PATH
 from monitor.sync.model import (
     SyncNetLite,
     count_macs,
@@ -18,19 +18,12 @@ from monitor.sync.model import (
     macs_per_video_frame,
     parameter_count,
 )
+from monitor.sync.reference import SyncNetReference, syncnet_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 needs_model = pytest.mark.skipif(
     not (ONNX_PATH.exists() and WEIGHTS_PATH.exists()), reason="sync model not trained yet"
 )
-
-
-def _bench_module():  # noqa: ANN202 - tools/bench_sync.py holds SyncNet's reference layers
-    spec = importlib.util.spec_from_file_location("bench_sync", REPO / "tools" / "bench_sync.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _random_inputs(windows: int, steps: int = 50, seed: int = 0) -> list[np.ndarray]:
@@ -39,15 +32,14 @@ def _random_inputs(windows: int, steps: int = 50, seed: int = 0) -> list[np.ndar
 
 
 def test_budget_against_syncnet() -> None:
-    bench = _bench_module()
     ours = SyncNetLite()
-    syncnet = bench.SyncNetReference()
+    syncnet = SyncNetReference()
     assert parameter_count(ours) <= 2_000_000
     assert 13_000_000 <= parameter_count(syncnet) <= 14_000_000  # the published ~13.6 M
     # Per video frame: ours is a whole 2 s window (audio context included) over its 50
     # frames; SyncNet slides one 5-frame stack and one 0.2 s audio window per frame.
     our_macs = macs_per_video_frame(ours, steps=50)
-    syncnet_macs = count_macs(syncnet, bench.syncnet_inputs(1, 1))
+    syncnet_macs = count_macs(syncnet, syncnet_inputs(1, 1))
     assert 1.7e9 <= syncnet_macs <= 1.9e9  # the published ~1.8 GMAC per video frame
     assert syncnet_macs / our_macs >= 20
 
@@ -88,7 +80,7 @@ def test_onnx_graph_has_dynamic_batch_dims() -> None:
 
 @needs_model
 def test_checkpoint_carries_calibration_and_record() -> None:
-    from monitor.sync.backends import load_checkpoint
+    from monitor.sync.checkpoint import load_checkpoint
 
     _, info = load_checkpoint()
     assert info.calibration is not None

@@ -497,7 +497,7 @@ REAL_CLIP = (
 def test_genuine_grid_clip_is_not_flagged() -> None:
     if not REAL_CLIP.exists():
         pytest.skip(f"{REAL_CLIP} is absent")
-    from monitor.detectors.temporal.offline import iter_windows, track_clip
+    from monitor.training.faces import iter_windows, track_clip
 
     config = MonitorConfig()
     detector = TemporalDetector(config)

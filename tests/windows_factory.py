@@ -1,4 +1,4 @@
-"""Build AnalysisWindows directly from signals, for detector unit tests."""
+"""AnalysisWindows built from signals, for detector unit tests; a file fed to a session."""
 
 from __future__ import annotations
 
@@ -76,3 +76,18 @@ def window_from_signals(
         samples=np.zeros(int(round(total * 16000)), np.float32),
         audio=audio,
     )
+
+
+def feed_file(analyzer, path, reason: str = "end of file") -> dict:  # noqa: ANN001
+    """Decode ``path`` into a SessionAnalyzer as replay does (no pacing); its summary."""
+    from monitor.media import VideoFrame
+    from monitor.sources.file import FileSource
+
+    with FileSource(path) as source:
+        analyzer.start(source.info)
+        for item in source:
+            if isinstance(item, VideoFrame):
+                analyzer.add_video(item)
+            else:
+                analyzer.add_audio(item)
+    return analyzer.finish(reason)

@@ -40,11 +40,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from monitor.evaluation.machine import describe_machine, machine_line
+from monitor.evaluation.metrics import percentile
 
-from monitor.evaluation.machine import describe_machine, machine_line  # noqa: E402
-from monitor.evaluation.metrics import percentile  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SHARED_CLIP = (
     ROOT.parent / "shared" / "data" / "dev" / "real" / "semchan_HyperLips__test_video1_video1.mp4"
@@ -319,59 +318,60 @@ def bench_capacity(counts: str, seconds: float) -> dict[str, Any]:
 
 
 def worker_syncnet() -> int:
-    """SyncNet's architecture against the learned model, from ``tools/bench_sync.py``.
+    """SyncNet's architecture against the learned model (:mod:`monitor.evaluation.sync_speed`).
 
-    Its full benchmark also times the trained model's ONNX export; until the weights exist
-    that fails, and the torch timing of both architectures (random weights: the cost does
-    not depend on them) is done here with its own model definitions and timers.
+    Its full benchmark also times the trained model's ONNX export; where that fails (the
+    weights are missing), both architectures are timed in torch alone with random weights
+    (the cost does not depend on them).
     """
-    import importlib.util
-
     import torch
 
-    spec = importlib.util.spec_from_file_location("bench_sync", ROOT / "tools" / "bench_sync.py")
-    assert spec is not None and spec.loader is not None
-    bench_sync = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_sync)
+    from monitor.evaluation import sync_speed
+
     torch.set_num_threads(1)
     try:
-        data = bench_sync.benchmark(1, 5, 3, False)
-        data["mode"] = "tools/bench_sync.py benchmark()"
+        data = sync_speed.benchmark(1, 5, 3, False)
+        data["mode"] = "monitor.evaluation.sync_speed.benchmark()"
     except Exception as exc:  # the trained model's files are missing
-        data = _syncnet_torch_only(bench_sync)
-        data["mode"] = f"torch only, random weights (bench_sync.benchmark failed: {exc})"
+        data = _syncnet_torch_only()
+        data["mode"] = f"torch only, random weights (benchmark failed: {exc})"
     _emit_result(data)
     return 0
 
 
-def _syncnet_torch_only(bench_sync: Any) -> dict[str, Any]:
+def _syncnet_torch_only() -> dict[str, Any]:
     import torch
 
-    from monitor.sync.model import SyncNetLite
+    from monitor.evaluation import sync_speed
+    from monitor.sync.model import SyncNetLite, macs_per_video_frame, parameter_count
+    from monitor.sync.reference import SyncNetReference, syncnet_inputs, syncnet_macs_per_frame
 
     torch.manual_seed(0)
-    models = {"ours": SyncNetLite().eval(), "syncnet": bench_sync.SyncNetReference().eval()}
-    inputs = {"ours": bench_sync.ours_inputs, "syncnet": bench_sync.syncnet_inputs}
-    repeats = {"ours": 5, "syncnet": 3}
+    ours, reference = SyncNetLite().eval(), SyncNetReference().eval()
+    cases = {
+        "ours": (ours, sync_speed.ours_inputs(1), macs_per_video_frame(ours), 5),
+        "syncnet": (
+            reference,
+            syncnet_inputs(sync_speed.VIDEO_STACKS, sync_speed.AUDIO_WINDOWS),
+            syncnet_macs_per_frame(reference),
+            3,
+        ),
+    }
     data: dict[str, Any] = {"threads": 1}
-    for name, model in models.items():
-        macs = bench_sync.macs_per_frame(model, inputs[name](1, 1))
-        window = inputs[name](bench_sync.VIDEO_STACKS, bench_sync.AUDIO_WINDOWS)
+    for name, (model, window, macs, repeats) in cases.items():
         with torch.inference_mode():
-            times = bench_sync._time(lambda m=model, w=window: m(*w), repeats[name])
+            times = sync_speed.time_calls(lambda m=model, w=window: m(*w), repeats)
         data[name] = {
-            "parameters": bench_sync.parameter_count(model),
+            "parameters": parameter_count(model),
             "macs_per_video_frame": macs,
-            "gmacs_per_second_of_video": round(macs * bench_sync.FPS / 1e9, 3),
-            "torch_cpu": bench_sync._summary(times),
+            "gmacs_per_second_of_video": round(macs * sync_speed.FPS / 1e9, 3),
+            "torch_cpu": sync_speed.summarize_times(times),
         }
     return data
 
 
 def bench_syncnet() -> dict[str, Any]:
     """SyncNet's architecture vs the learned model on core 0, one thread."""
-    if not (ROOT / "tools" / "bench_sync.py").exists():
-        return {"error": "tools/bench_sync.py is missing"}
     try:
         data, _ = _run_worker(["syncnet"], one_core=True, timeout=900)
     except RuntimeError as exc:

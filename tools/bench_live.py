@@ -34,19 +34,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import av  # noqa: E402
-from aiortc import (  # noqa: E402
+import av
+from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCPeerConnection,
     RTCSessionDescription,
 )
-from aiortc.mediastreams import MediaStreamError  # noqa: E402
+from aiortc.mediastreams import MediaStreamError
 
-from monitor.live.client import PacingClock, PushStats, WhipClient  # noqa: E402
+from monitor.live.client import PacingClock, PushStats, WhipClient
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TOKEN = "bench"
 CACHE = Path(tempfile.gettempdir()) / "dfmon-bench"

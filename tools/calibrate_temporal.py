@@ -26,33 +26,32 @@ clearest (the call copies of the fakes are measured and reported, not used to de
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import logging
 import math
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from monitor.config import MonitorConfig  # noqa: E402
-from monitor.detectors.temporal.calibration import (  # noqa: E402
+from monitor.config import MonitorConfig
+from monitor.detectors.temporal.calibration import (
     DEFAULT_PATH,
     Calibration,
     CueCalibration,
     Stats,
 )
-from monitor.detectors.temporal.cues import CUE_NAMES  # noqa: E402
-from monitor.detectors.temporal.detector import TemporalDetector  # noqa: E402
-from monitor.detectors.temporal.offline import clip_frames, iter_windows  # noqa: E402
-from monitor.errors import InputError  # noqa: E402
-from monitor.evaluation.variants import EncodeSettings, prepare_clip  # noqa: E402
+from monitor.detectors.temporal.cues import CUE_NAMES
+from monitor.detectors.temporal.detector import TemporalDetector
+from monitor.errors import InputError
+from monitor.evaluation.dataset import is_duplicate_row, manifest_rows
+from monitor.evaluation.metrics import auc_or_nan as auc
+from monitor.evaluation.variants import EncodeSettings, prepare_clip
+from monitor.training.faces import clip_frames, iter_windows
+
+REPO = Path(__file__).resolve().parent.parent
 
 log = logging.getLogger("calibrate_temporal")
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "train"
@@ -73,17 +72,6 @@ class ClipCues:
         values = np.array([w[cue] for w in self.windows])
         values = values[np.isfinite(values)]
         return float(np.median(values)) if len(values) else math.nan
-
-
-def read_manifest(data: Path) -> list[dict[str, str]]:
-    with open(data / "MANIFEST.tsv", newline="") as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
-
-
-def is_duplicate(row: dict[str, str]) -> bool:
-    """DUPLICATE SOURCE rows repeat another row's recording: count it once."""
-    notes = row.get("notes", "")
-    return notes.startswith("DUPLICATE SOURCE") or "DUPLICATE SOURCE of" in notes
 
 
 def call_copy(clip: Path, cache: Path) -> Path:
@@ -150,17 +138,6 @@ def pair_agreement(pairs: list[tuple[ClipCues, ClipCues]], cue: str, direction: 
     if not deltas:
         return math.nan
     return sum(direction * d > 0 for d in deltas) / len(deltas)
-
-
-def auc(positive: list[float], negative: list[float]) -> float:
-    """Probability that a positive scores above a negative (ties count half); nan if empty."""
-    pos = np.array([v for v in positive if math.isfinite(v)])
-    neg = np.array([v for v in negative if math.isfinite(v)])
-    if not len(pos) or not len(neg):
-        return math.nan
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
 
 
 def balanced_stats(per_clip: list[np.ndarray]) -> Stats:
@@ -266,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data / "MANIFEST.tsv").exists():
         parser.error(f"{args.data} has no MANIFEST.tsv")
     config = MonitorConfig()
-    rows = [r for r in read_manifest(args.data) if not is_duplicate(r)]
+    rows = [r for r in manifest_rows(args.data) if not is_duplicate_row(r)]
     clips = [
         clip
         for condition in CONDITIONS

@@ -29,13 +29,12 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from monitor.errors import ConfigError, InputError  # noqa: E402
-from monitor.evaluation import report, scoring  # noqa: E402
-from monitor.evaluation.dataset import genuine_clips, known_fakes, read_inputs  # noqa: E402
-from monitor.evaluation.machine import describe_machine, machine_line  # noqa: E402
-from monitor.evaluation.variants import VIDEO_KINDS, EncodeSettings  # noqa: E402
+from monitor.config import LIP_SYNC_MODELS
+from monitor.errors import ConfigError, InputError
+from monitor.evaluation import report, scoring
+from monitor.evaluation.dataset import genuine_clips, known_fakes, read_inputs
+from monitor.evaluation.machine import describe_machine, machine_line
+from monitor.evaluation.variants import VIDEO_KINDS, EncodeSettings
 
 log = logging.getLogger("eval")
 
@@ -52,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cache", default="/tmp/dfmon-eval-cache", help="variant cache (default %(default)s)"
     )
     parser.add_argument(
-        "--lip-sync", choices=("learned", "baseline"), help="lip-sync model (default: the config's)"
+        "--lip-sync", choices=LIP_SYNC_MODELS, help="lip-sync model (default: the config's)"
     )
     parser.add_argument(
         "--detectors", help="comma-separated detectors to enable (default: the config's)"

@@ -18,10 +18,8 @@ Run: ``.venv/bin/python tools/eval_explanations.py [--per-clip 3] [--json out.js
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -29,36 +27,23 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from monitor.config import WindowConfig
+from monitor.detectors.base import GENUINE_OFFSET_MS
+from monitor.sync.features import GRID_STEP_S
+from monitor.training import sync_data
 
 log = logging.getLogger("eval_explanations")
 
 SHIFT_S = 0.4
-GENUINE_OFFSET_MS = 120.0
-MIN_FACE_FRACTION = 0.6
-MIN_SPEECH_FRACTION = 0.2
+FRAME_MS = GRID_STEP_S * 1000.0
 # Deletion tests: time units -> baseline, time units swapped in time, regions -> baseline.
 FAMILIES = ("time", "time-swap", "region")
-
-
-def load_data_tool() -> Any:
-    """tools/prepare_sync_data.py as a module (clip lists, cache, pipeline-equal windows)."""
-    path = REPO / "tools" / "prepare_sync_data.py"
-    spec = importlib.util.spec_from_file_location("prepare_sync_data", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["prepare_sync_data"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def load_model(weights: Path, backend: str) -> tuple[Any, Any, str]:
     """(torch model, backend embed call, backend name)."""
     from monitor.explain.sync_target import torch_embed
-    from monitor.sync.backends import load_checkpoint
+    from monitor.sync.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(weights)
     if backend == "torch":
@@ -82,7 +67,7 @@ def choose_windows(
     for i, (curve, lag) in enumerate(zip(curves, lags, strict=True)):
         if curve is None:
             continue
-        offset_ms = float(lag[int(np.argmin(curve))]) * 40.0
+        offset_ms = float(lag[int(np.argmin(curve))]) * FRAME_MS
         if shifted and abs(offset_ms) <= GENUINE_OFFSET_MS:
             continue
         eligible.append(i)
@@ -93,7 +78,7 @@ def choose_windows(
 
 
 def explain_clip(
-    clip: Any, data_tool: Any, model: Any, embed: Any, args: argparse.Namespace, group: str
+    clip: Any, model: Any, embed: Any, args: argparse.Namespace, group: str
 ) -> list[dict[str, Any]]:
     from monitor.explain.explainer import explain_example
     from monitor.explain.sync_target import (
@@ -105,17 +90,18 @@ def explain_clip(
     from monitor.sync.features import track_from_frames, window_inputs
 
     shifted = group == "real+400ms"
+    config = WindowConfig()
     curve_fn = distance_curve_fn(embed)
     windows = list(
-        data_tool.clip_windows(clip, shift_s=SHIFT_S if shifted else 0.0, hop_s=args.hop)
+        sync_data.clip_windows(clip, shift_s=SHIFT_S if shifted else 0.0, hop_s=args.hop)
     )
     curves: list[np.ndarray | None] = []
     lags: list[Any] = []
     for window in windows:
         inputs = None
         if (
-            window.face_fraction >= MIN_FACE_FRACTION
-            and window.speech_fraction() >= MIN_SPEECH_FRACTION
+            window.face_fraction >= config.min_face_fraction
+            and window.speech_fraction() >= config.min_speech_fraction
         ):
             inputs = window_inputs(window)
         if inputs is None:
@@ -126,7 +112,7 @@ def explain_clip(
         lags.append(inputs.lags)
     scored = sum(c is not None for c in curves)
     flagged = sum(
-        c is not None and abs(float(lag[int(np.argmin(c))]) * 40.0) > GENUINE_OFFSET_MS
+        c is not None and abs(float(lag[int(np.argmin(c))]) * FRAME_MS) > GENUINE_OFFSET_MS
         for c, lag in zip(curves, lags, strict=True)
     )
     records = []
@@ -134,7 +120,7 @@ def explain_clip(
         window = windows[i]
         curve = curves[i]
         assert curve is not None
-        offset_ms = float(lags[i][int(np.argmin(curve))]) * 40.0
+        offset_ms = float(lags[i][int(np.argmin(curve))]) * FRAME_MS
         target = prepare_target(
             track_from_frames(window.frames),
             window.audio,
@@ -265,11 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    data_tool = load_data_tool()
-    if not data_tool.DATA_ROOT.exists():
-        log.error("no data at %s", data_tool.DATA_ROOT)
+    if not sync_data.DATA_ROOT.exists():
+        log.error("no data at %s", sync_data.DATA_ROOT)
         return 2
-    from monitor.sync.backends import WEIGHTS_PATH
+    from monitor.sync.checkpoint import WEIGHTS_PATH
 
     weights = args.weights or WEIGHTS_PATH
     try:
@@ -279,15 +264,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log.info("weights %s; black-box backend %s", weights, backend)
 
-    jobs = data_tool.evaluation_jobs()
+    jobs = sync_data.evaluation_jobs()
     if args.limit:
         jobs = jobs[: args.limit]
-    paths = data_tool.run_jobs(jobs, args.jobs)
+    paths = sync_data.run_jobs(jobs, args.jobs)
     records: list[dict[str, Any]] = []
     for job, path in zip(jobs, paths, strict=True):
-        clip = data_tool.load_cached(path)
+        clip = sync_data.load_cached(path)
         group = "real+400ms" if job.split == "heldout" else "lip-sync fake"
-        records.extend(explain_clip(clip, data_tool, model, embed, args, group))
+        records.extend(explain_clip(clip, model, embed, args, group))
         if args.json:
             args.json.write_text(json.dumps({"backend": backend, "records": records}, indent=1))
     print(summarize(records))

@@ -22,32 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
-
-import prepare_sync_data as prep  # noqa: E402
+from monitor.evaluation.metrics import auc_or_nan as auc
+from monitor.training import sync_data
 
 log = logging.getLogger("eval_sync")
 
 SHIFTS_S = (-0.4, -0.2, 0.2, 0.4)
 FRAME_MS = 40.0
-
-
-def auc(positive: list[float], negative: list[float]) -> float:
-    """P(a manipulated window scores above a genuine one); ties count half."""
-    pos = np.asarray(positive, np.float64)[:, None]
-    neg = np.asarray(negative, np.float64)[None, :]
-    if pos.size == 0 or neg.size == 0:
-        return float("nan")
-    return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))
 
 
 def make_detectors(backend: str, with_baseline: bool) -> dict:
@@ -68,7 +55,7 @@ def make_detectors(backend: str, with_baseline: bool) -> dict:
     return factories
 
 
-def source_of(clip: prep.CachedClip) -> str:
+def source_of(clip: sync_data.CachedClip) -> str:
     return clip.name.split("__")[0]
 
 
@@ -76,7 +63,7 @@ def run_condition(factories: dict, clip, frames, shift_s: float, donor) -> dict:
     """Per detector: window records and the session summary of one clip under one condition."""
     detectors = {name: make() for name, make in factories.items()}
     records: dict[str, list] = {name: [] for name in detectors}
-    for window in prep.clip_windows(clip, shift_s=shift_s, donor=donor, frames=frames):
+    for window in sync_data.clip_windows(clip, shift_s=shift_s, donor=donor, frames=frames):
         for name, detector in detectors.items():
             evidence = detector.analyze(window)
             if evidence.score is None:
@@ -106,12 +93,12 @@ def offset_hits(rows: list[dict], truth_ms: float) -> list[bool]:
 
 
 def evaluate(backend: str, with_baseline: bool, limit: int | None = None) -> dict:
-    heldout_jobs = [j for j in prep.evaluation_jobs() if j.split == "heldout"]
-    fake_jobs = [j for j in prep.evaluation_jobs() if j.split == "fake"]
-    prep.run_jobs(heldout_jobs + fake_jobs, 2)
-    all_clips = [prep.load_cached(j.cache_path) for j in heldout_jobs]
+    heldout_jobs = [j for j in sync_data.evaluation_jobs() if j.split == "heldout"]
+    fake_jobs = [j for j in sync_data.evaluation_jobs() if j.split == "fake"]
+    sync_data.run_jobs(heldout_jobs + fake_jobs, 2)
+    all_clips = [sync_data.load_cached(j.cache_path) for j in heldout_jobs]
     clips = all_clips[-limit:] if limit else all_clips
-    fakes = [prep.load_cached(j.cache_path) for j in fake_jobs][:limit]
+    fakes = [sync_data.load_cached(j.cache_path) for j in fake_jobs][:limit]
     factories = make_detectors(backend, with_baseline)
     names = list(factories)
 
@@ -302,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if not prep.DATA_ROOT.exists():
-        log.error("no data at %s", prep.DATA_ROOT)
+    if not sync_data.DATA_ROOT.exists():
+        log.error("no data at %s", sync_data.DATA_ROOT)
         return 2
     report = evaluate(args.backend, not args.no_baseline, args.limit)
     if args.json:

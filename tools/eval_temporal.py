@@ -29,22 +29,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
-
-from calibrate_temporal import auc, is_duplicate, read_manifest  # noqa: E402
-
-from monitor.config import MonitorConfig, load_config  # noqa: E402
-from monitor.detectors.temporal.cues import CUE_NAMES  # noqa: E402
-from monitor.detectors.temporal.detector import TemporalDetector  # noqa: E402
-from monitor.detectors.temporal.offline import (  # noqa: E402
+from monitor.config import MonitorConfig, load_config
+from monitor.detectors.temporal.cues import CUE_NAMES
+from monitor.detectors.temporal.detector import TemporalDetector
+from monitor.evaluation.dataset import is_duplicate_row, manifest_rows
+from monitor.evaluation.metrics import auc_or_nan as auc
+from monitor.features.types import FrameFeatures
+from monitor.media import AudioChunk, VideoFrame
+from monitor.training.faces import (
     CachedFaceTracker,
     clip_frames,
     iter_windows,
 )
-from monitor.features.types import FrameFeatures  # noqa: E402
-from monitor.media import AudioChunk, VideoFrame  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
 
 log = logging.getLogger("eval_temporal")
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "dev"
@@ -209,13 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.data} has no MANIFEST.tsv")
     config = load_config(args.config)
     results = []
-    for row in read_manifest(args.data):
+    for row in manifest_rows(args.data):
         clip = args.data / row["file"]
         result = ClipResult(
             file=row["file"],
             label=row["label"],
             lipsync_fake="LIPSYNC-FAKE" in row.get("notes", ""),
-            duplicate=is_duplicate(row),
+            duplicate=is_duplicate_row(row),
             has_audio=row.get("has_audio", "yes") == "yes",
         )
         frames = clip_frames(clip, args.cache, config.face)

@@ -14,10 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from monitor.errors import InputError  # noqa: E402
-from monitor.synth.examples import make_example_set  # noqa: E402
+from monitor.errors import InputError
+from monitor.synth.examples import make_example_set
 
 
 def _size(value: str) -> tuple[int, int]:

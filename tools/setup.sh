@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Set up dfmon on a fresh Debian/Ubuntu machine: system packages, then a virtualenv in .venv.
-# espeak-ng speaks the synthetic example calls; chromium runs the browser tests.
+# espeak-ng speaks the synthetic example calls; chromium runs the browser tests; redis-server
+# carries events between workers (dfmon serve --bus, gateway, sinks) and its tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(espeak-ng libespeak-ng1 chromium)
+apt_packages=(espeak-ng libespeak-ng1 chromium redis-server)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

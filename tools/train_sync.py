@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +28,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
+from monitor.evaluation.metrics import auc_or_nan
+from monitor.training import sync_data
 
-import prepare_sync_data as prep  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("train_sync")
 
@@ -53,8 +51,7 @@ class TrainClip:
     name: str
     group: str
     track: object  # FrameTrack
-    samples: np.ndarray
-    audio_t0: float
+    audio: object  # AudioBuffer of the clip's samples
     floor_db: float
     starts: np.ndarray  # candidate window starts (s)
 
@@ -65,7 +62,7 @@ def load_training_clips(paths: list[Path]) -> list[TrainClip]:
 
     clips = []
     for path in paths:
-        cached = prep.load_cached(path)
+        cached = sync_data.load_cached(path)
         if len(cached.times) < 10 or not len(cached.samples):
             continue
         audio = compute_audio_features(cached.samples, cached.audio_t0, AudioConfig())
@@ -88,13 +85,21 @@ def load_training_clips(paths: list[Path]) -> list[TrainClip]:
                 cached.name,
                 group,
                 track,
-                cached.samples,
-                cached.audio_t0,
+                audio_buffer(cached),
                 floor_db,
                 np.asarray(keep),
             )
         )
     return clips
+
+
+def audio_buffer(cached):  # noqa: ANN001, ANN201 - CachedClip -> AudioBuffer
+    from monitor.media import AudioChunk
+    from monitor.windows import AudioBuffer
+
+    buffer = AudioBuffer()
+    buffer.add(AudioChunk(cached.audio_t0, cached.samples))
+    return buffer
 
 
 # -- augmentation -------------------------------------------------------------------------
@@ -168,9 +173,7 @@ def sample_window(
         track = clip.track.select(t_start, t_end)
         if augment:
             track = augment_track(track, rng)
-        span = prep.span_samples(
-            clip.samples, clip.audio_t0, t_start - CONTEXT_S, t_end + CONTEXT_S
-        )
+        span = clip.audio.span(t_start - CONTEXT_S, t_end + CONTEXT_S)
         if augment:
             span = augment_audio(span, rng)
         audio = compute_audio_features(span, t_start - CONTEXT_S, config, clip.floor_db)
@@ -278,20 +281,13 @@ def train(clips: list[TrainClip], steps: int, batch_size: int, seed: int, lr: fl
 # -- calibration --------------------------------------------------------------------------
 
 
-def curve_features(curve: np.ndarray, lags: np.ndarray) -> np.ndarray:
-    """Calibration features of a mean-distance curve (must match the detector's)."""
-    from monitor.sync.scoring import curve_features as features
-
-    return features(curve, lags)
-
-
-def window_curves(backend, clip, frames, shift_s: float, donor) -> list[np.ndarray]:  # noqa: ANN001
+def window_curves(embed, clip, frames, shift_s: float, donor) -> list[np.ndarray]:  # noqa: ANN001
     from monitor.config import MonitorConfig
     from monitor.sync.features import window_inputs, window_lag_distances
 
     config = MonitorConfig().window
     curves = []
-    for window in prep.clip_windows(clip, shift_s=shift_s, donor=donor, frames=frames):
+    for window in sync_data.clip_windows(clip, shift_s=shift_s, donor=donor, frames=frames):
         if window.face_fraction < config.min_face_fraction:
             continue
         if window.speech_fraction() < config.min_speech_fraction:
@@ -299,7 +295,7 @@ def window_curves(backend, clip, frames, shift_s: float, donor) -> list[np.ndarr
         inputs = window_inputs(window)
         if inputs is None:
             continue
-        curves.append(window_lag_distances(inputs, backend.embed).mean(axis=0))
+        curves.append(window_lag_distances(inputs, embed).mean(axis=0))
     return curves
 
 
@@ -323,22 +319,14 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iterations: int
 
 def calibrate(model, paths: list[Path], seed: int):  # noqa: ANN001, ANN201
     """Fit the in-sync probability on held-out speakers: genuine vs shifted and swapped."""
-    import torch
-
-    from monitor.sync.backends import Calibration
+    from monitor.explain.sync_target import torch_embed
+    from monitor.sync.checkpoint import Calibration
     from monitor.sync.features import MAX_LAG_FRAMES
+    from monitor.sync.scoring import curve_features
 
-    class _Local:
-        name = "torch"
-
-        def embed(self, crops, lips, mel):  # noqa: ANN001, ANN202
-            with torch.inference_mode():
-                v, a = model(torch.from_numpy(crops), torch.from_numpy(lips), torch.from_numpy(mel))
-            return v.numpy(), a.numpy()
-
-    backend = _Local()
+    embed = torch_embed(model)
     lags = np.arange(-MAX_LAG_FRAMES, MAX_LAG_FRAMES + 1)
-    clips = [prep.load_cached(p) for p in paths]
+    clips = [sync_data.load_cached(p) for p in paths]
     rng = np.random.default_rng(seed)
     rows, labels = [], []
     genuine_conf = []
@@ -346,16 +334,16 @@ def calibrate(model, paths: list[Path], seed: int):  # noqa: ANN001, ANN201
         frames = clip.frame_features()
         base = clip.name.split(".")[0]
         donors = [c for c in clips if c.name.split(".")[0] != base]
-        for curve in window_curves(backend, clip, frames, 0.0, None):
+        for curve in window_curves(embed, clip, frames, 0.0, None):
             rows.append(curve_features(curve, lags))
             labels.append(1.0)
             genuine_conf.append(rows[-1][0])
         for shift in CALIBRATION_SHIFTS:
-            for curve in window_curves(backend, clip, frames, shift, None):
+            for curve in window_curves(embed, clip, frames, shift, None):
                 rows.append(curve_features(curve, lags))
                 labels.append(0.0)
         for donor in rng.permutation(len(donors))[:2]:
-            for curve in window_curves(backend, clip, frames, 0.0, donors[int(donor)]):
+            for curve in window_curves(embed, clip, frames, 0.0, donors[int(donor)]):
                 rows.append(curve_features(curve, lags))
                 labels.append(0.0)
         log.info(
@@ -373,22 +361,13 @@ def calibrate(model, paths: list[Path], seed: int):  # noqa: ANN001, ANN201
         genuine_confidence=float(np.percentile(genuine_conf, 5)) if genuine_conf else 0.0,
     )
     probability = np.array([calibration.probability(r) for r in x])
-    auc = _auc(1 - probability[y == 0], 1 - probability[y == 1])
+    auc = auc_or_nan(1 - probability[y == 0], 1 - probability[y == 1])
     stats = {
         "calibration_windows": {"genuine": int(y.sum()), "manipulated": int((1 - y).sum())},
         "calibration_auc": auc,
         "genuine_confidence_median": float(np.median(genuine_conf)) if genuine_conf else None,
     }
     return calibration, stats
-
-
-def _auc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
-    """P(score of a positive > score of a negative), ties count half."""
-    pos = np.asarray(positive_scores)[:, None]
-    neg = np.asarray(negative_scores)[None, :]
-    if pos.size == 0 or neg.size == 0:
-        return float("nan")
-    return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))
 
 
 # -- export -------------------------------------------------------------------------------
@@ -428,13 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
-    if not prep.DATA_ROOT.exists():
-        log.error("training data not found at %s", prep.DATA_ROOT)
+    if not sync_data.DATA_ROOT.exists():
+        log.error("training data not found at %s", sync_data.DATA_ROOT)
         return 2
 
-    train_jobs = prep.training_jobs(args.variants, args.synth, args.seed)
-    calibration_jobs = prep.calibration_jobs(args.seed)
-    prep.run_jobs(train_jobs + calibration_jobs, args.jobs)
+    train_jobs = sync_data.training_jobs(args.variants, args.synth, args.seed)
+    calibration_jobs = sync_data.calibration_jobs(args.seed)
+    sync_data.run_jobs(train_jobs + calibration_jobs, args.jobs)
     prep_s = time.perf_counter() - started
     clips = load_training_clips([j.cache_path for j in train_jobs])
     log.info(

@@ -11,6 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from monitor.config import BACKEND_NAMES, LIP_SYNC_MODELS
+
 # What a working monitor should conclude for each example call.
 EXPECTED = {
     "sync": "clear",
@@ -26,8 +28,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "demo", help="synthesize example calls (in sync, shifted, swapped) and score them"
     )
     parser.add_argument("--out-dir", default="dfmon-demo", help="where calls and events go")
-    parser.add_argument("--lip-sync", choices=["learned", "baseline"], help="lip-sync model")
-    parser.add_argument("--backend", choices=["auto", "tensorrt", "torch-cuda", "torch", "onnx"])
+    parser.add_argument("--lip-sync", choices=LIP_SYNC_MODELS, help="lip-sync model")
+    parser.add_argument("--backend", choices=BACKEND_NAMES)
     parser.set_defaults(run=run, window=None, hop=None, token=None)
     return parser
 

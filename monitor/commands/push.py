@@ -25,6 +25,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--token", help="bearer token (or env DFMON_TOKEN)")
     parser.add_argument("--participant", help="participant name carried in every event")
+    parser.add_argument("--call", help="the call this participant is in, carried in every event")
     parser.set_defaults(run=run)
     return parser
 
@@ -37,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("DFMON_TOKEN") or None
     try:
         stats = asyncio.run(
-            push_file(args.input, args.url, token=token, participant=args.participant)
+            push_file(
+                args.input, args.url, token=token, participant=args.participant, call=args.call
+            )
         )
     except PublishError as exc:
         sys.stderr.write(f"dfmon push: error: {exc}\n")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import threading
 from typing import Any
 
-from monitor.errors import ConfigError
+from monitor.commands import add_lip_sync_arguments, lip_sync_overrides
+from monitor.errors import ConfigError, OutputError
+from monitor.sinks.targets import add_sink_option, apply_sink_flags
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -30,23 +33,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--token", help="token alert clients must present (or DFMON_TOKEN)")
     parser.add_argument("--participant", help="participant name carried in every event")
-    parser.add_argument(
-        "--lip-sync", choices=["learned", "baseline"], help="lip-sync model (default: learned)"
-    )
-    parser.add_argument(
-        "--backend",
-        choices=["auto", "tensorrt", "torch-cuda", "torch", "onnx"],
-        help="inference backend for the learned model (default: auto)",
-    )
+    add_lip_sync_arguments(parser)
     parser.add_argument("--report", metavar="REPORT.html", help="also write an HTML report")
+    add_sink_option(parser)
     parser.set_defaults(run=run)
     return parser
 
 
-def parse_host_port(value: str) -> tuple[str, int]:
+def parse_host_port(value: str, flag: str = "--serve-alerts") -> tuple[str, int]:
     host, sep, port_text = value.rpartition(":")
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
-        raise ConfigError(f"--serve-alerts wants HOST:PORT, got {value!r}")
+        raise ConfigError(f"{flag} wants HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port_text)
 
 
@@ -61,45 +58,44 @@ def build_config(args: argparse.Namespace) -> Any:
         window["hop_s"] = args.hop
     if window:
         overrides["window"] = window
-    lip_sync: dict[str, str] = {}
-    if getattr(args, "lip_sync", None):
-        lip_sync["model"] = args.lip_sync
-    if getattr(args, "backend", None):
-        lip_sync["backend"] = args.backend
-    if lip_sync:
+    if lip_sync := lip_sync_overrides(args):
         overrides["lip_sync"] = lip_sync
     token = getattr(args, "token", None) or os.environ.get("DFMON_TOKEN") or None
     overrides["alerts"] = {"token": token}
-    return load_config(args.config, **overrides)
+    return apply_sink_flags(load_config(args.config, **overrides), getattr(args, "sink", []))
 
 
 def run(args: argparse.Namespace) -> int:
     from monitor.replay import log_stage_timings, replay_file
+    from monitor.sinks.build import build_delivery
+    from monitor.sinks.fanout import EventFanout
     from monitor.sinks.jsonl import JsonlSink
 
     config = build_config(args)
     serve_at = parse_host_port(args.serve_alerts) if args.serve_alerts else None
+    delivery = build_delivery(config)
     events: list[dict[str, Any]] = []  # kept for --report (--out may be stdout)
-
-    with JsonlSink(args.out) as sink:
-
-        def write(event: dict[str, Any]) -> None:
-            sink.write(event)
-            if args.report:
-                events.append(event)
-
+    fanout = EventFanout()
+    with JsonlSink(args.out) as jsonl, delivery or contextlib.nullcontext():
+        fanout.add("jsonl", jsonl.write)
+        if args.report:
+            fanout.add("report", events.append)
+        for name, accept in delivery.receivers() if delivery else []:
+            fanout.add(name, accept)
         if serve_at is None:
             result = replay_file(
                 args.input,
                 config,
-                write,
+                fanout.publish,
                 audio_path=args.audio,
                 realtime=args.realtime,
                 participant=args.participant,
             )
         else:
-            result = asyncio.run(_replay_serving(args, config, write, serve_at))
+            result = asyncio.run(_replay_serving(args, config, fanout, serve_at))
     log_stage_timings(result)
+    if fanout.failed["jsonl"]:
+        raise OutputError(f"{fanout.failed['jsonl']} events could not be written to {args.out}")
     if args.report:
         from monitor.report import write_report_for_replay
 
@@ -110,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _replay_serving(
-    args: argparse.Namespace, config: Any, write: Any, serve_at: tuple[str, int]
+    args: argparse.Namespace, config: Any, fanout: Any, serve_at: tuple[str, int]
 ) -> Any:
     """Replay on a worker thread while the event loop serves the alert channel."""
     from monitor.replay import replay_file
@@ -125,17 +121,13 @@ async def _replay_serving(
     except OSError as exc:
         raise ConfigError(f"cannot serve alerts on {host}:{port}: {exc.strerror or exc}") from exc
     stop = threading.Event()
-
-    def emit(event: dict[str, Any]) -> None:
-        write(event)
-        server.publish_threadsafe(event)
-
+    fanout.add("websocket", server.publish_threadsafe)
     try:
         return await asyncio.to_thread(
             replay_file,
             args.input,
             config,
-            emit,
+            fanout.publish,
             audio_path=args.audio,
             realtime=args.realtime,
             participant=args.participant,

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from monitor.config import BACKEND_NAMES
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -23,7 +25,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("-o", "--out", metavar="REPORT.html", required=True, help="report path")
     parser.add_argument(
         "--backend",
-        choices=["auto", "tensorrt", "torch-cuda", "torch", "onnx"],
+        choices=BACKEND_NAMES,
         help="backend of the learned model for re-scoring (default: auto)",
     )
     parser.set_defaults(run=run)

@@ -54,6 +54,22 @@ class Detector(Protocol):
 DetectorFactory = Callable[["MonitorConfig"], Detector]
 
 
+@dataclass(frozen=True)
+class DetectorSpec:
+    name: str
+    version: str
+    source: str  # "builtin", "plugins/<file>", "entry point <dist>"
+    factory: DetectorFactory
+    error: str | None = None  # set for a plugin that failed to load (listed, never run)
+
+
+# Offsets genuine calls show (codec and jitter-buffer delays, tracker smoothing). The
+# session offsets of genuine speech on the real dev clips lie within +-80 ms
+# (monitor/models/MODEL_CARD.md); the band adds one 40 ms frame. Every stage that calls an
+# offset "in sync" reads this one value: detectors, explanations, the report.
+GENUINE_OFFSET_MS = 120.0
+
+
 def format_media_time(t: float) -> str:
     """00:41.5 style media time for rationales."""
     t = max(0.0, t)

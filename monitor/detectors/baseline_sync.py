@@ -14,12 +14,9 @@ from typing import ClassVar
 import numpy as np
 
 from monitor.config import MonitorConfig
-from monitor.detectors.base import Evidence, describe_offset, format_span
+from monitor.detectors.base import GENUINE_OFFSET_MS, Evidence, describe_offset, format_span
 from monitor.windows import AnalysisWindow
 
-# Offsets genuine calls show (codec and jitter-buffer delays, tracker smoothing) stay inside
-# this band; on the real dev clips the session offset of genuine speech sat within +-120 ms.
-GENUINE_OFFSET_MS = 150.0
 # Each window's curve is blended with the previous ones (EWMA): single 2 s windows of
 # syllable-rate speech have side peaks one or two syllables away.
 CURVE_MEMORY = 0.6

@@ -18,7 +18,8 @@ import numpy as np
 from monitor.config import MonitorConfig
 from monitor.detectors.base import Evidence, describe_offset, format_span
 from monitor.errors import BackendUnavailableError
-from monitor.sync.backends import WEIGHTS_PATH, BatchingRunner, Calibration, shared_runner
+from monitor.sync.backends import BatchingRunner, shared_runner
+from monitor.sync.checkpoint import WEIGHTS_PATH, Calibration
 from monitor.sync.features import GRID_STEP_S, window_inputs, window_lag_distances
 from monitor.sync.scoring import CurveSummary, curve_features, summarize_curve
 from monitor.windows import AnalysisWindow
@@ -31,7 +32,7 @@ ALIGNED_MS = 80.0
 
 @lru_cache(maxsize=1)
 def load_calibration() -> Calibration:
-    from monitor.sync.backends import load_checkpoint
+    from monitor.sync.checkpoint import load_checkpoint
 
     _, info = load_checkpoint(WEIGHTS_PATH)
     if info.calibration is None:

@@ -27,8 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from monitor.config import MonitorConfig
-from monitor.detectors.base import Detector
-from monitor.detectors.registry import DetectorSpec
+from monitor.detectors.base import Detector, DetectorSpec
 from monitor.errors import DetectorError
 
 log = logging.getLogger(__name__)

@@ -7,21 +7,11 @@ Built-in detectors are registered here; plugins from the ``plugins/`` folder and
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from monitor.config import MonitorConfig
-from monitor.detectors.base import Detector, DetectorFactory
+from monitor.detectors.base import Detector, DetectorSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DetectorSpec:
-    name: str
-    version: str
-    source: str  # "builtin", "plugins/<file>", "entry point <dist>"
-    factory: DetectorFactory
-    error: str | None = None  # set for a plugin that failed to load (listed, never run)
 
 
 def create_lip_sync_detector(config: MonitorConfig) -> Detector:

@@ -81,6 +81,18 @@ def read_manifest(path: Path) -> list[ClipEntry]:
     return entries
 
 
+def manifest_rows(directory: Path) -> list[dict[str, str]]:
+    """The raw rows of ``directory/MANIFEST.tsv`` (the temporal tools read every column)."""
+    with open(directory / "MANIFEST.tsv", newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def is_duplicate_row(row: dict[str, str]) -> bool:
+    """DUPLICATE SOURCE rows repeat another row's recording: count it once."""
+    notes = row.get("notes", "")
+    return notes.startswith("DUPLICATE SOURCE") or "DUPLICATE SOURCE of" in notes
+
+
 def genuine_clips(entries: list[ClipEntry]) -> list[ClipEntry]:
     return [e for e in entries if e.label == "real" and e.has_audio and not e.duplicate]
 

@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-# Levels that count as an alarm (an escalation the user sees).
-ALARM_LEVELS = ("suspicious", "alert")
+from monitor.levels import ALARM_LEVELS
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,14 @@ def roc_curve(negatives: Sequence[float], positives: Sequence[float]) -> RocCurv
     fpr = np.concatenate([[0.0], fp / len(neg)])
     tpr = np.concatenate([[0.0], tp / len(pos)])
     return RocCurve(fpr=fpr, tpr=tpr, thresholds=thresholds)
+
+
+def auc_or_nan(positives: Iterable[float], negatives: Iterable[float]) -> float:
+    """:func:`roc_auc` of the finite scores, positives first as tables read them ("fakes
+    vs reals"); nan when either side has none, for tables over small or partial sets."""
+    pos = [float(v) for v in positives if v is not None and math.isfinite(v)]
+    neg = [float(v) for v in negatives if v is not None and math.isfinite(v)]
+    return roc_auc(neg, pos) if pos and neg else math.nan
 
 
 def roc_auc(negatives: Sequence[float], positives: Sequence[float]) -> float:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.evaluation import metrics
+from monitor.levels import ALARM_LEVELS
 
 OFFSET_TOLERANCE_MS = 40.0
 FIXED_CATEGORIES = ("swap", "tts", "frozen", "looped")
@@ -54,9 +55,7 @@ def genuine_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "false_alarms_per_hour": _round(metrics.per_hour(alarms, media), 1),
         "clips_with_alarm": sum(1 for r in genuine if r["alarms"]),
         "flagged_fraction": _round(
-            sum(r["level"] in metrics.ALARM_LEVELS for r in genuine) / len(genuine)
-            if genuine
-            else None
+            sum(r["level"] in ALARM_LEVELS for r in genuine) / len(genuine) if genuine else None
         ),
         "median_risk": _round(metrics.median(r["risk"] for r in genuine)),
     }
@@ -78,9 +77,7 @@ def category_figures(rows: list[dict[str, Any]], category: str) -> dict[str, Any
         if None not in peak_neg and None not in peak_pos:
             figures["auc_peak_risk"] = _round(metrics.roc_auc(peak_neg, peak_pos))
     figures["flagged_fraction"] = _round(
-        sum(r["level"] in metrics.ALARM_LEVELS for r in positives) / len(positives)
-        if positives
-        else None
+        sum(r["level"] in ALARM_LEVELS for r in positives) / len(positives) if positives else None
     )
     delays = [r["time_to_alert_s"] for r in positives if r["time_to_alert_s"] is not None]
     figures["alarmed_after_onset"] = len(delays)

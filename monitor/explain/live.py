@@ -27,13 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from monitor.detectors.base import Evidence, format_media_time
+from monitor.detectors.base import GENUINE_OFFSET_MS, Evidence, format_media_time
 from monitor.fusion import POWER
 from monitor.windows import AnalysisWindow
 
 EXPLANATION_VERSION = 1
-# Offsets genuine calls show (codec and jitter-buffer delays); same band as the detectors.
-GENUINE_OFFSET_MS = 120.0
 SEGMENT_S = 0.5
 SEGMENT_HOP_S = 0.25
 TOP_SEGMENTS = 3

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from monitor.detectors.base import GENUINE_OFFSET_MS
 from monitor.explain.inputs import AVExample, ExplanationInputError
 from monitor.features.types import AudioFeatures
 from monitor.sync.features import (
@@ -50,8 +51,6 @@ from monitor.sync.features import (
     window_lag_distances,
 )
 
-# Offsets genuine calls show (codec and jitter-buffer delays); the detectors' band.
-GENUINE_OFFSET_MS = 120.0
 SCORER_BATCH = 16  # perturbed windows per backend call
 
 # A backend's call: crops (B,T,H,W), lips (B,T,K), mel (B,4(T+2L),F) -> (B,T,D), (B,T+2L,D).

@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from monitor import native_log
 from monitor.config import FaceConfig
 from monitor.features.types import FaceObservation
 from monitor.media import VideoFrame
@@ -184,10 +185,15 @@ class MediaPipeFaceTracker:
 
     def __init__(self, config: FaceConfig | None = None) -> None:
         self.config = config or FaceConfig()
+        # MediaPipe's graph logs from its own threads from its start to the first face
+        # it tracks (see monitor.native_log): filtered until then.
+        self._quiet: native_log.Hold | None = None
         self._mesh = self._new_mesh()
         self._aspect: float | None = None
 
     def _new_mesh(self) -> Any:  # mp.solutions.face_mesh.FaceMesh
+        if self._quiet is None:
+            self._quiet = native_log.hold()
         import mediapipe as mp
 
         return mp.solutions.face_mesh.FaceMesh(
@@ -221,13 +227,20 @@ class MediaPipeFaceTracker:
         faces = result.multi_face_landmarks
         if not faces:
             return None
+        self._end_quiet()
         points = faces[0].landmark
         landmarks = np.array([(p.x, p.y) for p in points], dtype=np.float32)
         landmarks *= np.array([width, height], dtype=np.float32)
         return observe_face(image, landmarks, self.config)
 
+    def _end_quiet(self) -> None:
+        if self._quiet is not None:
+            self._quiet.release()
+            self._quiet = None
+
     def close(self) -> None:
         self._mesh.close()
+        self._end_quiet()
 
     def __enter__(self) -> MediaPipeFaceTracker:
         return self

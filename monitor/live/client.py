@@ -208,14 +208,22 @@ def _trim_s16_stereo(frame: av.AudioFrame, skip: int) -> av.AudioFrame:
 class WhipClient:
     """The HTTP side of WHIP: POST the offer, DELETE the session."""
 
-    def __init__(self, url: str, *, token: str | None = None, participant: str | None = None):
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        participant: str | None = None,
+        call: str | None = None,
+    ):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise InputError(f"--url must be http(s)://HOST:PORT/whip, not {url!r}")
         self.url = url
-        if participant:
+        query = {k: v for k, v in (("participant", participant), ("call", call)) if v}
+        if query:
             sep = "&" if parts.query else "?"
-            self.url = f"{url}{sep}{urlencode({'participant': participant})}"
+            self.url = f"{url}{sep}{urlencode(query)}"
         self.token = token
         self.location: str | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -238,7 +246,11 @@ class WhipClient:
             self._http = None
 
     async def post_offer(self, offer_sdp: str) -> str:
-        """Returns the SDP answer; raises AuthError (401) or InputError (other refusals)."""
+        """Returns the SDP answer; raises AuthError (401) or InputError (other refusals).
+
+        A ``307`` (a gateway spreading sessions, RFC 9725 section 4.5) is followed with
+        the offer; the session URL is then relative to where the offer was answered.
+        """
         assert self._http is not None, "use WhipClient as an async context manager"
         try:
             async with self._http.post(
@@ -249,7 +261,7 @@ class WhipClient:
                     location = response.headers.get("Location")
                     if not location:
                         raise PublishError("the WHIP server sent no Location header")
-                    self.location = urljoin(self.url, location)
+                    self.location = urljoin(str(response.url), location)
                     return body
                 detail = _problem_detail(body) or response.reason or ""
         except aiohttp.ClientError as exc:
@@ -288,6 +300,7 @@ async def push_file(
     *,
     token: str | None = None,
     participant: str | None = None,
+    call: str | None = None,
     stats: PushStats | None = None,
     connect_timeout_s: float = 15.0,
 ) -> PushStats:
@@ -324,7 +337,7 @@ async def push_file(
 
     for track in tracks:
         pc.addTransceiver(track, direction="sendonly")
-    async with WhipClient(url, token=token, participant=participant) as whip:
+    async with WhipClient(url, token=token, participant=participant, call=call) as whip:
         try:
             await pc.setLocalDescription(await pc.createOffer())  # gathers all candidates
             answer = await whip.post_offer(pc.localDescription.sdp)

@@ -7,12 +7,15 @@ over with ``call_soon_threadsafe``), so plain integers suffice.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from monitor.levels import LEVEL_NAMES
+
 KINDS = ("audio", "video")
-LEVELS = ("clear", "suspicious", "alert", "unknown")
 # Seconds; covers a fast GPU window (a few ms) up to a detector near its time budget.
 INFERENCE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+SINK_OUTCOMES = ("sent", "retried", "failed", "dropped")
 
 
 @dataclass
@@ -54,6 +57,8 @@ class LiveMetrics:
     alerts: Counter[str] = field(default_factory=Counter)
     events: Counter[str] = field(default_factory=Counter)
     inference: Histogram = field(default_factory=lambda: Histogram(INFERENCE_BUCKETS_S))
+    # Per sink {outcome: count} (monitor.sinks.build.sink_stats), read at each scrape.
+    sink_stats: Callable[[], dict[str, dict[str, int]]] | None = None
 
     def observe_event(self, event: dict) -> None:
         """Count what a session emitted (score -> windows and latency, alert -> level)."""
@@ -121,7 +126,7 @@ class LiveMetrics:
             "dfmon_alerts_total",
             "counter",
             "Alert events by level entered.",
-            [f'dfmon_alerts_total{{level="{lv}"}} {self.alerts[lv]}' for lv in LEVELS],
+            [f'dfmon_alerts_total{{level="{lv}"}} {self.alerts[lv]}' for lv in LEVEL_NAMES],
         )
         metric(
             "dfmon_events_total",
@@ -129,4 +134,33 @@ class LiveMetrics:
             "Events emitted by type.",
             [f'dfmon_events_total{{type="{t}"}} {n}' for t, n in sorted(self.events.items())],
         )
+        sinks = self.sink_stats() if self.sink_stats is not None else {}
+        metric(
+            "dfmon_sink_events_total",
+            "counter",
+            "Events per sink: sent, failed (raised; for alert sinks: dead-lettered after the "
+            "retries or at exit), and for alert sinks retried (attempts) and dropped "
+            "(queue full, dead-lettered).",
+            [
+                f'dfmon_sink_events_total{{sink="{_label(name)}",outcome="{outcome}"}} '
+                f"{counters.get(outcome, 0)}"
+                for name, counters in sinks.items()
+                for outcome in SINK_OUTCOMES
+            ],
+        )
+        metric(
+            "dfmon_sink_queue_depth",
+            "gauge",
+            "Alert notices waiting for delivery (or being delivered) per sink.",
+            [
+                f'dfmon_sink_queue_depth{{sink="{_label(name)}"}} {counters["queued"]}'
+                for name, counters in sinks.items()
+                if "queued" in counters
+            ],
+        )
         return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value: backslash, quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -35,7 +35,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
 from monitor.config import MonitorConfig
-from monitor.events import EventFactory
+from monitor.events import EventFactory, EventSink
 from monitor.live.align import SessionClock
 from monitor.live.convert import AudioConverter, frame_seconds, to_video_frame
 from monitor.live.metrics import LiveMetrics
@@ -66,7 +66,7 @@ AnalyzerFactory = Callable[..., Analyzer]
 
 
 def default_analyzer_factory(
-    config: MonitorConfig, *, session: str, participant: str, emit: Callable[[dict], None]
+    config: MonitorConfig, *, session: str, participant: str, emit: EventSink
 ) -> Analyzer:
     from monitor.pipeline import SessionAnalyzer
 
@@ -140,7 +140,7 @@ class LiveSession:
         pc: RTCPeerConnection,
         kinds: tuple[str, ...],
         codecs: dict[str, str],
-        dispatch: Callable[[dict], None],
+        dispatch: EventSink,
         metrics: LiveMetrics,
         analyzer_factory: AnalyzerFactory = default_analyzer_factory,
         on_closed: Callable[[LiveSession], None] | None = None,

@@ -5,6 +5,7 @@ all ICE candidates in the SDP (non-trickle: PATCH is refused with 405), so the c
 needs nothing else. Errors are RFC 9457 ``application/problem+json``. The session URL
 (``Location``) carries a random id from :func:`secrets.token_urlsafe`; the id used in
 events is a different, short one, so that alert subscribers cannot end sessions.
+The query may name the ``participant`` and the ``call`` it belongs to; events carry both.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from aiortc.exceptions import OperationError
 
 from monitor.config import MonitorConfig
 from monitor.errors import SdpError
+from monitor.events import EventSink
 from monitor.live.metrics import LiveMetrics
 from monitor.live.session import AnalyzerFactory, LiveSession, default_analyzer_factory
+from monitor.sinks.fanout import EventFanout
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +45,6 @@ CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Expose-Headers": "Location, Accept-Post, Link",
 }
-
-EventSink = Callable[[dict], None]
 
 
 class UnprocessableOffer(SdpError):
@@ -112,8 +113,10 @@ def _page(name: str) -> bytes | None:
 class LiveServer:
     """Owns the WHIP sessions, their metrics and the sinks their events go to.
 
-    ``sinks`` are called on the event loop with every event of every session (e.g.
-    ``AlertServer.publish``); ``alerts_port`` lets ``GET /`` point the dashboard at it.
+    Every event of every session passes, on the event loop, through ``fanout`` (the one
+    :class:`EventFanout`, which isolates failing sinks); plain ``sinks`` callables (e.g.
+    ``AlertServer.publish``) are added to it. ``alerts_port`` lets ``GET /`` point the
+    dashboard at the alert websocket.
     """
 
     def __init__(
@@ -123,19 +126,27 @@ class LiveServer:
         token: str | None = None,
         analyzer_factory: AnalyzerFactory = default_analyzer_factory,
         sinks: list[EventSink] | None = None,
+        fanout: EventFanout | None = None,
         alerts_port: int | None = None,
         prewarm: bool | None = None,
+        ticket_check: Callable[[str], bool] | None = None,
     ) -> None:
         self.config = config
         self.token = token
+        # With a bus, the gateway authenticates and redirects with a ?ticket= the worker
+        # accepts in place of the token (monitor/bus/ticket.py).
+        self.ticket_check = ticket_check
         self.analyzer_factory = analyzer_factory
-        self.sinks: list[EventSink] = list(sinks or [])
+        self.fanout = fanout if fanout is not None else EventFanout()
+        for sink in sinks or []:
+            self.fanout.add(getattr(sink, "__qualname__", repr(sink)), sink)
         self.alerts_port = alerts_port
         # Build one analyzer at start (imports torch, MediaPipe, models: seconds), so the
         # first participant's frames are not queued behind that.
         self.prewarm = analyzer_factory is default_analyzer_factory if prewarm is None else prewarm
         self.metrics = LiveMetrics()
         self.sessions: dict[str, LiveSession] = {}  # by resource id (the unguessable one)
+        self.calls: dict[str, str] = {}  # session id -> the call it belongs to (?call=)
         self._pending_offers = 0
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -218,17 +229,19 @@ class LiveServer:
 
     def dispatch(self, event: dict) -> None:
         """Every session's events pass here, on the loop: metrics, then the sinks."""
+        call = self.calls.get(event.get("session", ""))
+        if call:
+            event["call"] = call
         self.metrics.observe_event(event)
-        for sink in self.sinks:
-            try:
-                sink(event)
-            except Exception:  # a broken sink must not take the session down
-                log.exception("event sink %r failed", sink)
+        self.fanout.publish(event)
 
     # ----- auth ---------------------------------------------------------------------------
 
     def _auth_problem(self, request: web.Request) -> web.Response | None:
         if self.token is None:
+            return None
+        ticket = request.query.get("ticket")
+        if ticket and self.ticket_check is not None and self.ticket_check(ticket):
             return None
         header = request.headers.get("Authorization", "")
         scheme, _, presented = header.partition(" ")
@@ -283,13 +296,15 @@ class LiveServer:
                 **{"Accept-Post": SDP_TYPE},
             )
         participant = request.query.get("participant", "").strip()
-        if len(participant) > PARTICIPANT_MAX_LEN or not participant.isprintable():
-            self.metrics.sessions_rejected += 1
-            return problem(
-                400,
-                "Bad Request",
-                f"participant must be printable and at most {PARTICIPANT_MAX_LEN} characters",
-            )
+        call = request.query.get("call", "").strip()
+        for name, value in (("participant", participant), ("call", call)):
+            if len(value) > PARTICIPANT_MAX_LEN or not value.isprintable():
+                self.metrics.sessions_rejected += 1
+                return problem(
+                    400,
+                    "Bad Request",
+                    f"{name} must be printable and at most {PARTICIPANT_MAX_LEN} characters",
+                )
         if len(self.sessions) + self._pending_offers >= self.config.live.max_sessions:
             self.metrics.sessions_rejected += 1
             return problem(
@@ -304,11 +319,11 @@ class LiveServer:
             offer = ""
         self._pending_offers += 1
         try:
-            return await self._accept(offer, participant)
+            return await self._accept(offer, participant, call)
         finally:
             self._pending_offers -= 1
 
-    async def _accept(self, offer: str, participant: str) -> web.Response:
+    async def _accept(self, offer: str, participant: str, call: str = "") -> web.Response:
         try:
             sending = check_offer(offer)
         except UnprocessableOffer as exc:
@@ -356,6 +371,8 @@ class LiveServer:
             on_closed=lambda s, key=resource: self._forget(key),
         )
         self.sessions[resource] = session
+        if call:
+            self.calls[session_id] = call
         self.metrics.sessions_total += 1
         self.metrics.sessions_active += 1
         pc.remove_listener("track", collect)
@@ -373,7 +390,9 @@ class LiveServer:
         )
 
     def _forget(self, resource: str) -> None:
-        if self.sessions.pop(resource, None) is not None:
+        session = self.sessions.pop(resource, None)
+        if session is not None:
+            self.calls.pop(session.id, None)
             self.metrics.sessions_active -= 1
 
     async def handle_delete(self, request: web.Request) -> web.Response:

@@ -5,6 +5,7 @@
 ``dfmon report`` call). See :mod:`monitor.report.builder` for what the report shows.
 """
 
-from monitor.report.builder import AttributionOptions, write_report, write_report_for_replay
+from monitor.report.attribution import AttributionOptions
+from monitor.report.builder import write_report, write_report_for_replay
 
 __all__ = ["AttributionOptions", "write_report", "write_report_for_replay"]

@@ -11,18 +11,25 @@ import numpy as np
 from monitor.detectors.base import format_span
 from monitor.errors import InputError
 from monitor.explain.inputs import MOUTH_REGION_GRID
-from monitor.features.audio import compute_audio_features
 from monitor.report import html, plots
 from monitor.report.events import lip_sync_evidence
 
 if TYPE_CHECKING:
     from monitor.explain.explainer import Explanation
     from monitor.explain.sync_target import SyncTarget
-    from monitor.report.builder import AttributionOptions
     from monitor.report.confidence import LearnedSync
-    from monitor.report.media import DetailSpan
+    from monitor.windows import AnalysisWindow
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class AttributionOptions:
+    """How much attribution work the report does (each alert costs seconds on a CPU)."""
+
+    max_alerts: int = 3
+    ig_steps: int = 16
+    n_random: int = 8
 
 
 @dataclass
@@ -146,12 +153,13 @@ def _fmt(value: float | None) -> str:
 
 def attribute_alert(
     alert: dict[str, Any],
-    detail: DetailSpan,
+    window: AnalysisWindow | None,
     learned: LearnedSync,
     method: str,
     options: AttributionOptions,
 ) -> AlertAttribution:
-    """Explain the learned model on the alert's window; errors become a stated reason."""
+    """Explain the learned model on the alert's window (the session's, re-cut from the
+    media; None when the media has no such window); errors become a stated reason."""
     from monitor.explain.explainer import explain_example
     from monitor.explain.sync_target import (
         SyncMismatchScorer,
@@ -162,18 +170,20 @@ def attribute_alert(
     from monitor.sync.features import GRID_STEP_S, MAX_LAG_FRAMES, track_from_frames
 
     result = AlertAttribution(alert)
-    if detail.samples is None or not detail.frames:
+    if window is None:
+        result.error = "the media has no analysis window at this alert's time"
+        return result
+    if not window.frames or not window.has_audio_stream:
         result.error = "the media has no frames or no audio in this window"
         return result
     evidence = lip_sync_evidence(alert) or {}
     offset = evidence.get("offset_ms") if method == "learned" else None
-    t0, t1 = detail.t_start, detail.t_end
-    audio = compute_audio_features(detail.samples, t0 - detail.context_s)
-    max_lag = min(MAX_LAG_FRAMES, int(np.floor(detail.context_s / GRID_STEP_S + 1e-6)))
+    t0, t1 = window.t_start, window.t_end
+    max_lag = min(MAX_LAG_FRAMES, int(np.floor(window.context_s / GRID_STEP_S + 1e-6)))
     try:
         target = prepare_target(
-            track_from_frames(detail.frames),
-            audio,
+            track_from_frames(window.frames),
+            window.audio,
             t0,
             t1,
             distance_curve_fn(learned.embed),

@@ -12,7 +12,6 @@ import copy
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,32 +20,27 @@ import numpy as np
 
 from monitor import __version__
 from monitor.config import MonitorConfig
-from monitor.detectors.base import format_media_time, format_span
+from monitor.detectors.base import GENUINE_OFFSET_MS, format_media_time, format_span
+from monitor.detectors.baseline_sync import STRONG_COUPLING
 from monitor.errors import EventsError, OutputError
+from monitor.levels import ALARM_LEVELS, UNKNOWN, level_rank
 from monitor.report import html, plots
-from monitor.report.attribution import AlertAttribution, attribute_alert
+from monitor.report.attribution import AlertAttribution, AttributionOptions, attribute_alert
 from monitor.report.confidence import LearnedSync, load_learned_sync
 from monitor.report.events import EventLog, artifact_evidence, lip_sync_evidence, load_events
 from monitor.report.media import ROW_S, MediaTrace, trace_media
 
 log = logging.getLogger(__name__)
 
-GENUINE_OFFSET_MS = 120.0  # offsets genuine calls show; the detectors' band
-BASELINE_GENUINE_DISTANCE = 1.0 - 0.35  # baseline: coupled speech correlates > 0.35
+# Baseline curves are 1 - correlation: coupled speech stays below this distance.
+BASELINE_GENUINE_DISTANCE = 1.0 - STRONG_COUPLING
+# A window looks genuine when its best lag is in the band and its lip-sync score below this.
+GENUINE_LOOKING_SCORE = 0.5
 MAX_LAG_CURVES = 6
 MAX_MOMENTS = 3
 STILLS_PER_MOMENT = 6
 MIN_BAND_WINDOWS = 3
 MAX_RATIONALES = 12
-
-
-@dataclass
-class AttributionOptions:
-    """How much attribution work the report does (each alert costs seconds on a CPU)."""
-
-    max_alerts: int = 3
-    ig_steps: int = 16
-    n_random: int = 8
 
 
 def _check_output(path: Path) -> None:
@@ -57,7 +51,7 @@ def _check_output(path: Path) -> None:
 
 
 def _flagged(log_: EventLog) -> list[dict[str, Any]]:
-    return [e for e in log_.scores if e.get("level") in ("suspicious", "alert")]
+    return [e for e in log_.scores if e.get("level") in ALARM_LEVELS]
 
 
 def _alert_targets(log_: EventLog, limit: int) -> list[dict[str, Any]]:
@@ -127,7 +121,9 @@ def _genuine_band(
             continue
         offset = evidence.get("offset_ms")
         score = evidence.get("score")
-        if offset is None or abs(offset) > GENUINE_OFFSET_MS or score is None or score >= 0.5:
+        if offset is None or abs(offset) > GENUINE_OFFSET_MS or score is None:
+            continue
+        if score >= GENUINE_LOOKING_SCORE:
             continue
         lags = curve[0]
         curves.append(curve[1])
@@ -176,6 +172,7 @@ def write_report(
     log_ = load_events(events)
     config = copy.deepcopy(config) if config is not None else MonitorConfig()
     config.window.window_s = log_.window_s  # as the events were scored
+    config.window.hop_s = log_.hop_s
     attribution = attribution or AttributionOptions()
     duration = _probe_duration(media_path, audio_path)
     if duration is not None and log_.last_time() > duration + log_.window_s + 1.0:
@@ -212,8 +209,8 @@ def write_report(
         learned=confidence_model,
     )
     explained: list[AlertAttribution] = []
-    for alert, detail in zip(targets, trace.details, strict=False):
-        explained.append(attribute_alert(alert, detail, learned, method, attribution))  # type: ignore[arg-type]
+    for alert, window in zip(targets, trace.details, strict=False):
+        explained.append(attribute_alert(alert, window, learned, method, attribution))  # type: ignore[arg-type]
 
     document = _document(
         log_,
@@ -276,9 +273,7 @@ def _document(
     level = str(
         summary.get(
             "level",
-            max(
-                (e.get("level", "unknown") for e in log_.scores), key=_level_rank, default="unknown"
-            ),
+            max((e.get("level", UNKNOWN) for e in log_.scores), key=level_rank, default=UNKNOWN),
         )
     )
     sections = [
@@ -323,10 +318,6 @@ def _document(
         "learned_unavailable": learned_reason or None,
     }
     return html.page(title, header, nav, sections, data)
-
-
-def _level_rank(level: str) -> int:
-    return {"unknown": -1, "clear": 0, "suspicious": 1, "alert": 2}.get(level, -1)
 
 
 def _merge_spans(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -448,19 +439,20 @@ def _lip_sync_section(
         if band is not None:
             band_text = (
                 f"The grey band is the 10-90 % range of the curves of the {n_band} windows of "
-                "this call that look genuine (best lag within +-120 ms, lip-sync score < 0.5)."
+                f"this call that look genuine (best lag within +-{GENUINE_OFFSET_MS:.0f} ms, "
+                f"lip-sync score < {GENUINE_LOOKING_SCORE})."
             )
         else:
             band_text = (
                 f"This call has {n_band} genuine-looking windows (fewer than {MIN_BAND_WINDOWS}), "
                 "so the band is the documented constant: a genuine curve has its minimum within "
-                "+-120 ms (green) and "
+                f"+-{GENUINE_OFFSET_MS:.0f} ms (green) and "
                 + (
                     "below the dashed line (its median minus the sync confidence 95 % of genuine "
                     "calibration windows exceed)."
                     if method == "learned"
-                    else "below the dashed line (distance 0.65, i.e. lip-audio correlation above "
-                    "0.35, what coupled speech gives)."
+                    else f"below the dashed line (distance {BASELINE_GENUINE_DISTANCE:.2f}, i.e. "
+                    f"lip-audio correlation above {STRONG_COUPLING}, what coupled speech gives)."
                 )
             )
         parts.append(
@@ -742,10 +734,10 @@ def _method_section(trace: MediaTrace, learned: LearnedSync | None, method: str)
     notes = (
         "<p class='note'>Offsets: positive when the audio arrives later than the lips. "
         "Genuine calls carry small constant offsets (codec and jitter-buffer delays), so "
-        "+-120 ms counts as in sync. Attribution removes evidence by replacing it with a "
-        "neutral baseline (the window's average mouth; each mel band's quiet level); such "
-        "inputs are unlike real speech, which moves scores by itself, so faithfulness is "
-        "always stated against random removal of the same amount (see "
+        f"+-{GENUINE_OFFSET_MS:.0f} ms counts as in sync. Attribution removes evidence by "
+        "replacing it with a neutral baseline (the window's average mouth; each mel band's "
+        "quiet level); such inputs are unlike real speech, which moves scores by itself, so "
+        "faithfulness is always stated against random removal of the same amount (see "
         "docs/EXPLANATIONS.md).</p>"
     )
     return html.section("method", "How to read this report", html.table(["", ""], rows) + notes)

@@ -8,30 +8,27 @@ speech part ways. So the report re-runs a model on short pieces:
   median-filtered over 9 steps as SyncNet does for its per-frame confidence;
 * baseline: the training-free detector on 1 s sub-windows every 0.2 s.
 
-Media is processed in 4 s chunks as it is decoded, so memory stays flat on long calls.
+Both cut their pieces with the session's windower as the media is decoded, so memory
+stays flat on long calls.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from monitor.config import MonitorConfig
-from monitor.features.audio import AudioFeatureExtractor
 from monitor.features.types import FrameFeatures
 from monitor.media import AudioChunk
-from monitor.pipeline import AudioBuffer
-from monitor.windows import AnalysisWindow
+from monitor.windows import AnalysisWindow, Windower, WindowSchedule
 
 log = logging.getLogger(__name__)
 
 CHUNK_S = 4.0
-CONTEXT_S = 0.6  # +-600 ms of lags, as the detectors search
 STACK_MARGIN_S = 0.16  # a chunk also takes the 2 frames either side its steps need
 MEDIAN_KERNEL = 9  # SyncNet's per-frame confidence filter, in steps
 MIN_STACK_VOICED = 0.3  # a step whose zero-lag audio is quieter than this is not scored
@@ -52,7 +49,8 @@ class LearnedSync:
 def load_learned_sync(backend: str = "auto") -> tuple[LearnedSync | None, str]:
     """The installed learned model, or None and the reason it cannot be used."""
     try:
-        from monitor.sync.backends import WEIGHTS_PATH, create_backend, load_checkpoint
+        from monitor.sync.backends import create_backend
+        from monitor.sync.checkpoint import WEIGHTS_PATH, load_checkpoint
     except ImportError as exc:
         return None, f"the learned sync model is not installed ({exc})"
     from monitor.errors import BackendUnavailableError, ConfigError
@@ -110,7 +108,12 @@ def _nan_median_filter(values: np.ndarray, kernel: int) -> np.ndarray:
 
 
 class ConfidenceTracker:
-    """Feed frames and audio in time order; per-piece confidence accumulates in ``result``."""
+    """Feed frames and audio in time order; per-piece confidence accumulates in ``result``.
+
+    The pieces are cut by the session's windower (:mod:`monitor.windows`) on schedules
+    of their own: 4 s chunks (plus the stacks' margin) for the learned model, 1 s
+    sub-windows every 0.2 s for the baseline.
+    """
 
     def __init__(self, config: MonitorConfig, learned: LearnedSync | None) -> None:
         self.config = config
@@ -119,79 +122,47 @@ class ConfidenceTracker:
             method="learned" if learned is not None else "baseline",
             genuine_confidence=None if learned is None else learned.genuine_confidence,
         )
-        self._frames: deque[FrameFeatures] = deque()
-        self._audio = AudioBuffer()
-        self._features = AudioFeatureExtractor(config.audio)
-        self._last_frame_t = -np.inf
-        self._audio_done = False
-        self._next_chunk = 0
         self._baseline: Any = None
+        context = config.window.max_lag_s  # the lags the detectors search
         if learned is None:
             from monitor.detectors.baseline_sync import BaselineSyncDetector
 
             self._baseline = BaselineSyncDetector(config)
+            schedule = WindowSchedule(BASELINE_SUBWINDOW_S, BASELINE_STEP_S, context)
+        else:
+            schedule = WindowSchedule(CHUNK_S + STACK_MARGIN_S, CHUNK_S, context, partial_tail=True)
+        self._windower = Windower(schedule, config.audio, session="report")
 
     def add_frame(self, frame: FrameFeatures) -> None:
-        self._frames.append(frame)
-        self._last_frame_t = max(self._last_frame_t, frame.t)
-        self._pump(final=False)
+        self._windower.add_frame(frame)
+        self._pump()
 
     def add_audio(self, chunk: AudioChunk) -> None:
-        self._audio.add(chunk)
-        self._pump(final=False)
+        self._windower.add_audio(chunk)
+        self._pump()
 
     def finish(self) -> FrameConfidence:
-        self._audio_done = True
-        self._pump(final=True)
+        self._windower.end_of_media()
+        self._pump()
         return self.result
 
-    def _pump(self, final: bool) -> None:
-        while True:
-            start = self._next_chunk * CHUNK_S
-            end = start + CHUNK_S
-            if start > self._last_frame_t:
-                return
-            needed = end + STACK_MARGIN_S
-            ready = self._last_frame_t >= needed and (
-                self._audio_done or self._audio.t_end >= needed + CONTEXT_S
-            )
-            if not (ready or final):
-                return
+    def _pump(self) -> None:
+        for window in self._windower.windows():
             try:
-                self._score_chunk(start, end)
+                if self.learned is not None:
+                    self._score_learned(window)
+                else:
+                    self._score_baseline(window)
             except Exception:  # a report must not die on one bad piece of media
-                log.exception("sync confidence failed for %.1f-%.1f s", start, end)
-            self._next_chunk += 1
-            keep_from = end - BASELINE_SUBWINDOW_S
-            while self._frames and self._frames[0].t < keep_from:
-                self._frames.popleft()
-            self._audio.trim_before(keep_from - CONTEXT_S - 0.1)
+                log.exception(
+                    "sync confidence failed for %.1f-%.1f s", window.t_start, window.t_end
+                )
 
-    def _window(self, t_start: float, t_end: float) -> AnalysisWindow:
-        samples = self._audio.span(t_start - CONTEXT_S, t_end + CONTEXT_S)
-        audio = self._features.compute(samples, t_start - CONTEXT_S)
-        return AnalysisWindow(
-            session="report",
-            index=0,
-            t_start=t_start,
-            t_end=t_end,
-            context_s=CONTEXT_S,
-            frames=tuple(f for f in self._frames if t_start <= f.t < t_end),
-            samples=samples,
-            audio=audio,
-        )
-
-    def _score_chunk(self, start: float, end: float) -> None:
-        if self.learned is not None:
-            self._score_learned(start, end)
-        else:
-            self._score_baseline(start, end)
-
-    def _score_learned(self, start: float, end: float) -> None:
+    def _score_learned(self, window: AnalysisWindow) -> None:
         from monitor.sync.features import GRID_STEP_S, window_inputs, window_lag_distances
 
         assert self.learned is not None
-        window = self._window(start, end + STACK_MARGIN_S)
+        start, end = window.t_start, window.t_start + CHUNK_S
         inputs = window_inputs(window)
         if inputs is None:
             return
@@ -208,13 +179,10 @@ class ConfidenceTracker:
             self.result.confidence.append(np.nan if quiet else float(conf))
             self.result.offset_ms.append(np.nan if quiet else float(offset))
 
-    def _score_baseline(self, start: float, end: float) -> None:
-        half = BASELINE_SUBWINDOW_S / 2.0
-        for center in np.arange(start + BASELINE_STEP_S / 2.0, end, BASELINE_STEP_S):
-            window = self._window(center - half, center + half)
-            evidence = self._baseline.analyze(window)
-            confidence = evidence.fields.get("confidence")
-            offset = evidence.fields.get("offset_ms")
-            self.result.times.append(float(center))
-            self.result.confidence.append(np.nan if confidence is None else float(confidence))
-            self.result.offset_ms.append(np.nan if offset is None else float(offset))
+    def _score_baseline(self, window: AnalysisWindow) -> None:
+        evidence = self._baseline.analyze(window)
+        confidence = evidence.fields.get("confidence")
+        offset = evidence.fields.get("offset_ms")
+        self.result.times.append(float((window.t_start + window.t_end) / 2.0))
+        self.result.confidence.append(np.nan if confidence is None else float(confidence))
+        self.result.offset_ms.append(np.nan if offset is None else float(offset))

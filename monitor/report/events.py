@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from monitor.config import WindowConfig
 from monitor.errors import EventsError
-
-LEVEL_ORDER = ("unknown", "clear", "suspicious", "alert")
 
 
 @dataclass
@@ -45,7 +44,16 @@ class EventLog:
             return float(config["window_s"])
         if self.scores:
             return float(self.scores[0]["t_end"] - self.scores[0]["t_start"])
-        return 2.0
+        return WindowConfig().window_s
+
+    @property
+    def hop_s(self) -> float:
+        config = (self.started or {}).get("config") or {}
+        if "hop_s" in config:
+            return float(config["hop_s"])
+        if len(self.scores) > 1:
+            return float(self.scores[1]["t_start"] - self.scores[0]["t_start"])
+        return WindowConfig().hop_s
 
     @property
     def detector_versions(self) -> dict[str, str]:

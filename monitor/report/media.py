@@ -6,8 +6,8 @@ One decoding pass (FileSource + the face tracker, as the pipeline runs them) col
 * per 10 ms of audio: loudness, voice activity, waveform min/max; a log-mel overview
   averaged down to at most ``MAX_MEL_COLUMNS`` columns;
 * per-frame sync confidence (:mod:`monitor.report.confidence`);
-* full detail (frame features with mouth crops, samples) only inside the few windows
-  that get attribution, and mouth stills with lip landmarks only at filmstrip times.
+* the session's own windows (:mod:`monitor.windows`) only where attribution explains
+  an alert, and mouth stills with lip landmarks only at filmstrip times.
 
 So memory and the report's size stay bounded however long the call is.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -28,8 +28,8 @@ from monitor.features.audio import compute_audio_features
 from monitor.features.face import create_face_tracker, mouth_crop_matrix
 from monitor.features.types import FaceObservation, FrameFeatures
 from monitor.media import AUDIO_RATE, AudioChunk, StreamInfo, VideoFrame
-from monitor.pipeline import AudioBuffer
 from monitor.report.confidence import ConfidenceTracker, FrameConfidence, LearnedSync
+from monitor.windows import AnalysisWindow, AudioBuffer, Windower, WindowSchedule
 
 ROW_S = 0.01  # audio overview rows: 100 Hz, as the features
 OVERVIEW_BLOCK_S = 10.0
@@ -48,18 +48,52 @@ class Still:
     face_crop: np.ndarray | None = None  # the aligned face crop the artifact detector reads
 
 
-@dataclass
-class DetailSpan:
-    """Everything about one window that attribution needs."""
+class SessionWindows:
+    """The session's own windows at the given spans (those that get attribution).
 
-    t_start: float
-    t_end: float
-    context_s: float
-    frames: list[FrameFeatures] = field(default_factory=list)
-    samples: np.ndarray | None = None  # 16 kHz over [t_start - context, t_end + context]
+    They are cut by the session's windower on the session's schedule, every window in
+    order so the noise floor is the session's too: attribution explains exactly the
+    window that was scored. Only the wanted ones are kept.
+    """
 
-    def audio_span(self) -> tuple[float, float]:
-        return self.t_start - self.context_s, self.t_end + self.context_s
+    def __init__(
+        self, config: MonitorConfig, spans: Sequence[tuple[float, float]], has_audio: bool
+    ) -> None:
+        self._keys = [_span_key(a, b) for a, b in spans]
+        self._found: dict[tuple[float, float], AnalysisWindow] = {}
+        self._windower = Windower(
+            WindowSchedule.from_config(config.window),
+            config.audio,
+            session="report",
+            has_audio=has_audio,
+        )
+
+    def add_frame(self, frame: FrameFeatures) -> None:
+        if self._keys:
+            self._windower.add_frame(frame)
+            self._pump()
+
+    def add_audio(self, chunk: AudioChunk) -> None:
+        if self._keys:
+            self._windower.add_audio(chunk)
+            self._pump()
+
+    def finish(self) -> list[AnalysisWindow | None]:
+        """The windows in the order of the spans; None where the media has no such window."""
+        if self._keys:
+            self._windower.end_of_media()
+            self._pump()
+        return [self._found.get(key) for key in self._keys]
+
+    def _pump(self) -> None:
+        for window in self._windower.windows():
+            key = _span_key(window.t_start, window.t_end)
+            if key in self._keys:
+                self._found[key] = window
+
+
+def _span_key(t_start: float, t_end: float) -> tuple[float, float]:
+    return round(t_start, 3), round(t_end, 3)  # as events carry them
 
 
 @dataclass
@@ -75,7 +109,7 @@ class MediaTrace:
     mel: np.ndarray  # (columns, 80) log-mel overview
     mel_column_s: float
     confidence: FrameConfidence
-    details: list[DetailSpan]
+    details: list[AnalysisWindow | None]  # the session's windows at the detail spans
     stills: list[Still]
     seconds: float  # wall time of the pass
 
@@ -201,9 +235,6 @@ def trace_media(
     from monitor.sources.file import FileSource
 
     started = time.perf_counter()
-    context = config.window.max_lag_s
-    details = [DetailSpan(a, b, context) for a, b in detail_spans]
-    detail_audio = [AudioBuffer() for _ in details]
     pending_stills = sorted(still_times, key=lambda item: item[1])
     stills: list[Still] = []
     times: list[float] = []
@@ -213,6 +244,7 @@ def trace_media(
         info = source.info
         overview = AudioOverview(config, info.duration_s)
         confidence = ConfidenceTracker(config, learned if info.has_audio else None)
+        details = SessionWindows(config, detail_spans, info.has_audio)
         tracker = create_face_tracker(config.face)
         half_frame = 0.5 / (info.fps or 25.0)
         try:
@@ -220,10 +252,7 @@ def trace_media(
                 if isinstance(item, AudioChunk):
                     overview.add(item)
                     confidence.add_audio(item)
-                    for span, buffer in zip(details, detail_audio, strict=True):
-                        lo, hi = span.audio_span()
-                        if item.t < hi and item.t_end > lo:
-                            buffer.add(item)
+                    details.add_audio(item)
                     continue
                 assert isinstance(item, VideoFrame)
                 face = tracker.track(item)
@@ -232,9 +261,7 @@ def trace_media(
                 apertures.append(np.nan if face is None else face.aperture)
                 frame = FrameFeatures(item.t, item.index, item.image.shape[:2], face)
                 confidence.add_frame(frame)
-                for span in details:
-                    if span.t_start <= item.t < span.t_end:
-                        span.frames.append(frame)
+                details.add_frame(frame)
                 while pending_stills and pending_stills[0][1] <= item.t + half_frame:
                     group, _ = pending_stills.pop(0)
                     image = (
@@ -247,8 +274,7 @@ def trace_media(
             tracker.close()
         overview.finish()
         frame_confidence = confidence.finish()
-    for span, buffer in zip(details, detail_audio, strict=True):
-        span.samples = buffer.span(*span.audio_span())
+        detail_windows = details.finish()
     audio = overview.arrays()
     return MediaTrace(
         info=info,
@@ -262,7 +288,7 @@ def trace_media(
         mel=audio["mel"],
         mel_column_s=overview.mel_rows_per_column * ROW_S,
         confidence=frame_confidence,
-        details=details,
+        details=detail_windows,
         stills=stills,
         seconds=time.perf_counter() - started,
     )

@@ -9,6 +9,8 @@ History: the server keeps the last ``history_size`` events. A client that connec
 first receives them, then the live stream, with nothing lost or repeated in between, so a
 dashboard opened mid-call still sees ``session_started`` and the earlier scores. Replayed
 events are byte-identical to the originals (their ``ts`` tells when they happened).
+:meth:`AlertServer.history` is the hook for a server whose history lives elsewhere (the
+gateway's, in a Redis stream).
 
 Auth: with a token, the handshake must carry ``Authorization: Bearer TOKEN`` or
 ``?token=TOKEN`` (browsers cannot set headers on a websocket); otherwise HTTP 401.
@@ -186,18 +188,29 @@ class AlertServer:
 
     def publish(self, event: dict[str, Any]) -> None:
         """Queue ``event`` for every client; never waits. Call on the server's loop."""
-        self._publish_text(dumps(event))
+        self.publish_text(dumps(event))
 
     def publish_threadsafe(self, event: dict[str, Any]) -> None:
         """Like :meth:`publish`, from any thread; serialising here reports bad events here."""
         if self._loop is None:
             raise RuntimeError("AlertServer.start() has not been called")
-        self._loop.call_soon_threadsafe(self._publish_text, dumps(event))
+        self._loop.call_soon_threadsafe(self.publish_text, dumps(event))
 
-    def _publish_text(self, text: str) -> None:
+    def publish_text(self, text: str) -> None:
+        """Queue an event already serialised as JSON (as read from a bus); on the loop."""
         self._history.append(text)
         for client in self._clients:
             client.put(text)
+
+    async def history(self) -> list[str]:
+        """What a client that has just connected receives before the live events.
+
+        Called right after the client is registered for live events, in the same step
+        of the loop: a subclass that reads its history from elsewhere takes its cursor
+        before its first ``await``, and what was published since then arrives live, so
+        nothing is lost or sent twice. This one returns the last ``history_size`` events.
+        """
+        return list(self._history)
 
     async def drain(self, timeout: float) -> None:
         """Give connected clients up to ``timeout`` seconds to receive what is queued.
@@ -253,18 +266,19 @@ class AlertServer:
         return tokens
 
     async def _handler(self, connection: ServerConnection) -> None:
-        # Snapshot and registration happen in one step of the loop: no event is lost
-        # or sent twice between the replayed history and the live stream.
         if self._send_buffer is not None:
             sock = connection.transport.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
-        client = _Client(connection, list(self._history), self._config.client_queue_size)
+        client = _Client(connection, [], self._config.client_queue_size)
         self._clients.add(client)
-        log.info(
-            "alerts client %s connected (%d events replayed)", client.name, len(client.backlog)
-        )
-        relay = asyncio.create_task(client.relay(), name=f"alerts-relay {client.name}")
+        relay: asyncio.Task | None = None
         try:
+            # Registration and the history's cursor share one step of the loop.
+            client.backlog = await self.history()
+            log.info(
+                "alerts client %s connected (%d events replayed)", client.name, len(client.backlog)
+            )
+            relay = asyncio.create_task(client.relay(), name=f"alerts-relay {client.name}")
             # Clients have nothing to say; reading lets us see the close promptly.
             async for _ in connection:
                 pass
@@ -272,10 +286,11 @@ class AlertServer:
             pass
         finally:
             self._clients.discard(client)
-            relay.cancel()
-            await asyncio.wait([relay])
-            if not relay.cancelled() and relay.exception() is not None:
-                log.error("alerts relay to %s failed", client.name, exc_info=relay.exception())
+            if relay is not None:
+                relay.cancel()
+                await asyncio.wait([relay])
+                if not relay.cancelled() and relay.exception() is not None:
+                    log.error("alerts relay to %s failed", client.name, exc_info=relay.exception())
             self._sent_gone += client.sent
             self._dropped_gone += client.dropped
             log.info(

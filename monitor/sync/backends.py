@@ -18,29 +18,30 @@ one batch.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
+from monitor.config import BACKEND_NAMES
 from monitor.errors import BackendUnavailableError, ConfigError
+from monitor.sync.checkpoint import (
+    INPUT_NAMES,
+    ONNX_PATH,
+    OUTPUT_NAMES,
+    WEIGHTS_PATH,
+    load_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-WEIGHTS_PATH = MODELS_DIR / "sync_v1.pt"
-ONNX_PATH = MODELS_DIR / "sync_v1.onnx"
-INPUT_NAMES = ("crops", "lips", "mel")
-OUTPUT_NAMES = ("video_embedding", "audio_embedding")
-BACKEND_NAMES = ("auto", "tensorrt", "torch-cuda", "torch", "onnx")
 AUTO_ORDER = ("tensorrt", "torch-cuda", "onnx", "torch")
 CPU_THREADS = int(os.environ.get("DFMON_SYNC_THREADS", "2"))
 
@@ -51,73 +52,6 @@ class SyncBackend(Protocol):
     def embed(
         self, crops: np.ndarray, lips: np.ndarray, mel: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Logistic in-sync probability from lag-curve features, fit on held-out clips."""
-
-    weights: tuple[float, ...]
-    bias: float
-    # Sync confidence that 95 % of genuine calibration windows exceed (for rationales).
-    genuine_confidence: float
-    feature_names: tuple[str, ...] = ("confidence", "near_zero_confidence", "offset_frames")
-
-    def probability(self, features: np.ndarray) -> float:
-        z = float(np.dot(self.weights, features) + self.bias)
-        return float(1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0))))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "weights": list(self.weights),
-            "bias": self.bias,
-            "genuine_confidence": self.genuine_confidence,
-            "feature_names": list(self.feature_names),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        return cls(
-            weights=tuple(float(w) for w in data["weights"]),
-            bias=float(data["bias"]),
-            genuine_confidence=float(data["genuine_confidence"]),
-            feature_names=tuple(data.get("feature_names", cls.feature_names)),
-        )
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the checkpoint says about itself: layer config, calibration, training record."""
-
-    config: dict[str, Any]
-    calibration: Calibration | None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-def load_checkpoint(path: Path = WEIGHTS_PATH) -> tuple[Any, ModelInfo]:
-    """(SyncNetLite in eval mode, ModelInfo); BackendUnavailableError if missing or broken."""
-    import torch
-
-    from monitor.sync.model import SyncModelConfig, SyncNetLite
-
-    if not path.exists():
-        raise BackendUnavailableError(f"sync model weights not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        config = SyncModelConfig.from_dict(checkpoint["config"])
-        model = SyncNetLite(config)
-        state = {k: v.float() for k, v in checkpoint["state_dict"].items()}
-        model.load_state_dict(state)
-    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        raise BackendUnavailableError(f"sync model weights {path} are unusable: {exc}") from exc
-    model.eval()
-    calibration = checkpoint.get("calibration")
-    info = ModelInfo(
-        config=checkpoint["config"],
-        calibration=Calibration.from_dict(calibration) if calibration else None,
-        meta=json.loads(checkpoint.get("meta", "{}")),
-    )
-    return model, info
 
 
 class TorchBackend:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from monitor.errors import BackendUnavailableError, ConfigError
-from monitor.sync.backends import INPUT_NAMES, ONNX_PATH, OUTPUT_NAMES, WEIGHTS_PATH
+from monitor.sync.checkpoint import INPUT_NAMES, ONNX_PATH, OUTPUT_NAMES, WEIGHTS_PATH
 from monitor.sync.model import (
     CROP_HEIGHT,
     CROP_WIDTH,

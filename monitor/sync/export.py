@@ -14,7 +14,7 @@ import json
 import warnings
 from pathlib import Path
 
-from monitor.sync.backends import INPUT_NAMES, OUTPUT_NAMES, WEIGHTS_PATH, load_checkpoint
+from monitor.sync.checkpoint import INPUT_NAMES, OUTPUT_NAMES, WEIGHTS_PATH, load_checkpoint
 
 OPSET = 17
 DYNAMIC_AXES = {

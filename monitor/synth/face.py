@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from monitor.errors import InputError
+from monitor.native_log import filtered_native_stderr
 
 # FaceMesh indices: inner lip contours, left to right (image left), outer corners, face.
 UPPER_INNER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
@@ -96,9 +97,12 @@ def measure_portrait(image: np.ndarray) -> Portrait:
 
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InputError(f"portrait must be HxWx3 uint8 RGB, got {image.shape} {image.dtype}")
-    with mp.solutions.face_mesh.FaceMesh(
-        static_image_mode=True, max_num_faces=1, refine_landmarks=False
-    ) as mesh:
+    with (
+        filtered_native_stderr(),
+        mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=True, max_num_faces=1, refine_landmarks=False
+        ) as mesh,
+    ):
         result = mesh.process(np.ascontiguousarray(image))
     if not result.multi_face_landmarks:
         raise InputError("no face found in the portrait")

@@ -413,7 +413,7 @@ def clip_values(
 ) -> ClipValues:
     """Run the detector over a clip's tracked frames (``FrameFeatures``), window by window."""
     from monitor.detectors.artifact.detector import ArtifactDetector
-    from monitor.detectors.temporal.offline import iter_windows
+    from monitor.training.faces import iter_windows
 
     detector = ArtifactDetector(config, backend=backend, calibration=neutral_calibration())
     values, spans, regions = [], [], []
@@ -473,7 +473,7 @@ class ScoreJob:
 def _score(job: ScoreJob) -> ClipValues | None:
     from monitor.config import MonitorConfig
     from monitor.detectors.artifact.backend import OnnxArtifactBackend
-    from monitor.detectors.temporal.offline import clip_frames
+    from monitor.training.faces import clip_frames
     from monitor.errors import InputError
     from monitor.evaluation.variants import prepare_clip as encode_clip
 

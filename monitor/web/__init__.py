@@ -9,22 +9,35 @@ alert websocket given by ``?alerts=`` in its own URL, else by the
 from __future__ import annotations
 
 import html
+import json
 from functools import lru_cache
 from importlib import resources
 from urllib.parse import urlsplit
 
+from monitor.config import FusionConfig
 from monitor.errors import ConfigError
+from monitor.levels import LEVEL_NAMES
 
 CONTENT_TYPE = "text/html; charset=utf-8"
 _META_EMPTY = '<meta name="dfmon-alerts" content="">'
+_LEVELS_EMPTY = '<meta name="dfmon-levels" content="">'
 
 
 @lru_cache(maxsize=1)
 def _template() -> str:
     text = resources.files("monitor.web").joinpath("dashboard.html").read_text("utf-8")
-    if text.count(_META_EMPTY) != 1:
-        raise RuntimeError("dashboard.html lost its dfmon-alerts meta tag")
-    return text
+    if text.count(_META_EMPTY) != 1 or text.count(_LEVELS_EMPTY) != 1:
+        raise RuntimeError("dashboard.html lost its dfmon-alerts or dfmon-levels meta tag")
+    defaults = FusionConfig()
+    levels = {
+        "levels": list(LEVEL_NAMES),
+        "thresholds": {
+            "suspicious": defaults.suspicious_threshold,
+            "alert": defaults.alert_threshold,
+        },
+    }
+    content = html.escape(json.dumps(levels, separators=(",", ":")), quote=True)
+    return text.replace(_LEVELS_EMPTY, f'<meta name="dfmon-levels" content="{content}">', 1)
 
 
 def _check_alerts_url(alerts_url: str) -> None:

@@ -1,4 +1,6 @@
-"""Offline helpers for calibrating and evaluating the temporal detector on recorded clips.
+"""Tracked faces of recorded clips, cached, and the session's windows over them.
+
+For calibrating and evaluating the temporal detector on recorded clips.
 
 Tracking faces is by far the slowest step (MediaPipe, tens of ms per frame on a CPU), and
 cue development means re-scoring the same clips many times. So the face observations of a
@@ -17,9 +19,9 @@ import numpy as np
 
 from monitor.config import FaceConfig, WindowConfig
 from monitor.errors import InputError
-from monitor.features.types import AudioFeatures, FaceObservation, FrameFeatures
+from monitor.features.types import FaceObservation, FrameFeatures
 from monitor.media import VideoFrame
-from monitor.windows import AnalysisWindow
+from monitor.windows import AnalysisWindow, Windower, WindowSchedule
 
 # Bump when the cached arrays change meaning (crop geometry, fields).
 CACHE_FORMAT = 2
@@ -138,38 +140,14 @@ def clip_frames(
 
 
 def iter_windows(frames: list[FrameFeatures], window: WindowConfig) -> Iterator[AnalysisWindow]:
-    """Sliding windows ``[k * hop, k * hop + window)`` over the frames, cut as the pipeline cuts
-    them, with empty audio: for detectors that only look at faces."""
-    if not frames:
-        return
-    last_t = max(f.t for f in frames)
-    empty_audio = AudioFeatures(
-        t0=0.0,
-        hop_s=0.01,
-        log_mel=np.zeros((0, 80), np.float32),
-        loudness_db=np.zeros(0, np.float32),
-        voiced=np.zeros(0, bool),
-    )
-    k = 0
-    # The pipeline scores a window once video reaches its end (the last one may be short).
-    while k * window.hop_s < last_t:
-        t_start = k * window.hop_s
-        t_end = t_start + window.window_s
-        if t_end > last_t + window.hop_s:
-            break
-        chosen = tuple(f for f in frames if t_start <= f.t < t_end)
-        yield AnalysisWindow(
-            session="offline",
-            index=k,
-            t_start=t_start,
-            t_end=t_end,
-            context_s=0.0,
-            frames=chosen,
-            samples=np.zeros(0, np.float32),
-            audio=empty_audio,
-            has_audio_stream=False,
-        )
-        k += 1
+    """The session's windows over tracked frames, cut by the session's windower, without
+    audio: for detectors that only look at faces."""
+    windower = Windower(WindowSchedule.from_config(window), session="offline", has_audio=False)
+    for frame in frames:
+        windower.add_frame(frame)
+        yield from windower.windows()
+    windower.end_of_media()
+    yield from windower.windows()
 
 
 class CachedFaceTracker:
