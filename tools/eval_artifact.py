@@ -191,10 +191,10 @@ def evaluate(job: tuple[DevClip, str, str, str]) -> Result:
     clip, condition, data, cache_dir = job
     from monitor.config import load_config
     from monitor.detectors.artifact.detector import ArtifactDetector
-    from monitor.training.faces import CachedFaceTracker, clip_frames, iter_windows
     from monitor.media import AudioChunk, VideoFrame
     from monitor.pipeline import SessionAnalyzer
     from monitor.sources.file import FileSource
+    from monitor.training.faces import CachedFaceTracker, clip_frames, iter_windows
 
     cache = Path(cache_dir)
     path = Path(data) / clip.file

@@ -473,9 +473,9 @@ class ScoreJob:
 def _score(job: ScoreJob) -> ClipValues | None:
     from monitor.config import MonitorConfig
     from monitor.detectors.artifact.backend import OnnxArtifactBackend
-    from monitor.training.faces import clip_frames
     from monitor.errors import InputError
     from monitor.evaluation.variants import prepare_clip as encode_clip
+    from monitor.training.faces import clip_frames
 
     path = job.clip.path
     try:
