@@ -517,9 +517,7 @@ def seam_session(session: str = "call-3", participant: str = "erin") -> list[dic
         events.append(make("score", window=index, **fields))
         if level != previous:
             explanation = {"boundary_map": {"region": "lower_face", "z": 4.1, **seam}}
-            events.append(
-                make("alert", previous_level=previous, explanation=explanation, **fields)
-            )
+            events.append(make("alert", previous_level=previous, explanation=explanation, **fields))
             previous = level
     return events
 
