@@ -64,10 +64,13 @@ class FusionConfig:
 
 @dataclass
 class DetectorsConfig:
-    enabled: list[str] = field(default_factory=lambda: ["lip_sync", "temporal"])
+    enabled: list[str] = field(default_factory=lambda: ["lip_sync", "temporal", "artifact"])
     disabled: list[str] = field(default_factory=list)
     # temporal is weaker on real clips (per-clip AUC about 0.6 on dev): half weight.
-    weights: dict[str, float] = field(default_factory=lambda: {"lip_sync": 1.0, "temporal": 0.5})
+    # artifact's score is already conservative (0.5 at 4 sigma above genuine calls).
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"lip_sync": 1.0, "temporal": 0.5, "artifact": 1.0}
+    )
     # A detector that takes longer than this for one window is disabled for the session.
     time_budget_s: float = 2.0
     plugin_dirs: list[str] = field(default_factory=lambda: ["plugins"])

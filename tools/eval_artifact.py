@@ -187,6 +187,14 @@ def leading_silence(path: Path) -> float | None:
         return round(t, 2)
 
 
+def evaluate_or_fail(job: tuple[DevClip, str, str, str]) -> Result:
+    """:func:`evaluate`, a failure kept as the clip's error instead of ending the run."""
+    try:
+        return evaluate(job)
+    except Exception as exc:  # noqa: BLE001 - one broken clip must not lose the others
+        return Result(job[0].file, job[1], errors=[f"{type(exc).__name__}: {exc}"])
+
+
 def evaluate(job: tuple[DevClip, str, str, str]) -> Result:
     clip, condition, data, cache_dir = job
     from monitor.config import load_config
@@ -403,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     results: list[Result] = []
     with ProcessPoolExecutor(max(1, args.jobs), mp_context=get_context("spawn")) as pool:
-        for i, result in enumerate(pool.map(evaluate, jobs), start=1):
+        for i, result in enumerate(pool.map(evaluate_or_fail, jobs), start=1):
             results.append(result)
             sys.stderr.write(f"\r{i}/{len(jobs)} ({time.monotonic() - started:.0f} s)")
     sys.stderr.write("\n")
