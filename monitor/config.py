@@ -67,9 +67,10 @@ class DetectorsConfig:
     enabled: list[str] = field(default_factory=lambda: ["lip_sync", "temporal", "artifact"])
     disabled: list[str] = field(default_factory=list)
     # temporal is weaker on real clips (per-clip AUC about 0.6 on dev): half weight.
-    # artifact's score is already conservative (0.5 at 4 sigma above genuine calls).
+    # artifact: a quarter, so that alone it can raise "suspicious" but never "alert" while
+    # lip-sync judges the window (and a silent artifact score dilutes the others little).
     weights: dict[str, float] = field(
-        default_factory=lambda: {"lip_sync": 1.0, "temporal": 0.5, "artifact": 1.0}
+        default_factory=lambda: {"lip_sync": 1.0, "temporal": 0.5, "artifact": 0.25}
     )
     # A detector that takes longer than this for one window is disabled for the session.
     time_budget_s: float = 2.0
