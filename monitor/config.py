@@ -7,6 +7,7 @@ e.g. ``[fusion] alert_threshold = 0.8`` or ``[detectors.weights] temporal = 0.5`
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,15 @@ class WindowConfig:
     min_face_fraction: float = 0.6
     # Less voiced audio than this fraction of the window -> insufficient evidence.
     min_speech_fraction: float = 0.2
+    # Fewer intact frames than this fraction of those the call's frame rate gives (the
+    # rest dropped, undecodable or missing) -> insufficient evidence, detectors not run:
+    # thinned windows were scored into false alarms (issue 16). Measured in a soak of a
+    # genuine call (docs/LIVE.md): windows with 60-70% of their frames had a window risk
+    # >= 0.5 in 3 of 44, with 70% or more in 0 of 112.
+    min_frames_fraction: float = 0.75
+    # Audio lost (undecodable, dropped, never arrived) beyond 1 - this fraction of the
+    # window -> insufficient evidence.
+    min_audio_fraction: float = 0.6
 
 
 @dataclass
@@ -111,8 +121,43 @@ class LiveConfig:
     max_frame_age_s: float = 1.5
     # A session whose media stops for this long is ended (client vanished).
     no_media_timeout_s: float = 5.0
+    # A session that has sent no media this long after its offer was accepted is ended.
+    connect_timeout_s: float = 10.0
     # WHIP offers beyond this many open sessions get 503.
     max_sessions: int = 16
+    # Admission by measured load: a new session is refused (503 + Retry-After) when the
+    # sessions' analysis, plus one more, would use more than max_utilization of
+    # admission_cores (0: the cores this process may run on), or while any session is
+    # dropping frames because its analysis fell behind.
+    load_admission: bool = True
+    admission_cores: float = 0.0
+    max_utilization: float = 0.8
+    # What one session's analysis costs (busy fraction of one core) until sessions have
+    # been measured on this machine; then the measured figure replaces it.
+    session_cost_cores: float = 0.5
+    # A session that dropped frames this recently counts as "dropping now".
+    overload_hold_s: float = 10.0
+    # Per bearer token (or per client address when the server has no token): open
+    # sessions, and sessions still without media (re-posted empty offers hold no slots).
+    max_sessions_per_token: int = 8
+    max_pending_per_token: int = 4
+    # Seconds a client is told to wait (Retry-After) after a 503 or 429.
+    retry_after_s: int = 10
+    # Seconds a WHIP request body (the offer) may take to arrive.
+    body_timeout_s: float = 5.0
+    # Tokens accepted for WHIP publishing only, beside the shared --token (one per
+    # publisher, so each has its own quota).
+    publisher_tokens: list[str] = field(default_factory=list)
+    # Memory: a new session is refused (503) when the server's RSS plus one session's
+    # (measured ~75 MiB at 640x360) would pass max_memory_mb (0: no limit).
+    max_memory_mb: float = 0.0
+    session_memory_mb: float = 100.0
+    # glibc malloc arenas (0: glibc's default of 8 per core); fewer arenas let freed
+    # session memory go back to the system (monitor/live/memory.py).
+    malloc_arena_max: int = 2
+    # ICE host candidates only on these addresses; empty: the address each WHIP
+    # request arrived on (so only loopback when serving on 127.0.0.1).
+    ice_addresses: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -200,6 +245,8 @@ class MonitorConfig:
             raise ConfigError(f"need 0 < hop ({w.hop_s}) <= window ({w.window_s})")
         if w.window_s > 60:
             raise ConfigError(f"window {w.window_s} s is too long (at most 60 s)")
+        if not (0 <= w.min_frames_fraction <= 1 and 0 <= w.min_audio_fraction <= 1):
+            raise ConfigError("window.min_frames_fraction and min_audio_fraction must be in [0, 1]")
         f = self.fusion
         if not (0 < f.suspicious_threshold < f.alert_threshold <= 1):
             raise ConfigError("need 0 < suspicious_threshold < alert_threshold <= 1")
@@ -210,6 +257,24 @@ class MonitorConfig:
             raise ConfigError(f"detectors.time_budget_s must be in (0, 3600] s, got {budget}")
         if any(weight < 0 for weight in self.detectors.weights.values()):
             raise ConfigError("detector weights must not be negative")
+        live = self.live
+        if live.max_sessions < 1 or live.max_sessions_per_token < 1:
+            raise ConfigError("live.max_sessions and live.max_sessions_per_token must be >= 1")
+        if live.max_pending_per_token < 1:
+            raise ConfigError("live.max_pending_per_token must be >= 1")
+        if not (0 < live.max_utilization <= 1):
+            raise ConfigError("live.max_utilization must be in (0, 1]")
+        if live.admission_cores < 0 or live.session_cost_cores <= 0:
+            raise ConfigError("live.admission_cores must be >= 0, session_cost_cores > 0")
+        if live.body_timeout_s <= 0 or live.connect_timeout_s <= 0 or live.retry_after_s < 0:
+            raise ConfigError("live timeouts must be positive")
+        if any(not token for token in live.publisher_tokens):
+            raise ConfigError("live.publisher_tokens must not contain empty tokens")
+        for address in live.ice_addresses:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError as exc:
+                raise ConfigError(f"live.ice_addresses: {address!r} is not an IP address") from exc
         b = self.bus
         if not b.prefix or any(c.isspace() for c in b.prefix):
             raise ConfigError(f"bus.prefix must be a non-empty word, got {b.prefix!r}")

@@ -58,8 +58,14 @@ class EventFactory:
         }
 
     def session_started(
-        self, info: StreamInfo, config: MonitorConfig, detector_versions: Mapping[str, str]
+        self,
+        info: StreamInfo,
+        config: MonitorConfig,
+        detector_versions: Mapping[str, str],
+        unavailable: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
+        """``unavailable``: detectors needed to call a window clear that this session
+        lacks, and why (then no window can be clear)."""
         return self.make(
             "session_started",
             **info.as_event_fields(),
@@ -69,6 +75,9 @@ class EventFactory:
                 "suspicious_threshold": config.fusion.suspicious_threshold,
                 "alert_threshold": config.fusion.alert_threshold,
                 "detectors": dict(detector_versions),
+                "clear_requires": list(config.fusion.clear_requires),
+                "min_frames_fraction": config.window.min_frames_fraction,
+                "unavailable": dict(unavailable or {}),
             },
         )
 
@@ -83,14 +92,17 @@ class EventFactory:
         session_level: str,
         dropped_frames: int,
         inference_s: float,
+        caveats: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """One window's score; ``window_risk`` None is insufficient evidence."""
+        """One window's score; ``window_risk`` None is insufficient evidence. ``caveats``
+        (too little media, thinned media, missing detectors) go into the rationale."""
         if window_risk is None:
-            reasons = "; ".join(e.rationale for e in evidence) or "no detector ran"
+            reasons = "; ".join([*caveats, *(e.rationale for e in evidence)]) or "no detector ran"
             span = format_span(window.t_start, window.t_end)
             rationale = f"insufficient evidence over {span}: {reasons}"
         else:
-            rationale = scored_rationale(evidence, strongest_first=True)
+            rationale = "; ".join([scored_rationale(evidence, strongest_first=True), *caveats])
+        quality = window.quality.as_event() if window.quality is not None else None
         return self.make(
             "score",
             window=window.index,
@@ -103,6 +115,7 @@ class EventFactory:
             rationale=rationale,
             evidence=[item.to_json() for item in evidence],
             dropped_frames=dropped_frames,
+            quality=quality,
             inference_ms=round(inference_s * 1000, 2),
         )
 
@@ -132,13 +145,18 @@ class EventFactory:
         peak_risk: float,
         mean_window_risk: float | None,
         counts: Mapping[str, Any],
+        quality: Mapping[str, Any] | None = None,
+        caveats: Sequence[str] = (),
+        unavailable: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """The session's verdict from its session-level ``evidence``; ``risk`` None is
-        insufficient evidence. ``counts``: windows, frames, drops and alerts of the session."""
+        insufficient evidence. ``counts``: windows, frames, drops and alerts of the session;
+        ``quality``: its media, frame by frame; ``caveats``: what the verdict rests on."""
         if risk is None:
-            rationale = "insufficient evidence: no window had both a face and speech"
+            rationale = "; ".join(["insufficient evidence", *caveats])
         else:
-            rationale = scored_rationale(evidence) or f"mean window risk {risk:.2f}"
+            scored = scored_rationale(evidence) or f"mean window risk {risk:.2f}"
+            rationale = "; ".join([scored, *caveats])
         return self.make(
             "summary",
             risk=round(float(risk or 0.0), 4),
@@ -147,6 +165,8 @@ class EventFactory:
             peak_risk=round(peak_risk, 4),
             mean_window_risk=None if mean_window_risk is None else round(mean_window_risk, 4),
             **counts,
+            quality=dict(quality or {}),
+            unavailable_detectors=dict(unavailable or {}),
             rationale=rationale,
             evidence=[item.to_json() for item in evidence],
         )

@@ -40,17 +40,19 @@ def fuse_evidence(evidence: Sequence[Evidence], weights: dict[str, float]) -> fl
 
 
 def gate_clearing(
-    risk: float | None, evidence: Sequence[Evidence], config: FusionConfig, active: set[str]
+    risk: float | None, evidence: Sequence[Evidence], config: FusionConfig
 ) -> float | None:
     """None (insufficient) when a detector required to clear has no evidence and risk is low.
 
     Absence of speech must not read as "clear" just because the face looks consistent;
-    it may still raise the level on what the other detectors do see.
+    it may still raise the level on what the other detectors do see. A required detector
+    that is not there at all (it failed, hung, or is not enabled) has no evidence either:
+    a session that lost it cannot be cleared by what is left (issue 16).
     """
     if risk is None or risk >= config.suspicious_threshold:
         return risk
     sufficient = {item.detector for item in evidence if item.score is not None}
-    missing = [name for name in config.clear_requires if name in active and name not in sufficient]
+    missing = [name for name in config.clear_requires if name not in sufficient]
     return None if missing else risk
 
 

@@ -35,6 +35,25 @@ class AudioChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class LostMedia:
+    """Frames that were in the input but never reach the analysis, and why.
+
+    ``reason``: ``"undecodable"`` (the packet failed to decode, or decoded with errors the
+    decoder flagged), ``"damaged_reference"`` (a video frame predicted from a damaged one,
+    up to the next keyframe), ``"truncated"`` (the file ends before its header says; ``t``
+    is where the data stops, ``count`` the frames missing from there), ``"dropped"`` (live:
+    the analysis fell behind), ``"missing"`` (live audio that never arrived, filled with
+    silence). ``t`` is media time, None when unknown.
+    """
+
+    kind: str  # "video" | "audio"
+    reason: str
+    count: int = 1
+    t: float | None = None
+    duration_s: float | None = None  # audio: the seconds lost (video: count frames)
+
+
+@dataclass(frozen=True, slots=True)
 class StreamInfo:
     """What a session's input is, as announced in ``session_started``."""
 

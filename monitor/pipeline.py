@@ -11,20 +11,22 @@ that a detector that hangs is abandoned after its time budget instead of stallin
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from monitor.config import MonitorConfig
-from monitor.detectors.base import Detector, Evidence
+from monitor.detectors.base import Detector, Evidence, format_span
 from monitor.detectors.runner import CallTimeout, DetectorRunner
 from monitor.events import EventFactory, EventSink
 from monitor.explain.live import compact_explanation
 from monitor.features.types import FrameFeatures
 from monitor.fusion import RiskState, fuse_evidence, gate_clearing
 from monitor.levels import LEVEL_RANK, UNKNOWN
-from monitor.media import AUDIO_RATE, AudioChunk, StreamInfo, VideoFrame
+from monitor.media import AUDIO_RATE, AudioChunk, LostMedia, StreamInfo, VideoFrame
 from monitor.windows import AnalysisWindow, Windower, WindowSchedule
 
 if TYPE_CHECKING:
@@ -41,6 +43,12 @@ class SessionStats:
     windows_scored: int = 0
     windows_insufficient: int = 0
     frames_dropped: dict[str, int] = field(default_factory=lambda: {"video": 0, "audio": 0})
+    # Frames lost on the way, by (kind, reason) (monitor.media.LostMedia)
+    lost: Counter[tuple[str, str]] = field(default_factory=Counter)
+    windows_below_minimum: int = 0  # too little media to score: unknown, detectors not run
+    windows_thinned: int = 0  # scored, on media that had lost frames
+    unknown_reasons: Counter[str] = field(default_factory=Counter)  # reason, numbers as #
+    unknown_examples: dict[str, str] = field(default_factory=dict)  # the latest of each
     alerts: int = 0
     stage_seconds: dict[str, float] = field(
         default_factory=lambda: {
@@ -68,6 +76,11 @@ class SessionStats:
             "frames_with_face": self.frames_with_face,
         }
 
+    def note_unknown(self, reason: str) -> None:
+        key = re.sub(r"[-+]?\d+(\.\d+)?", "#", reason)
+        self.unknown_reasons[key] += 1
+        self.unknown_examples[key] = reason
+
 
 class SessionAnalyzer:
     """Source-agnostic analysis of one participant: feed media, get events through ``emit``."""
@@ -81,7 +94,10 @@ class SessionAnalyzer:
         emit: EventSink,
         face_tracker: FaceTracker | None = None,
         detectors: dict[str, Detector] | None = None,
+        live: bool = False,
     ) -> None:
+        """``live``: media arrives as it happens (a camera may stop while the microphone
+        goes on: those windows are cut and reported, not waited for)."""
         self.config = config
         self.events = EventFactory(session, participant)
         self.emit = emit
@@ -91,14 +107,22 @@ class SessionAnalyzer:
             face_tracker = create_face_tracker(config.face)
         self.face_tracker: FaceTracker = face_tracker
         self.stats = SessionStats()
+        # Detectors fusion needs to call a window clear, and why each is missing.
+        self.unavailable: dict[str, str] = {}
         self.detectors: dict[str, Detector] = (
             detectors if detectors is not None else self._create_detectors()
         )
+        for name in config.fusion.clear_requires:
+            if name not in self.detectors and name not in self.unavailable:
+                self.unavailable[name] = "not enabled for this session"
         self._runners: dict[str, DetectorRunner] = {}  # started on a detector's first call
         windows_per_unknown = max(1, round(2 * config.window.window_s / config.window.hop_s))
         self.risk = RiskState(config.fusion, unknown_after_windows=windows_per_unknown)
         self._windower = Windower(
-            WindowSchedule.from_config(config.window), config.audio, session=session
+            WindowSchedule.from_config(config.window),
+            config.audio,
+            session=session,
+            cut_stalled_video=live,
         )
         self._finished = False
         self._closed = False
@@ -114,15 +138,34 @@ class SessionAnalyzer:
                 detectors[spec.name] = spec.factory(self.config)
             except Exception as exc:
                 log.exception("detector %s failed to start", spec.name)
-                self._error(f"detector {spec.name} failed to start: {exc}", detector=spec.name)
+                self._unavailable(spec.name, f"failed to start: {exc}")
+                self._error(
+                    f"detector {spec.name} failed to start: {exc}{self._clear_note(spec.name)}",
+                    detector=spec.name,
+                )
         return detectors
+
+    def _unavailable(self, name: str, why: str) -> None:
+        if name in self.config.fusion.clear_requires:
+            self.unavailable.setdefault(name, why)
+
+    def _clear_note(self, name: str) -> str:
+        """What losing ``name`` means for the verdicts, for its error event."""
+        if name not in self.config.fusion.clear_requires:
+            return ""
+        return (
+            f"; {name} is needed to call a window clear (fusion.clear_requires), so for the "
+            "rest of this session no window can be clear: unknown unless other detectors "
+            "find trouble"
+        )
 
     # ----- input --------------------------------------------------------------------------
 
     def start(self, info: StreamInfo) -> None:
         self._windower.has_audio = info.has_audio
+        self._windower.set_frame_rate(info.fps)
         versions = {name: getattr(det, "version", "?") for name, det in self.detectors.items()}
-        self.emit(self.events.session_started(info, self.config, versions))
+        self.emit(self.events.session_started(info, self.config, versions, dict(self.unavailable)))
 
     def add_video(self, frame: VideoFrame) -> None:
         started = time.perf_counter()
@@ -139,8 +182,15 @@ class SessionAnalyzer:
         self.stats.audio_seconds += len(chunk.samples) / AUDIO_RATE
         self._pump()
 
-    def note_dropped(self, kind: str, count: int) -> None:
-        self.stats.frames_dropped[kind] = self.stats.frames_dropped.get(kind, 0) + count
+    def note_lost(self, item: LostMedia) -> None:
+        """Media that will never arrive (dropped, undecodable, cut off): counted for the
+        session, and placed in its windows' quality when its time is known."""
+        self.stats.lost[item.kind, item.reason] += item.count
+        if item.reason == "dropped":
+            self.stats.frames_dropped[item.kind] = (
+                self.stats.frames_dropped.get(item.kind, 0) + item.count
+            )
+        self._windower.note_lost(item)
 
     def finish(self, reason: str | None = None) -> dict[str, Any]:
         """Score what is left, then emit ``session_ended`` (given a reason) and ``summary``."""
@@ -187,12 +237,18 @@ class SessionAnalyzer:
             runner = self._runners[name] = DetectorRunner(name)
         return runner
 
-    def _disable(self, name: str) -> None:
-        """Drop a detector for the rest of the session and stop its thread (unless it hung)."""
+    def _disable(self, name: str, why: str, at: AnalysisWindow) -> None:
+        """Drop a detector for the rest of the session, stop its thread (unless it hung)
+        and say so, with what it means for the verdicts."""
         del self.detectors[name]
         runner = self._runners.pop(name, None)
         if runner is not None:
             runner.close()
+        self._unavailable(name, f"{why} at {format_span(at.t_start, at.t_end)}")
+        self._error(
+            f"detector {name} {why}; disabled for this session{self._clear_note(name)}",
+            detector=name,
+        )
 
     def _run_detectors(self, window: AnalysisWindow) -> list[Evidence]:
         """Each detector on its own thread, one after another, each given the time budget."""
@@ -209,45 +265,73 @@ class SessionAnalyzer:
                 took = f"more than {budget:.2f} s"
             except Exception as exc:
                 log.exception("detector %s failed", name)
-                self._disable(name)
-                self._error(
-                    f"detector {name} raised {type(exc).__name__}: {exc}; "
-                    "disabled for this session",
-                    detector=name,
-                )
+                self._disable(name, f"raised {type(exc).__name__}: {exc}", window)
                 continue
             else:
                 # A result that came just past the deadline is over budget all the same.
                 took = f"{elapsed:.2f} s" if elapsed > budget else None
             self.stats.detector_seconds[name] = self.stats.detector_seconds.get(name, 0.0) + elapsed
             if took is not None:
-                self._disable(name)
-                self._error(
-                    f"detector {name} took {took} for one window (budget {budget:.2f} s); "
-                    "disabled for this session",
-                    detector=name,
-                )
+                why = f"took {took} for one window (budget {budget:.2f} s)"
+                self._disable(name, why, window)
                 continue
             evidence.append(item)
         return evidence
 
+    def _too_little_media(self, window: AnalysisWindow) -> str | None:
+        """Why the window has too little media to be scored at all, or None."""
+        quality = window.quality
+        if quality is None:
+            return None
+        limits = self.config.window
+        if quality.received_fraction < limits.min_frames_fraction:
+            arrived = "no video arrived" if not quality.frames_received else "too little video"
+            return (
+                f"{arrived}: {quality.describe()}, "
+                f"below the {limits.min_frames_fraction:.0%} needed"
+            )
+        window_s = window.t_end - window.t_start
+        if (
+            window.has_audio_stream
+            and quality.audio_lost_s > (1 - limits.min_audio_fraction) * window_s
+        ):
+            return f"audio lost for {quality.audio_lost_s:.1f} s of the {window_s:.1f} s window"
+        return None
+
+    def _caveats(self, window: AnalysisWindow, window_risk: float | None) -> list[str]:
+        """What a reader must know about the verdict: damaged media, missing detectors."""
+        caveats = []
+        quality = window.quality
+        if window_risk is not None and quality is not None and quality.thinned:
+            caveats.append(f"rests on thinned or damaged media: {quality.describe()}")
+        for name, why in self.unavailable.items():
+            caveats.append(f"{name} unavailable ({why}): no window can be clear")
+        return caveats
+
     def _analyze(self, window: AnalysisWindow) -> None:
+        too_little = self._too_little_media(window)
         started = time.perf_counter()
-        evidence = self._run_detectors(window)
+        evidence = [] if too_little else self._run_detectors(window)
         inference_s = time.perf_counter() - started
         self.stats.stage_seconds["detectors"] += inference_s
         started = time.perf_counter()
-        window_risk = gate_clearing(
-            fuse_evidence(evidence, self.config.detectors.weights),
-            evidence,
-            self.config.fusion,
-            {item.detector for item in evidence},
-        )
+        window_risk = None
+        if too_little is None:
+            window_risk = gate_clearing(
+                fuse_evidence(evidence, self.config.detectors.weights),
+                evidence,
+                self.config.fusion,
+            )
         change = self.risk.update(window_risk)
+        caveats = [too_little] if too_little else []
+        caveats += self._caveats(window, window_risk)
         if window_risk is None:
             self.stats.windows_insufficient += 1
+            self.stats.windows_below_minimum += too_little is not None
+            self.stats.note_unknown(too_little or self._first_reason(evidence))
         else:
             self.stats.windows_scored += 1
+            self.stats.windows_thinned += bool(window.quality and window.quality.thinned)
         score = self.events.score(
             window,
             evidence,
@@ -257,6 +341,7 @@ class SessionAnalyzer:
             session_level=self.risk.level,
             dropped_frames=self.stats.dropped_total,
             inference_s=inference_s,
+            caveats=caveats,
         )
         self.stats.stage_seconds["fusion"] += time.perf_counter() - started
         self.emit(score)
@@ -267,6 +352,17 @@ class SessionAnalyzer:
         self.stats.alerts += 1
         explanation = compact_explanation(window, evidence, self.config.detectors.weights)
         self.emit(self.events.alert(score, change, explanation))
+
+    def _first_reason(self, evidence: list[Evidence]) -> str:
+        """The reason an unknown window gives first: a required detector's, else any."""
+        required = self.config.fusion.clear_requires
+        for item in sorted(evidence, key=lambda e: e.detector not in required):
+            if item.score is None:
+                return item.rationale.removeprefix("insufficient evidence: ").split(" over ")[0]
+        missing = [n for n in required if n in self.unavailable]
+        if missing:
+            return f"{missing[0]} unavailable ({self.unavailable[missing[0]]})"
+        return "no detector gave evidence"
 
     def _error(self, message: str, **fields: Any) -> None:
         self.emit(self.events.error(message, **fields))
@@ -299,7 +395,6 @@ class SessionAnalyzer:
             fuse_evidence(session_evidence, self.config.detectors.weights),
             session_evidence,
             self.config.fusion,
-            set(self.detectors),
         )
         mean_risk = self.risk.mean_window_risk
         if session_risk is None:
@@ -309,6 +404,8 @@ class SessionAnalyzer:
             level = max(
                 self.risk.peak_level, self.risk.level_for(session_risk), key=LEVEL_RANK.__getitem__
             )
+        if level == "clear" and self.unavailable:
+            level = UNKNOWN  # what cleared the early windows is gone: the call is not clear
         return self.events.summary(
             session_evidence,
             risk=session_risk,
@@ -317,4 +414,45 @@ class SessionAnalyzer:
             peak_risk=self.risk.peak_risk,
             mean_window_risk=mean_risk,
             counts=self.stats.summary_counts(),
+            quality=self._session_quality(),
+            caveats=self._session_caveats(session_risk),
+            unavailable=dict(self.unavailable),
         )
+
+    def _session_quality(self) -> dict[str, Any]:
+        """The session's media, frame by frame (windows overlap: their counts do not add)."""
+        lost, stats = self.stats.lost, self.stats
+        quality: dict[str, Any] = self._windower.media_quality(
+            received=stats.video_frames,
+            dropped=lost["video", "dropped"],
+            undecodable=lost["video", "undecodable"] + lost["video", "damaged_reference"],
+        ).as_event()
+        quality.pop("speech_fraction")
+        quality["faces_found"] = stats.frames_with_face
+        quality["windows_below_minimum"] = stats.windows_below_minimum
+        quality["windows_thinned"] = stats.windows_thinned
+        quality["truncated_s"] = round(self._windower.truncated_s, 3)
+        return quality
+
+    def _session_caveats(self, session_risk: float | None) -> list[str]:
+        stats, caveats = self.stats, []
+        if session_risk is None and stats.unknown_reasons:
+            key, n = stats.unknown_reasons.most_common(1)[0]
+            total = stats.windows_insufficient
+            caveats.append(
+                f"{total} windows insufficient, {n} of them because: {stats.unknown_examples[key]}"
+            )
+        if session_risk is not None and stats.windows_thinned:
+            caveats.append(
+                f"{stats.windows_thinned} of {stats.windows_scored} scored windows rest on "
+                "thinned or damaged media"
+            )
+        if stats.windows_below_minimum:
+            caveats.append(f"{stats.windows_below_minimum} windows had too little media to score")
+        if self._windower.truncated_s > 0:
+            caveats.append(
+                f"the media ends {self._windower.truncated_s:.1f} s before its index says"
+            )
+        for name, why in self.unavailable.items():
+            caveats.append(f"{name} unavailable ({why}): no window could be clear")
+        return caveats

@@ -98,6 +98,9 @@ def replay_file(
             started = time.perf_counter()
             item = next(items, None)
             decode_s += time.perf_counter() - started
+            # Damage found while decoding, before the windows it belongs to are cut.
+            for lost in source.damage.take_lost():
+                analyzer.note_lost(lost)
             if item is None:
                 break
             if should_stop():

@@ -18,6 +18,7 @@ read by the same spans and trimmed by the same ``advance``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -28,14 +29,84 @@ import numpy as np
 from monitor.config import AudioConfig, WindowConfig
 from monitor.features.audio import AudioFeatureExtractor
 from monitor.features.types import AudioFeatures, FrameFeatures
-from monitor.media import AUDIO_RATE, AudioChunk
+from monitor.media import AUDIO_RATE, AudioChunk, LostMedia
 
-# Live audio that stalls this far behind the video no longer holds windows back.
+# Live audio that stalls this far behind the video no longer holds windows back (and,
+# with cut_stalled_video, video this far behind the audio: its windows are cut with
+# their frames missing).
 AUDIO_STALL_S = 3.0
 # Audio kept before the next window's context, for chunks that arrive a little late.
 AUDIO_SLACK_S = 1.0
 # Frame interval assumed until two frames have been seen (25 fps).
 DEFAULT_FRAME_INTERVAL_S = 0.04
+# Frame intervals measured at the start of the media, for the call's frame rate.
+NOMINAL_INTERVALS = 50
+# Losses kept for windows not cut yet; beyond this the oldest go (counts stay exact).
+MAX_LOSSES = 4096
+# What each reason for a lost frame counts as in a window's quality.
+_LOSS_FIELDS = {
+    "dropped": "frames_dropped",
+    "undecodable": "frames_undecodable",
+    "damaged_reference": "frames_undecodable",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class WindowQuality:
+    """How much of a window's media arrived intact: what its verdict can rest on.
+
+    Frames are counted at the call's own frame rate over the part of the window the
+    media covers. ``frames_expected = received + dropped + undecodable + missing``:
+    dropped by a live analysis that fell behind, undecodable (damaged in the file or
+    predicted from a damaged frame), missing (never arrived: lost on the network, a gap
+    in the recording, a file cut short).
+    """
+
+    frames_expected: int
+    frames_received: int
+    frames_dropped: int = 0
+    frames_undecodable: int = 0
+    frames_missing: int = 0
+    faces_found: int = 0
+    speech_fraction: float = 0.0
+    audio_lost_s: float = 0.0  # of the window's audio, lost (undecodable, dropped, gaps)
+
+    @property
+    def received_fraction(self) -> float:
+        if self.frames_expected <= 0:
+            return 1.0 if self.frames_received else 0.0
+        return min(1.0, self.frames_received / self.frames_expected)
+
+    @property
+    def thinned(self) -> bool:
+        """Frames were lost (more than one, or any to drops and damage)."""
+        lost = self.frames_dropped + self.frames_undecodable
+        return lost > 0 or self.frames_missing > 1
+
+    def losses(self) -> str:
+        """``9 dropped by the analysis, 2 undecodable, 1 missing`` (what is not zero)."""
+        parts = [
+            (self.frames_dropped, "dropped by the analysis"),
+            (self.frames_undecodable, "undecodable"),
+            (self.frames_missing, "missing"),
+        ]
+        return ", ".join(f"{n} {what}" for n, what in parts if n) or "none lost"
+
+    def describe(self) -> str:
+        """``41 of 50 frames (9 dropped by the analysis)``."""
+        return f"{self.frames_received} of {self.frames_expected} frames ({self.losses()})"
+
+    def as_event(self) -> dict[str, int | float]:
+        return {
+            "frames_expected": self.frames_expected,
+            "frames_received": self.frames_received,
+            "frames_dropped": self.frames_dropped,
+            "frames_undecodable": self.frames_undecodable,
+            "frames_missing": self.frames_missing,
+            "faces_found": self.faces_found,
+            "speech_fraction": round(self.speech_fraction, 3),
+            "audio_lost_s": round(self.audio_lost_s, 3),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +127,7 @@ class AnalysisWindow:
     samples: np.ndarray  # float32 mono at 16 kHz, first sample at audio_t0
     audio: AudioFeatures  # covers the same span as samples
     has_audio_stream: bool = True
+    quality: WindowQuality | None = None  # None: not measured (windows built by hand)
 
     @property
     def audio_t0(self) -> float:
@@ -181,21 +253,41 @@ class AudioBuffer:
 
 
 class FrameBuffer:
-    """Frame features in arrival order, the latest time seen and a smoothed frame interval."""
+    """Frame features in arrival order, the latest time seen and a smoothed frame interval.
+
+    ``nominal_interval`` is the call's own frame interval: the median of the first
+    intervals (before drops set in), or the announced rate's when that is shorter
+    (a recording with gaps). ``interval`` follows what arrives, drops included.
+    """
 
     def __init__(self) -> None:
         self._frames: deque[FrameFeatures] = deque()
+        self.first_t: float | None = None
         self.last_t = -np.inf
         self.interval = DEFAULT_FRAME_INTERVAL_S
+        self.announced_interval: float | None = None  # from the stream's frame rate
+        self._first_intervals: list[float] = []
 
     def __len__(self) -> int:
         return len(self._frames)
 
     def add(self, frame: FrameFeatures) -> None:
         if frame.t > self.last_t and np.isfinite(self.last_t):
-            self.interval = 0.9 * self.interval + 0.1 * (frame.t - self.last_t)
+            step = frame.t - self.last_t
+            self.interval = 0.9 * self.interval + 0.1 * step
+            if len(self._first_intervals) < NOMINAL_INTERVALS:
+                self._first_intervals.append(step)
+        if self.first_t is None:
+            self.first_t = frame.t
         self.last_t = max(self.last_t, frame.t)
         self._frames.append(frame)
+
+    @property
+    def nominal_interval(self) -> float:
+        candidates = [i for i in (self.announced_interval,) if i]
+        if self._first_intervals:
+            candidates.append(float(np.median(self._first_intervals)))
+        return min(candidates) if candidates else DEFAULT_FRAME_INTERVAL_S
 
     def select(self, t_start: float, t_end: float) -> tuple[FrameFeatures, ...]:
         return tuple(f for f in self._frames if t_start <= f.t < t_end)
@@ -221,25 +313,55 @@ class Windower:
         *,
         session: str = "",
         has_audio: bool = True,
+        cut_stalled_video: bool = False,
     ) -> None:
         self.schedule = schedule
         self.session = session
         self.has_audio = has_audio  # False: the media has no audio stream; never wait for it
+        # Live only: windows are cut when the video stalls AUDIO_STALL_S behind the audio
+        # (a file's video always comes, in whatever order it is fed).
+        self.cut_stalled_video = cut_stalled_video
         self.frames = FrameBuffer()
         self.audio = AudioBuffer()
         self._features = AudioFeatureExtractor(audio_config)
+        self._losses: deque[LostMedia] = deque(maxlen=MAX_LOSSES)
+        self._promised_end = -np.inf  # where a cut file's index says the media ends
+        self._audio_lost_s = 0.0
+        self._audio_lost_until = -np.inf
+        self._audio_start: float | None = None
         self._ended = False
         self._next = 0
         self.audio_feature_seconds = 0.0  # time spent computing audio features
+
+    def set_frame_rate(self, fps: float | None) -> None:
+        """The rate the stream announces; frames expected per window are counted at it."""
+        self.frames.announced_interval = 1.0 / fps if fps and fps > 0 else None
 
     def add_frame(self, frame: FrameFeatures) -> None:
         self.frames.add(frame)
 
     def add_audio(self, chunk: AudioChunk) -> None:
+        if self._audio_start is None:
+            self._audio_start = chunk.t
         self.audio.add(chunk)
 
+    def note_lost(self, item: LostMedia) -> None:
+        """Media that will never arrive; placed in the windows it belongs to."""
+        if item.kind == "audio" and item.reason != "truncated" and item.t is not None:
+            # A dropped frame also leaves a gap that is filled: count the time once.
+            start = max(item.t, self._audio_lost_until)
+            end = item.t + (item.duration_s or 0.0)
+            self._audio_lost_s += max(0.0, end - start)
+            self._audio_lost_until = max(self._audio_lost_until, end)
+        if item.reason == "truncated" and item.t is not None:
+            lost_s = item.duration_s or item.count * self.frames.nominal_interval
+            self._promised_end = max(self._promised_end, item.t + lost_s)
+        elif item.t is not None:
+            self._losses.append(item)
+
     def end_of_media(self) -> None:
-        """No more media will come: the windows still due are cut with what there is."""
+        """No more media will come: the windows still due are cut with what there is,
+        up to where the media should have reached (its audio, a cut file's index)."""
         self._ended = True
 
     def windows(self) -> Iterator[AnalysisWindow]:
@@ -262,7 +384,7 @@ class Windower:
         started = time.perf_counter()
         audio = self._features.compute(samples, span.audio_start)
         self.audio_feature_seconds += time.perf_counter() - started
-        return AnalysisWindow(
+        window = AnalysisWindow(
             session=self.session,
             index=span.index,
             t_start=span.t_start,
@@ -273,6 +395,41 @@ class Windower:
             audio=audio,
             has_audio_stream=self.has_audio,
         )
+        return dataclasses.replace(window, quality=self._quality(window))
+
+    def _quality(self, window: AnalysisWindow) -> WindowQuality:
+        interval = self.frames.nominal_interval
+        starts = [t for t in (self.frames.first_t, self._audio_start) if t is not None]
+        covered_from = max(window.t_start, min(starts)) if starts else window.t_start
+        covered_to = min(window.t_end, self._media_end()) if self._ended else window.t_end
+        expected = max(0, round((covered_to - covered_from) / interval))
+        counts = {"frames_dropped": 0, "frames_undecodable": 0}
+        audio_spans = []
+        for item in self._losses:
+            assert item.t is not None
+            if item.kind == "video" and window.t_start <= item.t < window.t_end:
+                field_name = _LOSS_FIELDS.get(item.reason)
+                if field_name is not None:
+                    counts[field_name] += item.count
+            elif item.kind == "audio":
+                lost_to = min(item.t + (item.duration_s or 0.0), window.t_end)
+                if lost_to > max(item.t, window.t_start):
+                    audio_spans.append((max(item.t, window.t_start), lost_to))
+        audio_lost, until = 0.0, window.t_start
+        for start, end in sorted(audio_spans):  # the union: drops also leave filled gaps
+            audio_lost += max(0.0, end - max(start, until))
+            until = max(until, end)
+        received = len(window.frames)
+        expected = max(expected, received + sum(counts.values()))
+        return WindowQuality(
+            frames_expected=expected,
+            frames_received=received,
+            frames_missing=expected - received - sum(counts.values()),
+            faces_found=len(window.face_frames),
+            speech_fraction=window.speech_fraction(),
+            audio_lost_s=audio_lost,
+            **counts,
+        )
 
     def advance(self) -> None:
         """Move past the current window and drop what the next one does not need."""
@@ -280,15 +437,57 @@ class Windower:
         following = self.schedule.span(self._next)
         self.frames.trim_before(following.t_start)
         self.audio.trim_before(following.audio_start - AUDIO_SLACK_S)
+        while self._losses and (self._losses[0].t or 0.0) < following.audio_start:
+            self._losses.popleft()
+
+    @property
+    def truncated_s(self) -> float:
+        """How far short of its index the media's data ends (0: it does not)."""
+        ends = [self.frames.last_t + self.frames.interval]
+        if self.has_audio:
+            ends.append(self.audio.t_end)
+        data_end = max(ends)
+        if not (np.isfinite(data_end) and np.isfinite(self._promised_end)):
+            return 0.0
+        return max(0.0, self._promised_end - data_end)
+
+    def media_quality(self, *, received: int, dropped: int, undecodable: int) -> WindowQuality:
+        """The whole media's quality, from the session's frame counts."""
+        starts = [t for t in (self.frames.first_t, self._audio_start) if t is not None]
+        span = self._media_end() - min(starts) if starts else 0.0
+        expected = max(round(span / self.frames.nominal_interval), received + dropped + undecodable)
+        return WindowQuality(
+            frames_expected=expected,
+            frames_received=received,
+            frames_dropped=dropped,
+            frames_undecodable=undecodable,
+            frames_missing=expected - received - dropped - undecodable,
+            audio_lost_s=self._audio_lost_s,
+        )
+
+    def _media_end(self) -> float:
+        """Where the media ends (or should have): video, audio, or a cut file's index."""
+        ends = [self.frames.last_t + self.frames.interval, self._promised_end]
+        if self.has_audio:
+            ends.append(self.audio.t_end)
+        return max(ends)
 
     def _ready(self, span: WindowSpan) -> bool:
         last_t = self.frames.last_t
         if self._ended:
             if self.schedule.partial_tail:
                 return span.t_start <= last_t
-            return last_t + self.frames.interval >= span.t_end
+            return self._media_end() >= span.t_end
         if last_t < span.t_end:
-            return False
+            # Live video that stalled while the audio goes on (a camera gone): the window
+            # is cut on the audio and reports its frames missing, instead of waiting.
+            audio_end = self.audio.t_end
+            return (
+                self.cut_stalled_video
+                and self.has_audio
+                and audio_end >= span.audio_end
+                and audio_end - last_t > AUDIO_STALL_S
+            )
         if not self.has_audio:
             return True
         return self.audio.t_end >= span.audio_end or last_t - self.audio.t_end > AUDIO_STALL_S

@@ -18,8 +18,9 @@ from websockets.asyncio.client import connect
 
 from monitor.config import MonitorConfig, load_config
 from monitor.events import EventFactory, validate_event
+from monitor.live.ice import host_candidates_on
 from monitor.live.whip import LiveServer
-from monitor.media import AudioChunk, StreamInfo, VideoFrame
+from monitor.media import AudioChunk, LostMedia, StreamInfo, VideoFrame
 from monitor.sinks.websocket import AlertServer
 
 
@@ -54,8 +55,9 @@ class RecordingAnalyzer:
     def add_audio(self, chunk: AudioChunk) -> None:
         self.audio.append(chunk)
 
-    def note_dropped(self, kind: str, count: int) -> None:
-        self.dropped[kind] = self.dropped.get(kind, 0) + count
+    def note_lost(self, item: LostMedia) -> None:
+        if item.reason == "dropped":
+            self.dropped[item.kind] = self.dropped.get(item.kind, 0) + item.count
 
     def finish(self, reason: str | None = None) -> dict:
         if reason is not None:
@@ -159,7 +161,8 @@ async def make_offer(audio: int = 1, video: int = 1, direction: str = "sendonly"
         pc.addTransceiver(VideoStreamTrack(), direction=direction)
     if not audio and not video:
         pc.createDataChannel("chat")
-    await pc.setLocalDescription(await pc.createOffer())
+    with host_candidates_on(["127.0.0.1"]):
+        await pc.setLocalDescription(await pc.createOffer())
     sdp = pc.localDescription.sdp
     await pc.close()
     return sdp

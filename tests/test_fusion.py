@@ -55,11 +55,12 @@ def test_clearing_needs_the_required_detector_but_alarms_do_not() -> None:
     from monitor.fusion import gate_clearing
 
     config = FusionConfig(clear_requires=["lip_sync"])
-    active = {"lip_sync", "temporal"}
     no_speech = [Evidence("lip_sync", None, "no speech"), Evidence("temporal", 0.1, "fine")]
-    assert gate_clearing(0.1, no_speech, config, active) is None
-    assert gate_clearing(0.8, no_speech, config, active) == 0.8
+    assert gate_clearing(0.1, no_speech, config) is None
+    assert gate_clearing(0.8, no_speech, config) == 0.8
     both = [Evidence("lip_sync", 0.1, "in sync"), Evidence("temporal", 0.1, "fine")]
-    assert gate_clearing(0.1, both, config, active) == 0.1
-    # a required detector that is not running for this session cannot block clearing
-    assert gate_clearing(0.1, no_speech[1:], config, {"temporal"}) == 0.1
+    assert gate_clearing(0.1, both, config) == 0.1
+    # A required detector that is gone (failed, hung, not enabled) cannot be replaced by
+    # the others when it comes to clearing; raising the level still works (issue 16).
+    assert gate_clearing(0.1, no_speech[1:], config) is None
+    assert gate_clearing(0.8, no_speech[1:], config) == 0.8

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection
 
 from monitor.config import MonitorConfig
 from monitor.live.client import (
@@ -172,9 +172,14 @@ async def test_client_that_closes_without_delete(calls: dict[str, Path]) -> None
         for track in tracks:
             pc.addTransceiver(track, direction="sendonly")
         async with WhipClient(server.url, token=TOKEN, participant="carol") as whip:
-            await pc.setLocalDescription(await pc.createOffer())
-            answer = await whip.post_offer(pc.localDescription.sdp)
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+            await whip.negotiate(pc)
+            # The client offered host candidates only on the route to the server.
+            offered = {
+                line.split()[4]
+                for line in pc.localDescription.sdp.splitlines()
+                if line.startswith("a=candidate:")
+            }
+            assert offered == {"127.0.0.1"}
             await listener.wait_for(lambda: listener.of("carol", "session_started"), 10)
             await pc.close()  # gone, without DELETE
             started = time.monotonic()

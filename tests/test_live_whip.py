@@ -7,11 +7,19 @@ Real aiohttp server on a free loopback port, real aiortc offers; no media flows 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import re
+import time
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
+from monitor.config import load_config
+from monitor.live.client import push_file
+from monitor.live.probe import write_probe_clip
 from monitor.live.whip import check_offer
 from tests.live_util import (
     RecordingAnalyzer,
@@ -38,6 +46,24 @@ async def _post(http: aiohttp.ClientSession, url: str, body: str, headers: dict)
         return response.status, dict(response.headers), await response.text()
 
 
+def _without(sdp: str, prefix: str) -> str:
+    return "".join(line for line in sdp.splitlines(keepends=True) if not line.startswith(prefix))
+
+
+def _fingerprints(sdp: str, algorithm: str, value: str) -> str:
+    """Each media section's fingerprints replaced by one ``a=fingerprint:ALGORITHM VALUE``."""
+    lines = []
+    for line in _without(sdp, "a=fingerprint:").splitlines(keepends=True):
+        lines.append(line)
+        if line.startswith("a=setup:"):
+            lines.append(f"a=fingerprint:{algorithm} {value}\r\n")
+    return "".join(lines)
+
+
+def _candidate_addresses(sdp: str) -> set[str]:
+    return {line.split()[4] for line in sdp.splitlines() if line.startswith("a=candidate:")}
+
+
 async def test_whip_post_delete_lifecycle(offer: str) -> None:
     before = thread_names()
     config = live_config()
@@ -53,8 +79,9 @@ async def test_whip_post_delete_lifecycle(offer: str) -> None:
         location = headers["Location"]
         assert re.fullmatch(r"/whip/[A-Za-z0-9_-]{32}", location), location
         assert answer.startswith("v=0")
-        # Non-trickle: the answer already carries the server's candidates.
-        assert "a=candidate:" in answer
+        # Non-trickle: the answer already carries the server's candidates, and only on
+        # the address the offer came in on (loopback), not on every interface.
+        assert _candidate_addresses(answer) == {"127.0.0.1"}
         assert "a=recvonly" in answer
         assert len(server.sessions) == 1
         # A session URL is not guessable from another: ids differ every time.
@@ -132,6 +159,13 @@ async def test_whip_refuses_bad_requests(offer: str) -> None:
             (no_media, 422, "no audio or video"),
             (two_videos, 422, "one audio and one video"),
             (receive_only, 422, "no audio or video"),
+            # DTLS-SRTP cannot start without a fingerprint it can check (was: 201, then an
+            # aiortc traceback on DELETE), nor ICE without candidates (no trickle here).
+            (_without(offer, "a=fingerprint:"), 400, "no DTLS fingerprint"),
+            (_fingerprints(offer, "md5", "AB:CD"), 400, "this server verifies sha-256"),
+            (_fingerprints(offer, "sha-256", "AB:CD:EF"), 400, "32 colon-separated hex bytes"),
+            (_fingerprints(offer, "sha-256", ":".join(["ZZ"] * 32)), 400, "malformed"),
+            (_without(offer, "a=candidate:"), 400, "no ICE candidates"),
         ]
         for body_sent, expected, phrase in cases:
             status, headers, body = await _post(http, url, body_sent, {**AUTH, **SDP})
@@ -170,12 +204,9 @@ async def test_whip_session_limit(offer: str) -> None:
     assert headers["Retry-After"]
 
 
-async def test_session_without_media_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_session_without_media_times_out() -> None:
     """A client that posts an offer and never connects is ended by the watchdog."""
-    import monitor.live.session as session_module
-
-    monkeypatch.setattr(session_module, "CONNECT_TIMEOUT_S", 0.6)
-    config = live_config(no_media_timeout_s=0.5)
+    config = live_config(no_media_timeout_s=0.5, connect_timeout_s=0.6)
     offer = await make_offer()
     async with (
         running_servers(config, analyzer_factory=RecordingAnalyzer) as (server, _, listener),
@@ -194,3 +225,136 @@ async def test_session_without_media_times_out(monkeypatch: pytest.MonkeyPatch) 
 def test_check_offer_counts_media() -> None:
     offer = asyncio.run(make_offer(audio=1, video=0))
     assert sorted(check_offer(offer).values()) == ["audio"]
+
+
+async def test_every_error_is_problem_json(offer: str) -> None:
+    """Errors aiohttp raises itself (413, 404, 405) are problem+json like ours."""
+    async with (
+        running_servers(live_config(), analyzer_factory=RecordingAnalyzer) as (server, _, _l),
+        aiohttp.ClientSession() as http,
+    ):
+        base = server.url.removesuffix("/whip")
+        huge = offer + "a=x-padding:" + "x" * (70 * 1024) + "\r\n"
+        status, headers, body = await _post(http, server.url, huge, {**AUTH, **SDP})
+        assert status == 413, body
+        assert headers["Content-Type"].startswith("application/problem+json")
+        assert json.loads(body)["status"] == 413
+        for method, path, expected in [
+            ("GET", "/nowhere", 404),
+            ("GET", "/whip", 405),
+            ("PUT", "/whip/x", 405),
+        ]:
+            async with http.request(method, base + path) as response:
+                assert response.status == expected
+                assert response.content_type == "application/problem+json"
+                assert (await response.json())["status"] == expected
+
+
+async def test_half_sent_offer_times_out() -> None:
+    """A client that announces a body and stops sending gets 408 after body_timeout_s."""
+    config = live_config(body_timeout_s=0.5)
+    async with running_servers(config, analyzer_factory=RecordingAnalyzer) as (server, _, _l):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            f"POST /whip HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Content-Type: application/sdp\r\nContent-Length: 5000\r\n\r\nv=0\r\n".encode()
+        )
+        await writer.drain()
+        started = time.monotonic()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        waited = time.monotonic() - started
+        length = int(re.search(rb"Content-Length: (\d+)", head)[1])
+        body = await asyncio.wait_for(reader.readexactly(length), 5)
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 408")
+    assert b"application/problem+json" in head
+    assert json.loads(body)["status"] == 408
+    assert 0.4 < waited < 3.0
+    assert not server.sessions
+
+
+async def test_token_quotas_and_offers_without_media(offer: str) -> None:
+    """One token cannot take every slot: open sessions per token are capped (429), and so
+    are its sessions that never send media, which end after connect_timeout_s."""
+    config = load_config(
+        live={
+            "max_sessions": 6,
+            "max_sessions_per_token": 3,
+            "max_pending_per_token": 2,
+            "connect_timeout_s": 1.0,
+            "publisher_tokens": ["other-publisher"],
+            "retry_after_s": 7,
+        }
+    )
+    other = {"Authorization": "Bearer other-publisher", **SDP}
+    async with (
+        running_servers(config, analyzer_factory=RecordingAnalyzer) as (server, _, listener),
+        aiohttp.ClientSession() as http,
+    ):
+        # Offers whose client never connects: two are held, the rest refused.
+        statuses = [(await _post(http, server.url, offer, {**AUTH, **SDP}))[:2] for _ in range(5)]
+        assert [s for s, _ in statuses] == [201, 201, 429, 429, 429]
+        refused_headers = statuses[2][1]
+        assert refused_headers["Retry-After"] == "7"
+        assert refused_headers["Content-Type"].startswith("application/problem+json")
+        # Another publisher's token has its own quota.
+        assert (await _post(http, server.url, offer, other))[0] == 201
+        # The empty sessions end by themselves and free the quota.
+        await listener.wait_for(
+            lambda: len([e for e in listener.events if e["type"] == "session_ended"]) == 3, 5
+        )
+        assert all(
+            e["reason"] == "no_media" for e in listener.events if e["type"] == "session_ended"
+        )
+        await listener.wait_for(lambda: not server.sessions, 2)
+        assert (await _post(http, server.url, offer, {**AUTH, **SDP}))[0] == 201
+        assert server.metrics.rejected_by_status[429] == 3
+        assert server.metrics.sessions_rejected == 3
+
+
+class BusyAnalyzer(RecordingAnalyzer):
+    """Spends 22 ms on every video frame: 55% of the wall time at 25 fps."""
+
+    def add_video(self, frame: Any) -> None:
+        time.sleep(0.022)
+        super().add_video(frame)
+
+
+@pytest.mark.slow
+async def test_whip_refuses_sessions_beyond_the_measured_capacity(tmp_path: Path) -> None:
+    """With one session's analysis busy 55% of the time and one core to use at most 80%,
+    a second offer gets 503 + Retry-After instead of a session served by dropping frames."""
+    config = load_config(
+        live={"admission_cores": 1.0, "max_utilization": 0.8, "session_cost_cores": 0.3}
+    )
+    clip = tmp_path / "probe.mkv"
+    write_probe_clip(clip, duration_s=10.0, events_s=(1.0,))
+    async with running_servers(config, token=TOKEN, analyzer_factory=BusyAnalyzer) as (
+        server,
+        _,
+        listener,
+    ):
+        publishing = asyncio.create_task(
+            push_file(clip, server.url, token=TOKEN, participant="busy")
+        )
+        # Until the first session is measured it counts at session_cost_cores: admitted.
+        await listener.wait_for(lambda: listener.of("busy", "session_started"), 10)
+        offer = await make_offer()
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + 8
+            while True:
+                status, headers, body = await _post(http, server.url, offer, {**AUTH, **SDP})
+                if status != 201 or time.monotonic() > deadline:
+                    break
+                async with http.delete(
+                    server.url.removesuffix("/whip") + headers["Location"], headers=AUTH
+                ):
+                    pass
+                await asyncio.sleep(0.5)
+        publishing.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await publishing
+    assert status == 503, body
+    assert headers["Retry-After"] == "10"
+    # Measured busy (~0.55) plus one more session (0.3) is over 0.8 of the core.
+    assert re.search("at capacity|dropping frames", json.loads(body)["detail"])

@@ -344,3 +344,32 @@ def test_audio_clock_fills_a_gap_in_the_input_with_silence() -> None:
     assert len(samples) == pytest.approx(2.5 * AUDIO_RATE, abs=64)
     resumed = np.flatnonzero(np.abs(samples[AUDIO_RATE + 100 :]) > 0.1)[0] + AUDIO_RATE + 100
     assert resumed / AUDIO_RATE == pytest.approx(1.5, abs=0.005)
+
+
+def test_audio_clock_fills_a_lost_frame_but_not_timestamp_jitter() -> None:
+    """One lost 64 ms AAC frame is filled (unfilled it would pull later audio early);
+    timestamps that wander by +-20 ms (some recorders) are not, or the audio would drift."""
+    from monitor.sources.file import _AudioClock
+
+    def frame(start: float, seconds: float = 0.064) -> av.AudioFrame:
+        n = round(seconds * 16000)
+        out = av.AudioFrame.from_ndarray(
+            np.full((1, n), 0.25, np.float32), format="flt", layout="mono"
+        )
+        out.sample_rate, out.pts, out.time_base = 16000, round(start * 16000), Fraction(1, 16000)
+        return out
+
+    def samples(starts: list[float], lost_before: int | None = None) -> int:
+        clock, chunks = _AudioClock(), []
+        for k, t in enumerate(starts):
+            chunks += clock.feed(frame(t), t, lost_s=0.064 if k == lost_before else 0.0)
+        chunks += clock.feed(None, None)
+        assert_contiguous(chunks)
+        return sum(len(c.samples) for c in chunks)
+
+    steady = samples([k * 0.064 for k in range(10)])
+    # Frame 5 did not decode: the next one comes 64 ms later than the count says.
+    with_loss = [k * 0.064 for k in range(11) if k != 5]
+    assert samples(with_loss, lost_before=5) == steady + 1024  # the hole, in silence
+    jitter = [k * 0.064 + (0.02 if k % 2 else -0.015) for k in range(10)]
+    assert samples(jitter) == steady  # no silence added: no drift

@@ -62,6 +62,20 @@ def test_grid_marks_steps_without_a_near_frame() -> None:
     assert len(missing) == 8
 
 
+@pytest.mark.parametrize(
+    ("n_frames", "expected_head"), [(0, []), (1, [0, 0, 0]), (2, [0, 0, 1, 1])]
+)
+def test_grid_with_almost_no_frames(n_frames: int, expected_head: list[int]) -> None:
+    """A window holding one frame (drops, a frozen stream) used to raise IndexError and
+    disable lip-sync for the rest of the call (issue 16)."""
+    times = 1.0 + np.arange(n_frames) * 0.04
+    pick = grid_frames(times, 0.96, 50)
+    expected = np.full(50, -1)
+    expected[: len(expected_head)] = expected_head
+    np.testing.assert_array_equal(pick, expected)
+    assert build_inputs(_track(times), _audio(0.36, 3.2), 0.96, 2.96) is None
+
+
 @pytest.mark.parametrize("fps", [25.0, 30.0])
 def test_build_inputs_shapes_and_audio_alignment(fps: float) -> None:
     t_start = 5.0

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fractions
 import json
 import os
 import resource
@@ -34,16 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import av
-from aiortc import (
-    MediaStreamTrack,
-    RTCConfiguration,
-    RTCPeerConnection,
-    RTCSessionDescription,
-)
-from aiortc.mediastreams import MediaStreamError
-
-from monitor.live.client import PacingClock, PushStats, WhipClient
+from monitor.live.client import publish_packets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,91 +64,6 @@ def bench_clip() -> Path:
 # ----- publisher side (child process) ------------------------------------------------------
 
 
-class PacketTrack(MediaStreamTrack):
-    """Pre-encoded packets of one stream of a file, looped and paced: no encoding cost."""
-
-    def __init__(self, kind: str, path: Path, seconds: float, clock: PacingClock) -> None:
-        super().__init__()
-        self.kind = kind
-        self._clock = clock
-        self._packets = self._load(path)
-        self._seconds = seconds
-        self._iter = self._generate()
-
-    def _load(self, path: Path) -> list[tuple[float, bytes, float]]:
-        """(time, payload, duration) of every packet, in seconds."""
-        with av.open(str(path)) as container:
-            stream = (
-                container.streams.video[0] if self.kind == "video" else container.streams.audio[0]
-            )
-            out = []
-            for packet in container.demux(stream):
-                if packet.size == 0 or packet.pts is None:
-                    continue
-                tb = packet.time_base
-                out.append(
-                    (float(packet.pts * tb), bytes(packet), float((packet.duration or 0) * tb))
-                )
-            self.clip_s = float(container.duration / av.time_base)
-        return out
-
-    def _generate(self):
-        loop = 0
-        audio_samples = 0
-        while True:
-            for t, payload, duration in self._packets:
-                media_t = loop * self.clip_s + max(t, 0.0)
-                if media_t >= self._seconds:
-                    return
-                packet = av.Packet(payload)
-                if self.kind == "video":
-                    packet.pts = round(media_t * 90000)
-                    packet.time_base = fractions.Fraction(1, 90000)
-                else:  # contiguous sample count: no rounding jitter from the ms time base
-                    packet.pts = audio_samples
-                    packet.time_base = fractions.Fraction(1, 48000)
-                    audio_samples += round((duration or 0.02) * 48000)
-                    media_t = packet.pts / 48000
-                yield media_t, packet
-            loop += 1
-
-    async def recv(self) -> av.Packet:
-        try:
-            media_t, packet = next(self._iter)
-        except StopIteration:
-            self.stop()
-            raise MediaStreamError from None
-        await self._clock.wait_until(media_t, 0.04)
-        return packet
-
-
-async def publish_packets(clip: Path, url: str, name: str, seconds: float) -> PushStats:
-    stats = PushStats()
-    clock = PacingClock(stats)
-    tracks = [
-        PacketTrack("video", clip, seconds, clock),
-        PacketTrack("audio", clip, seconds, clock),
-    ]
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    for track in tracks:
-        pc.addTransceiver(track, direction="sendonly")
-    ended = asyncio.Event()
-    for track in tracks:
-        track.on("ended", ended.set)
-    async with WhipClient(url, token=TOKEN, participant=name) as whip:
-        try:
-            await pc.setLocalDescription(await pc.createOffer())
-            answer = await whip.post_offer(pc.localDescription.sdp)
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-            while not all(t.readyState == "ended" for t in tracks):
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(0.3)
-        finally:
-            await whip.delete()
-            await pc.close()
-    return stats
-
-
 async def run_publishers(args: argparse.Namespace) -> dict[str, Any]:
     from websockets.asyncio.client import connect
 
@@ -174,7 +79,10 @@ async def run_publishers(args: argparse.Namespace) -> dict[str, Any]:
 
     listener = asyncio.create_task(listen())
     pushes = await asyncio.gather(
-        *(publish_packets(clip, args.url, name, args.seconds) for name in names)
+        *(
+            publish_packets(clip, args.url, seconds=args.seconds, token=TOKEN, participant=name)
+            for name in names
+        )
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -27,6 +27,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     add_server_flags(parser)
+    parser.add_argument(
+        "--ice-address",
+        action="append",
+        metavar="ADDR",
+        help=(
+            "offer WebRTC host candidates only on this address (repeatable; default: the "
+            "address each WHIP request arrives on, so loopback only on 127.0.0.1)"
+        ),
+    )
     parser.add_argument("--out", metavar="EVENTS.jsonl", help="also append every event here")
     add_lip_sync_arguments(parser)
     add_sink_option(parser)
@@ -72,6 +81,8 @@ def build_config(args: argparse.Namespace) -> Any:
     overrides: dict[str, Any] = {"alerts": {"token": token}}
     if lip_sync := lip_sync_overrides(args):
         overrides["lip_sync"] = lip_sync
+    if args.ice_address:
+        overrides["live"] = {"ice_addresses": args.ice_address}
     return apply_sink_flags(load_config(args.config, **overrides), args.sink)
 
 
@@ -81,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
     check_port(args.port, "--port")
     check_port(args.alerts_port, "--alerts-port")
     config = build_config(args)
+    from monitor.live.memory import limit_arenas
+
+    limit_arenas(config.live.malloc_arena_max)  # before any thread starts
     if args.bus:
         from monitor.bus.connection import check_bus_url
 

@@ -20,7 +20,13 @@ from monitor.detectors.base import Evidence, describe_offset, format_span
 from monitor.errors import BackendUnavailableError
 from monitor.sync.backends import BatchingRunner, shared_runner
 from monitor.sync.checkpoint import WEIGHTS_PATH, Calibration
-from monitor.sync.features import GRID_STEP_S, window_inputs, window_lag_distances
+from monitor.sync.features import (
+    GRID_STEP_S,
+    missing_stack_reason,
+    track_from_frames,
+    window_inputs,
+    window_lag_distances,
+)
 from monitor.sync.scoring import CurveSummary, curve_features, summarize_curve
 from monitor.windows import AnalysisWindow
 
@@ -28,6 +34,11 @@ log = logging.getLogger(__name__)
 
 # |offset| up to this counts as aligned in rationales (codec and jitter-buffer delays).
 ALIGNED_MS = 80.0
+# Lowest frame rate scored. Frames are held on the model's 25 fps grid; measured on dev
+# clips re-encoded at 5/10/15/25 fps (docs/LIVE.md), 300 ms shifts are still found at
+# 5 fps, with sync confidence at 60-70% of its 25 fps value. Below it, syllables (4-5
+# a second) fall between frames.
+MIN_FPS = 5.0
 
 
 @lru_cache(maxsize=1)
@@ -65,7 +76,9 @@ class LearnedSyncDetector:
         if lacking is None:
             inputs = window_inputs(window)
             if inputs is None:
-                lacking = "no 5 consecutive frames (0.2 s) with a tracked face"
+                lacking = missing_stack_reason(
+                    track_from_frames(window.frames), window.t_start, window.t_end
+                )
         if lacking is not None:
             return Evidence(
                 self.name,
@@ -102,6 +115,12 @@ class LearnedSyncDetector:
     def _lacking(self, window: AnalysisWindow) -> str | None:
         if not window.has_audio_stream:
             return "the call has no audio"
+        fps = window.fps
+        if fps is not None and fps < MIN_FPS * 0.9:
+            return (
+                f"the video runs at {fps:.1f} fps; lip-sync needs at least {MIN_FPS:g} fps "
+                "to see each syllable's lip movement"
+            )
         if window.face_fraction < self.window_config.min_face_fraction:
             return f"face visible in {window.face_fraction:.0%} of frames"
         speech = window.speech_fraction()

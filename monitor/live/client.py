@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
@@ -32,7 +33,8 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from monitor.errors import AuthError, CorruptMediaError, InputError, MonitorError
-from monitor.sources.file import FileSource
+from monitor.live.ice import address_towards, host_candidates_on
+from monitor.sources.file import FileSource, decode_frames
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +42,23 @@ VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 AUDIO_RATE_OUT = 48000
 AUDIO_FRAME_SAMPLES = 960  # 20 ms, what Opus packetizes
 AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_RATE_OUT)
+# Codecs whose packets aiortc sends as they are (PacketTrack).
+PACKET_CODECS = {"video": ("vp8",), "audio": ("opus",)}
 # After the last frame, wait this long so the tail reaches the server before DELETE.
 TAIL_S = 0.3
 
 
 class PublishError(MonitorError):
     """The WHIP server could not be used (unreachable, refused, no connection)."""
+
+
+class ServerBusyError(PublishError):
+    """The server refused the session for now (503 at capacity, 429 over a quota)."""
+
+    def __init__(self, message: str, *, status: int, retry_after_s: float | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -55,6 +68,7 @@ class PushStats:
     start_monotonic: float | None = None  # time.monotonic() of media time 0
     start_wall: float | None = None  # time.time() of media time 0
     late_frames: int = 0  # released more than one frame late (the sender could not keep up)
+    decode_errors: int = 0  # packets of the file that could not be decoded (skipped)
     location: str | None = None
     ended_by: str = ""
     extra: dict = field(default_factory=dict)
@@ -85,6 +99,19 @@ def _stream_origin(container: av.container.InputContainer) -> float:
         if stream.start_time is not None and stream.time_base is not None:
             starts.append(float(stream.start_time * stream.time_base))
     return min(starts) if starts else 0.0
+
+
+def _decode(container: Any, stream: Any, stats: PushStats) -> Iterator[Any]:
+    """The stream's usable frames; damage is skipped (sent as a gap) and counted."""
+
+    def lost(kind: str, reason: str, t: float | None, duration_s: float | None) -> None:
+        stats.decode_errors += 1
+
+    def stopped(why: str) -> None:
+        stats.decode_errors += 1
+        log.warning("reading the %s stream stopped: %s", stream.type, why)
+
+    return decode_frames(container, [stream], lost, stopped)
 
 
 class _FileTrack(MediaStreamTrack):
@@ -151,7 +178,8 @@ class FileVideoTrack(_FileTrack):
         step = 1.0 / float(rate) if rate else 0.04
         self._frame_s = step
         index = 0
-        for frame in self._container.decode(stream):
+        for frame in _decode(self._container, stream, self._stats):
+            assert isinstance(frame, av.VideoFrame)
             t = frame.time - self._origin_s if frame.time is not None else index * step
             index += 1
             if t < 0:
@@ -176,7 +204,8 @@ class FileAudioTrack(_FileTrack):
         )
         first_sample: int | None = None  # 48 kHz sample index of the first output sample
         count = 0
-        for decoded in itertools.chain(self._container.decode(stream), [None]):
+        frames = _decode(self._container, stream, self._stats)
+        for decoded in itertools.chain(frames, [None]):
             if first_sample is None and decoded is not None:
                 t0 = decoded.time - self._origin_s if decoded.time is not None else 0.0
                 first_sample = round(t0 * AUDIO_RATE_OUT)
@@ -268,7 +297,31 @@ class WhipClient:
             raise InputError(f"cannot reach the WHIP server at {self.url}: {exc}") from exc
         if response.status == 401:
             raise AuthError(f"the WHIP server refused the token: {detail}")
+        if response.status in (429, 503):
+            retry_after = response.headers.get("Retry-After", "")
+            raise ServerBusyError(
+                f"the WHIP server cannot take this session now ({response.status}): {detail}"
+                + (f"; retry after {retry_after} s" if retry_after else ""),
+                status=response.status,
+                retry_after_s=float(retry_after) if retry_after.isdigit() else None,
+            )
         raise InputError(f"the WHIP server refused the offer ({response.status}): {detail}")
+
+    async def negotiate(self, pc: RTCPeerConnection) -> None:
+        """Offer ``pc``'s tracks, POST the offer, apply the answer.
+
+        Host candidates are gathered only on the address that reaches the server (so
+        loopback for a server on 127.0.0.1), not on every interface of this machine.
+        """
+        host = urlsplit(self.url).hostname or ""
+        try:
+            local = address_towards(host)
+        except OSError as exc:
+            raise InputError(f"cannot reach the WHIP server at {self.url}: {exc}") from exc
+        with host_candidates_on([local]):
+            await pc.setLocalDescription(await pc.createOffer())  # gathers all candidates
+        answer = await self.post_offer(pc.localDescription.sdp)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
 
     async def delete(self) -> None:
         if self.location is None or self._http is None:
@@ -324,6 +377,19 @@ async def push_file(
     if has_audio:
         tracks.append(FileAudioTrack(path, origin_s, clock, stats))
 
+    return await _publish(tracks, url, token, participant, call, stats, connect_timeout_s)
+
+
+async def _publish(
+    tracks: list[_FileTrack] | list[PacketTrack],
+    url: str,
+    token: str | None,
+    participant: str | None,
+    call: str | None,
+    stats: PushStats,
+    connect_timeout_s: float,
+) -> PushStats:
+    """Send ``tracks`` to the WHIP endpoint until they finish, then DELETE the session."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     connected = asyncio.Event()
     broken = asyncio.Event()
@@ -339,10 +405,8 @@ async def push_file(
         pc.addTransceiver(track, direction="sendonly")
     async with WhipClient(url, token=token, participant=participant, call=call) as whip:
         try:
-            await pc.setLocalDescription(await pc.createOffer())  # gathers all candidates
-            answer = await whip.post_offer(pc.localDescription.sdp)
+            await whip.negotiate(pc)
             stats.location = whip.location
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
             await _wait_first(connected, broken, connect_timeout_s)
             if not connected.is_set():
                 raise PublishError(f"no WebRTC connection to {url} ({pc.connectionState})")
@@ -369,6 +433,105 @@ async def push_file(
                 if not track.finished.is_set():
                     track._end()
     return stats
+
+
+class PacketTrack(MediaStreamTrack):
+    """One stream of a VP8/Opus file sent as its encoded packets (no decoding, no
+    encoding: a publisher that costs almost no CPU), looped up to ``seconds`` and paced
+    on the clock shared with the other track."""
+
+    def __init__(
+        self, kind: str, path: Path, seconds: float, clock: PacingClock, stats: PushStats
+    ) -> None:
+        super().__init__()
+        self.kind = kind
+        self._clock = clock
+        self._stats = stats
+        self._seconds = seconds
+        self._packets, self._clip_s = self._load(path)
+        self._iter = self._generate()
+        self.finished = asyncio.Event()
+
+    def _load(self, path: Path) -> tuple[list[tuple[float, bytes, float]], float]:
+        """(time, payload, duration) of every packet in seconds, and the clip's length."""
+        with av.open(str(path)) as container:
+            streams = container.streams.video if self.kind == "video" else container.streams.audio
+            if not streams or streams[0].codec_context.name not in PACKET_CODECS[self.kind]:
+                raise InputError(
+                    f"{path}: packets can be sent only from {PACKET_CODECS[self.kind]} {self.kind}"
+                )
+            packets = []
+            for packet in container.demux(streams[0]):
+                if packet.size == 0 or packet.pts is None or packet.time_base is None:
+                    continue
+                tb = packet.time_base
+                packets.append(
+                    (float(packet.pts * tb), bytes(packet), float((packet.duration or 0) * tb))
+                )
+            clip_s = float(container.duration / av.time_base) if container.duration else 0.0
+        if not packets or clip_s <= 0:
+            raise CorruptMediaError(f"{path}: no {self.kind} packets to send")
+        return packets, clip_s
+
+    def _generate(self) -> Iterator[tuple[float, av.Packet]]:
+        audio_samples = 0
+        for loop in itertools.count():
+            for t, payload, duration in self._packets:
+                media_t = loop * self._clip_s + max(t, 0.0)
+                if media_t >= self._seconds:
+                    return
+                packet = av.Packet(payload)
+                if self.kind == "video":
+                    packet.pts = round(media_t * VIDEO_TIME_BASE.denominator)
+                    packet.time_base = VIDEO_TIME_BASE
+                else:  # contiguous sample count: no rounding jitter from the ms time base
+                    packet.pts = audio_samples
+                    packet.time_base = AUDIO_TIME_BASE
+                    audio_samples += round((duration or 0.02) * AUDIO_RATE_OUT)
+                    media_t = packet.pts / AUDIO_RATE_OUT
+                yield media_t, packet
+
+    def _end(self) -> None:
+        self.finished.set()
+        self.stop()
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        try:
+            media_t, packet = next(self._iter)
+        except StopIteration:
+            self._end()
+            raise MediaStreamError from None
+        await self._clock.wait_until(media_t, 0.04)
+        if self.kind == "video":
+            self._stats.video_frames += 1
+        else:
+            self._stats.audio_frames += 1
+        return packet
+
+
+async def publish_packets(
+    path: str | Path,
+    url: str,
+    *,
+    seconds: float,
+    token: str | None = None,
+    participant: str | None = None,
+    call: str | None = None,
+    stats: PushStats | None = None,
+    connect_timeout_s: float = 15.0,
+) -> PushStats:
+    """Publish a VP8/Opus file's own packets for ``seconds`` (looping it), then DELETE.
+
+    What a WebRTC sender puts on the wire, without its encoding cost: soak and capacity
+    runs on a small machine measure the server, not the publishers.
+    """
+    path = Path(path)
+    stats = stats if stats is not None else PushStats()
+    clock = PacingClock(stats)
+    tracks = [PacketTrack(kind, path, seconds, clock, stats) for kind in ("video", "audio")]
+    return await _publish(tracks, url, token, participant, call, stats, connect_timeout_s)
 
 
 async def _wait_first(a: asyncio.Event, b: asyncio.Event, timeout_s: float) -> None:

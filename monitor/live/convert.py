@@ -39,6 +39,7 @@ class AudioConverter:
         self._samples_out = 0
         self._next_pts_s: float | None = None  # where the next input frame should start
         self.filled_s = 0.0  # silence inserted for gaps
+        self._gaps: list[tuple[float, float]] = []  # (media time, seconds) filled
 
     def _restart(self, t: float) -> None:
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
@@ -58,8 +59,10 @@ class AudioConverter:
                 self._restart(t)  # clock went backwards or a long outage: re-anchor
             elif gap_s > duration_s / 2:
                 zeros = np.zeros(round(gap_s * AUDIO_RATE), dtype=np.float32)
-                chunks.append(self._emit(zeros))
+                chunk = self._emit(zeros)
+                chunks.append(chunk)
                 self.filled_s += gap_s
+                self._gaps.append((chunk.t, gap_s))
         self._next_pts_s = pts_s + duration_s
         assert self._resampler is not None
         for out in self._resampler.resample(frame):
@@ -67,6 +70,11 @@ class AudioConverter:
             if len(samples):
                 chunks.append(self._emit(samples))
         return chunks
+
+    def take_gaps(self) -> list[tuple[float, float]]:
+        """(media time, seconds) of the gaps filled with silence since the last call."""
+        gaps, self._gaps = self._gaps, []
+        return gaps
 
     def _emit(self, samples: np.ndarray) -> AudioChunk:
         assert self._anchor_t is not None

@@ -51,12 +51,14 @@ class LiveMetrics:
     sessions_active: int = 0
     sessions_total: int = 0
     sessions_rejected: int = 0
+    rejected_by_status: Counter[int] = field(default_factory=Counter)
     frames_in: Counter[str] = field(default_factory=Counter)
     frames_dropped: Counter[str] = field(default_factory=Counter)
     windows_scored: int = 0
     alerts: Counter[str] = field(default_factory=Counter)
     events: Counter[str] = field(default_factory=Counter)
     inference: Histogram = field(default_factory=lambda: Histogram(INFERENCE_BUCKETS_S))
+    rss_mib: float | None = None  # set by the server before each render
     # Per sink {outcome: count} (monitor.sinks.build.sink_stats), read at each scrape.
     sink_stats: Callable[[], dict[str, dict[str, int]]] | None = None
 
@@ -99,6 +101,15 @@ class LiveMetrics:
             [f"dfmon_sessions_rejected_total {self.sessions_rejected}"],
         )
         metric(
+            "dfmon_sessions_rejected_by_status_total",
+            "counter",
+            "WHIP offers refused, by HTTP status (503 capacity, 429 quota, 4xx bad offer).",
+            [
+                f'dfmon_sessions_rejected_by_status_total{{status="{status}"}} {n}'
+                for status, n in sorted(self.rejected_by_status.items())
+            ],
+        )
+        metric(
             "dfmon_frames_received_total",
             "counter",
             "Decoded frames read from WebRTC tracks.",
@@ -134,6 +145,13 @@ class LiveMetrics:
             "Events emitted by type.",
             [f'dfmon_events_total{{type="{t}"}} {n}' for t, n in sorted(self.events.items())],
         )
+        if self.rss_mib is not None:
+            metric(
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                [f"process_resident_memory_bytes {round(self.rss_mib * 1024 * 1024)}"],
+            )
         sinks = self.sink_stats() if self.sink_stats is not None else {}
         metric(
             "dfmon_sink_events_total",

@@ -34,20 +34,19 @@ import av
 from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
-from monitor.config import MonitorConfig
+from monitor.config import LiveConfig, MonitorConfig
 from monitor.events import EventFactory, EventSink
+from monitor.live.admission import BusyMeter, SessionLoad
 from monitor.live.align import SessionClock
 from monitor.live.convert import AudioConverter, frame_seconds, to_video_frame
 from monitor.live.metrics import LiveMetrics
-from monitor.media import AudioChunk, StreamInfo
+from monitor.media import AudioChunk, LostMedia, StreamInfo
 
 log = logging.getLogger(__name__)
 
 # A frame waits at most this long (wall seconds) for the other track before it is fed,
 # so the analyzer sees audio and video in (nearly) time order.
 MERGE_HOLD_S = 0.1
-# A session whose client never sends media is ended after this many seconds.
-CONNECT_TIMEOUT_S = 20.0
 WATCHDOG_PERIOD_S = 0.25
 
 
@@ -57,7 +56,7 @@ class Analyzer(Protocol):
     def start(self, info: StreamInfo) -> None: ...
     def add_video(self, frame: Any) -> None: ...
     def add_audio(self, chunk: AudioChunk) -> None: ...
-    def note_dropped(self, kind: str, count: int) -> None: ...
+    def note_lost(self, item: LostMedia) -> None: ...
     def finish(self, reason: str | None = None) -> dict: ...
 
 
@@ -70,7 +69,7 @@ def default_analyzer_factory(
 ) -> Analyzer:
     from monitor.pipeline import SessionAnalyzer
 
-    return SessionAnalyzer(config, session=session, participant=participant, emit=emit)
+    return SessionAnalyzer(config, session=session, participant=participant, emit=emit, live=True)
 
 
 @dataclass(slots=True)
@@ -92,7 +91,16 @@ class TrackBuffer:
         self._lock = threading.Lock()
         self.received = 0
         self.dropped = 0
+        self.last_drop_s: float | None = None  # time.monotonic() of the latest drop
         self.ended = False  # the track ended: nothing more will come
+        # What was dropped, for the analysis to place: (pts on the track clock, seconds);
+        # the worker takes them every frame, so a little more than the buffer is plenty.
+        self._dropped_items: deque[tuple[float, float]] = deque(maxlen=2 * maxlen + 64)
+
+    def _drop(self, item: Arrival) -> None:
+        frame = item.frame
+        seconds = frame.samples / frame.sample_rate if isinstance(frame, av.AudioFrame) else 0.0
+        self._dropped_items.append((item.pts_s, seconds))
 
     def push(self, item: Arrival) -> bool:
         """Append; returns True when the oldest frame had to be dropped."""
@@ -100,10 +108,19 @@ class TrackBuffer:
             self.received += 1
             dropped = len(self._items) >= self._maxlen
             if dropped:
-                self._items.popleft()
+                self._drop(self._items.popleft())
                 self.dropped += 1
+                self.last_drop_s = item.arrival_s
             self._items.append(item)
             return dropped
+
+    def take_dropped(self) -> list[tuple[float, float]]:
+        """(pts, seconds) of the frames dropped since the last call (the most recent of
+        them, should the worker not have taken them for long: ``dropped`` stays exact)."""
+        with self._lock:
+            items = list(self._dropped_items)
+            self._dropped_items.clear()
+            return items
 
     def peek(self) -> Arrival | None:
         with self._lock:
@@ -119,13 +136,79 @@ class TrackBuffer:
         dropped = 0
         with self._lock:
             while self._items and not_before <= self._items[0].arrival_s < arrived_before:
-                self._items.popleft()
+                self._drop(self._items.popleft())
                 dropped += 1
-            self.dropped += dropped
+            if dropped:
+                self.dropped += dropped
+                self.last_drop_s = time.monotonic()
         return dropped
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class MediaIntake:
+    """What the reader tasks (event loop) hand the worker thread, and nothing else:
+    one bounded buffer per track, the clock that puts them on media time, and the
+    events that wake the worker and tell it to stop. Every method is thread-safe."""
+
+    def __init__(self, kinds: tuple[str, ...], live: LiveConfig) -> None:
+        self.kinds = kinds
+        self.buffers = {
+            "video": TrackBuffer("video", live.video_buffer_frames),
+            "audio": TrackBuffer("audio", live.audio_buffer_frames),
+        }
+        self.wakeup = threading.Event()
+        self.stop = threading.Event()
+        self._clock = SessionClock(kinds, warmup_s=live.align_warmup_s)
+        self._clock_lock = threading.Lock()
+        self._video_pts_head: list[float] = []  # first video pts, for the frame rate
+
+    def push(self, kind: str, pts_s: float, arrival_s: float, frame: Any) -> bool:
+        """A frame from a reader; returns True when the buffer dropped its oldest."""
+        with self._clock_lock:
+            self._clock.observe(kind, pts_s, arrival_s)
+            if kind == "video" and len(self._video_pts_head) < 25:
+                self._video_pts_head.append(pts_s)
+        dropped = self.buffers[kind].push(Arrival(pts_s, arrival_s, frame))
+        self.wakeup.set()
+        return dropped
+
+    def end(self, kind: str) -> None:
+        self.buffers[kind].ended = True
+        self.wakeup.set()
+
+    def live_kinds(self) -> list[str]:
+        """The tracks that may still deliver frames."""
+        return [k for k in self.kinds if not self.buffers[k].ended]
+
+    def ready(self, kind: str, now: float) -> bool:
+        if kind not in self.kinds:
+            return False
+        with self._clock_lock:
+            return self._clock.ready(kind, now)
+
+    def media_time(self, kind: str, pts_s: float) -> float:
+        with self._clock_lock:
+            return self._clock.media_time(kind, pts_s)
+
+    def last_drop_s(self) -> float | None:
+        drops = [b.last_drop_s for b in self.buffers.values() if b.last_drop_s is not None]
+        return max(drops) if drops else None
+
+    def frame_rate(self) -> float | None:
+        """From the median interval of the first video timestamps."""
+        with self._clock_lock:
+            head = list(self._video_pts_head)
+        if len(head) < 3:
+            return None
+        intervals = sorted(b - a for a, b in zip(head, head[1:], strict=False))
+        median = intervals[len(intervals) // 2]
+        return round(1.0 / median, 2) if median > 0 else None
+
+    def frame_size(self) -> tuple[int | None, int | None]:
+        video = self.buffers["video"].peek()
+        return (video.frame.width, video.frame.height) if video is not None else (None, None)
 
 
 class LiveSession:
@@ -144,6 +227,7 @@ class LiveSession:
         metrics: LiveMetrics,
         analyzer_factory: AnalyzerFactory = default_analyzer_factory,
         on_closed: Callable[[LiveSession], None] | None = None,
+        quota_key: str = "",
     ) -> None:
         self.config = config
         self.id = session_id
@@ -152,18 +236,13 @@ class LiveSession:
         self.kinds = kinds
         self.codecs = codecs
         self.metrics = metrics
+        self.quota_key = quota_key
         self.reason: str | None = None
         self.summary: dict | None = None
         self.created_s = time.monotonic()
         self.last_media_s: float | None = None
-        self.video_pts_head: list[float] = []  # first video pts, for the frame rate
-        live = config.live
-        self.buffers = {
-            "video": TrackBuffer("video", live.video_buffer_frames),
-            "audio": TrackBuffer("audio", live.audio_buffer_frames),
-        }
-        self.clock = SessionClock(kinds, warmup_s=live.align_warmup_s)
-        self._clock_lock = threading.Lock()
+        self.intake = MediaIntake(kinds, config.live)
+        self.busy = BusyMeter()
         self._dispatch = dispatch
         self._analyzer_factory = analyzer_factory
         self._on_closed = on_closed
@@ -172,8 +251,6 @@ class LiveSession:
         self._readers: list[asyncio.Task] = []
         self._watchdog: asyncio.Task | None = None
         self._closing: asyncio.Task | None = None
-        self._wakeup = threading.Event()
-        self._stop = threading.Event()
         self._worker_done: asyncio.Future[None] = self._loop.create_future()
         self._disconnected: asyncio.Future[None] = self._loop.create_future()
         self._worker = threading.Thread(
@@ -188,7 +265,7 @@ class LiveSession:
         self._watchdog = self._loop.create_task(self._watch(), name=f"watchdog-{self.id}")
 
     def add_track(self, track: MediaStreamTrack) -> None:
-        if track.kind not in self.buffers:
+        if track.kind not in self.intake.buffers:
             return
         task = self._loop.create_task(self._read(track), name=f"read-{track.kind}-{self.id}")
         self._readers.append(task)
@@ -196,6 +273,18 @@ class LiveSession:
     @property
     def closed(self) -> bool:
         return self._closing is not None
+
+    def load(self, now: float) -> SessionLoad:
+        """What admission control sees of this session."""
+        last_drop = self.intake.last_drop_s()
+        return SessionLoad(
+            key=self.quota_key,
+            has_media=self.last_media_s is not None,
+            busy=self.busy.fraction(now),
+            dropped_recently=(
+                last_drop is not None and now - last_drop < self.config.live.overload_hold_s
+            ),
+        )
 
     def request_close(self, reason: str) -> asyncio.Task:
         """Start closing (once); the first reason given wins."""
@@ -226,10 +315,9 @@ class LiveSession:
         except Exception:  # a broken transport must not keep the session alive
             log.exception("session %s: closing the peer connection failed", self.id)
         self._disconnected.set_result(None)
-        for buffer in self.buffers.values():
-            buffer.ended = True
-        self._stop.set()
-        self._wakeup.set()
+        for kind in self.intake.buffers:
+            self.intake.end(kind)
+        self.intake.stop.set()
         await self._worker_done
         self._worker.join()
         if self._on_closed is not None:
@@ -242,28 +330,19 @@ class LiveSession:
 
     async def _read(self, track: MediaStreamTrack) -> None:
         kind = track.kind
-        buffer = self.buffers[kind]
         try:
             while True:
                 frame = await track.recv()
                 now = time.monotonic()
                 if frame.pts is None or frame.time_base is None:
                     continue
-                pts_s = frame_seconds(frame)
-                with self._clock_lock:
-                    self.clock.observe(kind, pts_s, now)
                 self.last_media_s = now
-                if kind == "video" and len(self.video_pts_head) < 25:
-                    self.video_pts_head.append(pts_s)
                 self.metrics.frames_in[kind] += 1
-                if buffer.push(Arrival(pts_s, now, frame)):
+                if self.intake.push(kind, frame_seconds(frame), now, frame):
                     self.metrics.frames_dropped[kind] += 1
-                self._wakeup.set()
         except MediaStreamError:
-            buffer.ended = True
-            self._wakeup.set()
-            live = [k for k in self.kinds if not self.buffers[k].ended]
-            if not live and not self.closed:
+            self.intake.end(kind)
+            if not self.intake.live_kinds() and not self.closed:
                 self.request_close("media_ended")
         except asyncio.CancelledError:
             raise
@@ -272,15 +351,15 @@ class LiveSession:
             self.request_close("error")
 
     async def _watch(self) -> None:
-        timeout = self.config.live.no_media_timeout_s
+        live = self.config.live
         while True:
             await asyncio.sleep(WATCHDOG_PERIOD_S)
             now = time.monotonic()
             if self.last_media_s is None:
-                if now - self.created_s > CONNECT_TIMEOUT_S:
+                if now - self.created_s > live.connect_timeout_s:
                     self.request_close("no_media")
                     return
-            elif now - self.last_media_s > timeout:
+            elif now - self.last_media_s > live.no_media_timeout_s:
                 self.request_close("no_media")
                 return
 
@@ -313,7 +392,14 @@ class LiveSession:
             analyzer = self._analyzer_factory(
                 self.config, session=self.id, participant=self.participant, emit=self._emit
             )
-            feeder = _Feeder(self, analyzer)
+            feeder = _Feeder(
+                self.intake,
+                analyzer,
+                info=self.stream_info,
+                max_frame_age_s=self.config.live.max_frame_age_s,
+                on_stale=self._count_stale,
+                busy=self.busy,
+            )
             feeder.run()
             self.summary = analyzer.finish(self.reason or "closed")
         except Exception as exc:
@@ -327,28 +413,19 @@ class LiveSession:
                 log.exception("session %s: finishing the analysis failed", self.id)
             if self.summary is None:
                 self._emit(self._events.make("session_ended", reason="error"))
-            if not self._stop.is_set():
+            if not self.intake.stop.is_set():
                 with contextlib.suppress(RuntimeError):
                     self._loop.call_soon_threadsafe(self.request_close, "error")
-                self._stop.wait()
+                self.intake.stop.wait()
         finally:
             self._finish_worker()
 
     def stream_info(self) -> StreamInfo:
         """What is known about the media when analysis starts."""
-        width = height = None
-        fps = None
-        head = list(self.video_pts_head)  # the reader task may still append
-        if len(head) >= 3:
-            intervals = sorted(b - a for a, b in zip(head, head[1:], strict=False))
-            median = intervals[len(intervals) // 2]
-            fps = round(1.0 / median, 2) if median > 0 else None
-        video = self.buffers["video"].peek()
-        if video is not None:
-            width, height = video.frame.width, video.frame.height
+        width, height = self.intake.frame_size()
         return StreamInfo(
             source="whip",
-            fps=fps,
+            fps=self.intake.frame_rate(),
             width=width,
             height=height,
             sample_rate=48000 if "audio" in self.kinds else None,
@@ -359,61 +436,73 @@ class LiveSession:
 
 
 class _Feeder:
-    """The worker's loop: waits for the clocks, then feeds frames in media-time order."""
+    """The worker's loop: waits for the clocks, then feeds frames in media-time order.
 
-    def __init__(self, session: LiveSession, analyzer: Analyzer) -> None:
-        self.s = session
+    It owns the conversion state (audio resampling, video numbering, the last video time)
+    and sees the session only through its :class:`MediaIntake` and the callbacks given.
+    """
+
+    def __init__(
+        self,
+        intake: MediaIntake,
+        analyzer: Analyzer,
+        *,
+        info: Callable[[], StreamInfo],
+        max_frame_age_s: float,
+        on_stale: Callable[[str, int], None] = lambda kind, count: None,
+        busy: BusyMeter | None = None,
+    ) -> None:
+        self.intake = intake
         self.analyzer = analyzer
+        self.info = info
+        self.max_frame_age_s = max_frame_age_s
+        self.on_stale = on_stale
+        self.busy = busy if busy is not None else BusyMeter()
         self.audio = AudioConverter()
         self.video_index = 0
         self.last_video_t = -math.inf
         self.reported_drops = {"video": 0, "audio": 0}
         self.started = False
         self.started_at = math.inf  # monotonic time the analyzer started
-        self.max_age_s = session.config.live.max_frame_age_s
-
-    def ready(self, kind: str, now: float) -> bool:
-        if kind not in self.s.kinds:
-            return False
-        with self.s._clock_lock:
-            return self.s.clock.ready(kind, now)
-
-    def media_time(self, kind: str, pts_s: float) -> float:
-        with self.s._clock_lock:
-            return self.s.clock.media_time(kind, pts_s)
 
     def run(self) -> None:
-        s = self.s
+        intake = self.intake
         while True:
-            stopping = s._stop.is_set()
+            stopping = intake.stop.is_set()
             # When stopping, freeze whatever estimate exists so buffered frames still count.
             now = math.inf if stopping else time.monotonic()
             if not self.started:
-                if any(self.ready(k, now) for k in s.kinds) or stopping:
-                    self.analyzer.start(s.stream_info())
+                if any(intake.ready(k, now) for k in intake.kinds) or stopping:
+                    self.analyzer.start(self.info())
                     self.started = True
                     self.started_at = time.monotonic()
                 else:
-                    s._wakeup.wait(0.05)
-                    s._wakeup.clear()
+                    intake.wakeup.wait(0.05)
+                    intake.wakeup.clear()
                     continue
-            s._wakeup.clear()
+            intake.wakeup.clear()
             fed = 0
             while True:
+                if not stopping and intake.stop.is_set():
+                    # The session ended while a frame was being analysed: what is
+                    # buffered now is the call's tail, to be analysed, not dropped.
+                    stopping, now = True, math.inf
                 if not stopping:
                     now = time.monotonic()
                     self.drop_stale(now)
                 kind = self.pick(now, stopping)
                 if kind is None:
                     break
+                began = time.monotonic()
                 self.feed(kind)
                 self.report_drops()
+                self.busy.add(time.monotonic() - began)
                 fed += 1
             self.report_drops()
             if stopping:
                 return
             if not fed:
-                s._wakeup.wait(0.05)
+                intake.wakeup.wait(0.05)
 
     def drop_stale(self, now: float) -> None:
         """Video frames that waited too long are dropped, so the analysis lag stays bounded.
@@ -421,31 +510,33 @@ class _Feeder:
         Only video: it is what costs (face tracking per frame), while audio is cheap and
         a window without its audio could not be scored at all.
         """
-        dropped = self.s.buffers["video"].drop_older(now - self.max_age_s, self.started_at)
+        video = self.intake.buffers["video"]
+        dropped = video.drop_older(now - self.max_frame_age_s, self.started_at)
         if dropped:
-            self.s._count_stale("video", dropped)
+            self.on_stale("video", dropped)
 
     def pick(self, now: float, stopping: bool) -> str | None:
         """The kind whose head frame is earliest in media time, or None to wait."""
+        intake = self.intake
         heads: dict[str, tuple[float, Arrival]] = {}
-        for kind in self.s.kinds:
-            item = self.s.buffers[kind].peek()
-            if item is not None and self.ready(kind, now):
-                heads[kind] = (self.media_time(kind, item.pts_s), item)
+        for kind in intake.kinds:
+            item = intake.buffers[kind].peek()
+            if item is not None and intake.ready(kind, now):
+                heads[kind] = (intake.media_time(kind, item.pts_s), item)
         if not heads:
             return None
         kind = min(heads, key=lambda k: heads[k][0])
         if len(heads) == 1 and not stopping:
-            others_live = any(not self.s.buffers[k].ended for k in self.s.kinds if k != kind)
+            others_live = any(k != kind for k in intake.live_kinds())
             if others_live and now - heads[kind][1].arrival_s < MERGE_HOLD_S:
                 return None
         return kind
 
     def feed(self, kind: str) -> None:
-        item = self.s.buffers[kind].pop()
+        item = self.intake.buffers[kind].pop()
         if item is None:
             return
-        t = self.media_time(kind, item.pts_s)
+        t = self.intake.media_time(kind, item.pts_s)
         if kind == "video":
             if t < 0 or t <= self.last_video_t:
                 return  # before the call's origin, or out of order
@@ -464,8 +555,18 @@ class _Feeder:
                 self.analyzer.add_audio(chunk)
 
     def report_drops(self) -> None:
-        for kind, buffer in self.s.buffers.items():
+        """Tell the analysis what was dropped, where in media time when the clock knows."""
+        for kind, buffer in self.intake.buffers.items():
             new = buffer.dropped - self.reported_drops[kind]
-            if new > 0:
-                self.analyzer.note_dropped(kind, new)
-                self.reported_drops[kind] = buffer.dropped
+            if new <= 0:
+                continue
+            self.reported_drops[kind] = buffer.dropped
+            placed = buffer.take_dropped()
+            timed = self.started and self.intake.ready(kind, math.inf)
+            for pts_s, seconds in placed:
+                t = self.intake.media_time(kind, pts_s) if timed else None
+                self.analyzer.note_lost(LostMedia(kind, "dropped", t=t, duration_s=seconds))
+            if new > len(placed):  # more than the buffer remembered: counted, not placed
+                self.analyzer.note_lost(LostMedia(kind, "dropped", count=new - len(placed)))
+        for t, seconds in self.audio.take_gaps():
+            self.analyzer.note_lost(LostMedia("audio", "missing", t=t, duration_s=seconds))

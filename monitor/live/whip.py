@@ -5,15 +5,22 @@ all ICE candidates in the SDP (non-trickle: PATCH is refused with 405), so the c
 needs nothing else. Errors are RFC 9457 ``application/problem+json``. The session URL
 (``Location``) carries a random id from :func:`secrets.token_urlsafe`; the id used in
 events is a different, short one, so that alert subscribers cannot end sessions.
+
+Before an offer is answered, :class:`~monitor.live.admission.Admission` decides whether
+the server can serve one more session without dropping everyone's frames (503 +
+``Retry-After`` otherwise) and whether the token is within its quotas (429). The offer
+must arrive within ``body_timeout_s`` (408) and carry a DTLS fingerprint and ICE
+candidates (400). Host candidates are offered only on the address the request came in
+on, or on the configured ``ice_addresses``.
 The query may name the ``participant`` and the ``call`` it belongs to; events carry both.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -26,10 +33,15 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.exceptions import OperationError
+from aiortc.rtcdtlstransport import X509_DIGEST_ALGORITHMS
 
+from monitor.auth import bearer_challenge, bearer_token, matching_token
 from monitor.config import MonitorConfig
 from monitor.errors import SdpError
 from monitor.events import EventSink
+from monitor.live.admission import Admission, Refusal
+from monitor.live.ice import host_candidates_on, normalize_address
+from monitor.live.memory import release_free_memory, rss_mib
 from monitor.live.metrics import LiveMetrics
 from monitor.live.session import AnalyzerFactory, LiveSession, default_analyzer_factory
 from monitor.sinks.fanout import EventFanout
@@ -40,6 +52,8 @@ WHIP_PATH = "/whip"
 SDP_TYPE = "application/sdp"
 PROBLEM_TYPE = "application/problem+json"
 MAX_OFFER_BYTES = 64 * 1024
+# DTLS fingerprint algorithm -> digest size in bytes, for the algorithms aiortc verifies.
+FINGERPRINT_BYTES = {name: h.digest_size for name, h in X509_DIGEST_ALGORITHMS.items()}
 PARTICIPANT_MAX_LEN = 64
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -62,11 +76,25 @@ def problem(status: int, title: str, detail: str, **headers: str) -> web.Respons
     )
 
 
+@web.middleware
+async def problem_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error aiohttp raises itself (404, 405, 413...) as problem+json too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kept = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        detail = exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else ""
+        return problem(exc.status, exc.reason, detail or exc.reason, **kept)
+
+
 def check_offer(text: str) -> dict[str, str]:
     """Validate a WHIP offer; returns ``{mid: kind}`` of the media it sends.
 
-    Raises :class:`SdpError` (400) when it is not SDP, :class:`UnprocessableOffer` (422)
-    when it sends no media or more than one audio or video track.
+    Raises :class:`SdpError` (400) when it is not SDP, has no usable DTLS fingerprint or
+    no ICE candidates; :class:`UnprocessableOffer` (422) when it sends no media or more
+    than one audio or video track.
     """
     if not text.lstrip().startswith("v=0"):
         raise SdpError("the body is not an SDP session description (it must start with v=0)")
@@ -83,6 +111,7 @@ def check_offer(text: str) -> dict[str, str]:
             continue
         counts[media.kind] += 1
         sending[media.rtp.muxId or str(index)] = media.kind
+        _check_fingerprints(media.kind, media.dtls.fingerprints if media.dtls else [])
     if not sending:
         raise UnprocessableOffer("the offer sends no audio or video")
     too_many = [kind for kind, n in counts.items() if n > 1]
@@ -91,7 +120,33 @@ def check_offer(text: str) -> dict[str, str]:
             f"the offer sends {counts[too_many[0]]} {too_many[0]} tracks; "
             "WHIP allows one audio and one video track per session"
         )
+    if not any(media.ice_candidates for media in description.media):
+        raise SdpError(
+            "the offer carries no ICE candidates (a=candidate): this server does not take "
+            "trickled candidates (PATCH), so gather them before sending the offer"
+        )
     return sending
+
+
+def _check_fingerprints(kind: str, fingerprints: list[Any]) -> None:
+    """WebRTC media is DTLS-SRTP: without a usable fingerprint no handshake can succeed."""
+    if not fingerprints:
+        raise SdpError(f"the offer's {kind} has no DTLS fingerprint (a=fingerprint)")
+    usable = [f for f in fingerprints if f.algorithm.lower() in FINGERPRINT_BYTES]
+    if not usable:
+        algorithms = ", ".join(sorted({f.algorithm for f in fingerprints}))
+        raise SdpError(
+            f"the offer's DTLS fingerprint uses {algorithms}; this server verifies "
+            + ", ".join(FINGERPRINT_BYTES)
+        )
+    for fingerprint in usable:
+        size = FINGERPRINT_BYTES[fingerprint.algorithm.lower()]
+        octets = fingerprint.value.split(":")
+        if len(octets) != size or not all(re.fullmatch("[0-9A-Fa-f]{2}", o) for o in octets):
+            raise SdpError(
+                f"the offer's {fingerprint.algorithm} DTLS fingerprint is malformed: it must be "
+                f"{size} colon-separated hex bytes"
+            )
 
 
 def _negotiated_codecs(answer_sdp: str) -> dict[str, str]:
@@ -133,6 +188,9 @@ class LiveServer:
     ) -> None:
         self.config = config
         self.token = token
+        # Publishing accepts the shared token and each publisher's own (own quotas).
+        self.tokens = [*([token] if token is not None else []), *config.live.publisher_tokens]
+        self.admission = Admission(config.live)
         # With a bus, the gateway authenticates and redirects with a ?ticket= the worker
         # accepts in place of the token (monitor/bus/ticket.py).
         self.ticket_check = ticket_check
@@ -155,7 +213,7 @@ class LiveServer:
     # ----- app and lifecycle --------------------------------------------------------------
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_OFFER_BYTES)
+        app = web.Application(client_max_size=MAX_OFFER_BYTES, middlewares=[problem_errors])
         app.router.add_post(WHIP_PATH, self.handle_post)
         app.router.add_route("OPTIONS", WHIP_PATH, self.handle_options)
         app.router.add_route("PATCH", WHIP_PATH, self.handle_patch)
@@ -238,28 +296,28 @@ class LiveServer:
     # ----- auth ---------------------------------------------------------------------------
 
     def _auth_problem(self, request: web.Request) -> web.Response | None:
-        if self.token is None:
-            return None
+        """The 401 problem for a request without a valid token or ticket, else None."""
+        return self._authorize(request)[0]
+
+    def _authorize(self, request: web.Request) -> tuple[web.Response | None, str]:
+        """(a 401 problem or None, the quota key: the token, or the client's address)."""
+        if not self.tokens:
+            return None, f"address:{request.remote or '?'}"
         ticket = request.query.get("ticket")
         if ticket and self.ticket_check is not None and self.ticket_check(ticket):
-            return None
-        header = request.headers.get("Authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not presented:
-            return problem(
-                401,
-                "Unauthorized",
-                "this server requires Authorization: Bearer TOKEN",
-                **{"WWW-Authenticate": 'Bearer realm="dfmon"'},
-            )
-        if not hmac.compare_digest(presented.strip().encode(), self.token.encode()):
-            return problem(
-                401,
-                "Unauthorized",
-                "the bearer token is not valid",
-                **{"WWW-Authenticate": 'Bearer realm="dfmon", error="invalid_token"'},
-            )
-        return None
+            # Authenticated by the gateway, which redirected here: one quota per client.
+            return None, f"ticket:{request.remote or '?'}"
+        presented = bearer_token(request.headers.get("Authorization"))
+        token = matching_token([presented], self.tokens)
+        if token is not None:
+            return None, f"token:{self.tokens.index(token)}"
+        detail = (
+            "the bearer token is not valid"
+            if presented
+            else "this server requires Authorization: Bearer TOKEN"
+        )
+        challenge = bearer_challenge(invalid=presented is not None)
+        return problem(401, "Unauthorized", detail, **{"WWW-Authenticate": challenge}), ""
 
     # ----- handlers -----------------------------------------------------------------------
 
@@ -283,12 +341,17 @@ class LiveServer:
         )
 
     async def handle_post(self, request: web.Request) -> web.Response:
-        refused = self._auth_problem(request)
-        if refused is not None:
+        response = await self._post(request)
+        if response.status >= 400:
             self.metrics.sessions_rejected += 1
+            self.metrics.rejected_by_status[response.status] += 1
+        return response
+
+    async def _post(self, request: web.Request) -> web.Response:
+        refused, quota_key = self._authorize(request)
+        if refused is not None:
             return refused
         if request.content_type != SDP_TYPE:
-            self.metrics.sessions_rejected += 1
             return problem(
                 415,
                 "Unsupported Media Type",
@@ -299,38 +362,88 @@ class LiveServer:
         call = request.query.get("call", "").strip()
         for name, value in (("participant", participant), ("call", call)):
             if len(value) > PARTICIPANT_MAX_LEN or not value.isprintable():
-                self.metrics.sessions_rejected += 1
                 return problem(
                     400,
                     "Bad Request",
                     f"{name} must be printable and at most {PARTICIPANT_MAX_LEN} characters",
                 )
-        if len(self.sessions) + self._pending_offers >= self.config.live.max_sessions:
-            self.metrics.sessions_rejected += 1
+        refusal = self._admit(quota_key)
+        if refusal is not None:
             return problem(
-                503,
-                "Service Unavailable",
-                f"the server is at its limit of {self.config.live.max_sessions} sessions",
-                **{"Retry-After": "10"},
+                refusal.status,
+                refusal.title,
+                refusal.detail,
+                **{"Retry-After": str(refusal.retry_after_s)},
             )
-        try:
-            offer = await request.text()
-        except UnicodeDecodeError:
-            offer = ""
         self._pending_offers += 1
         try:
-            return await self._accept(offer, participant, call)
+            offer = await self._read_offer(request)
+            if isinstance(offer, web.Response):
+                return offer
+            return await self._accept(
+                offer, participant, call, quota_key, self._ice_addresses(request)
+            )
         finally:
             self._pending_offers -= 1
 
-    async def _accept(self, offer: str, participant: str, call: str = "") -> web.Response:
+    def _admit(self, quota_key: str) -> Refusal | None:
+        now = time.monotonic()
+        loads = [s.load(now) for s in self.sessions.values() if not s.closed]
+        refusal = self.admission.decide(quota_key, loads, self._pending_offers, rss_mib())
+        if refusal is not None:
+            log.info("refused a WHIP offer (%d): %s", refusal.status, refusal.detail)
+        return refusal
+
+    async def _read_offer(self, request: web.Request) -> str | web.Response:
+        """The body, read under ``body_timeout_s`` and at most ``MAX_OFFER_BYTES``."""
+        too_large = problem(
+            413, "Content Too Large", f"an offer may have at most {MAX_OFFER_BYTES} bytes"
+        )
+        if request.content_length is not None and request.content_length > MAX_OFFER_BYTES:
+            too_large.force_close()
+            return too_large
+        timeout = self.config.live.body_timeout_s
+
+        async def read() -> bytes:
+            body = bytearray()
+            while len(body) <= MAX_OFFER_BYTES:
+                chunk = await request.content.read(MAX_OFFER_BYTES + 1 - len(body))
+                if not chunk:
+                    break
+                body += chunk
+            return bytes(body)
+
+        try:
+            body = await asyncio.wait_for(read(), timeout)
+        except TimeoutError:
+            late = problem(408, "Request Timeout", f"the offer did not arrive within {timeout:g} s")
+            late.force_close()
+            return late
+        if len(body) > MAX_OFFER_BYTES:
+            too_large.force_close()
+            return too_large
+        try:
+            return body.decode()
+        except UnicodeDecodeError:
+            return ""  # check_offer answers 400: not SDP
+
+    def _ice_addresses(self, request: web.Request) -> list[str]:
+        """Configured addresses, else the one this request arrived on."""
+        if self.config.live.ice_addresses:
+            return list(self.config.live.ice_addresses)
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        if sockname:
+            return [normalize_address(sockname[0])]
+        return [normalize_address(self.host or "127.0.0.1")]
+
+    async def _accept(
+        self, offer: str, participant: str, call: str, quota_key: str, ice_addresses: list[str]
+    ) -> web.Response:
         try:
             sending = check_offer(offer)
         except UnprocessableOffer as exc:
-            self.metrics.sessions_rejected += 1
             return problem(422, "Unprocessable Offer", str(exc))
         except SdpError as exc:
-            self.metrics.sessions_rejected += 1
             return problem(400, "Bad Request", str(exc))
         session_id = uuid.uuid4().hex[:12]
         resource = secrets.token_urlsafe(24)
@@ -344,17 +457,16 @@ class LiveServer:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
             answer = await pc.createAnswer()
-            await pc.setLocalDescription(answer)  # gathers every candidate first
+            with host_candidates_on(ice_addresses):
+                await pc.setLocalDescription(answer)  # gathers every candidate first
         except (ValueError, OperationError) as exc:
             await pc.close()
-            self.metrics.sessions_rejected += 1
             if isinstance(exc, ValueError):
                 return problem(400, "Bad Request", f"cannot use this offer: {exc}")
             return problem(422, "Unprocessable Offer", f"cannot use this offer: {exc}")
         except Exception as exc:
             log.exception("setting up a peer connection failed")
             await pc.close()
-            self.metrics.sessions_rejected += 1
             return problem(500, "Internal Server Error", f"cannot set up the session: {exc}")
         answer_sdp = pc.localDescription.sdp
         kinds = tuple(sorted(set(sending.values())))
@@ -369,6 +481,7 @@ class LiveServer:
             metrics=self.metrics,
             analyzer_factory=self.analyzer_factory,
             on_closed=lambda s, key=resource: self._forget(key),
+            quota_key=quota_key,
         )
         self.sessions[resource] = session
         if call:
@@ -394,9 +507,12 @@ class LiveServer:
         if session is not None:
             self.calls.pop(session.id, None)
             self.metrics.sessions_active -= 1
+            self.admission.learn(session.busy.lifetime_fraction())
+            # The session's threads are gone: hand their freed memory back (off the loop).
+            asyncio.get_running_loop().run_in_executor(None, release_free_memory)
 
     async def handle_delete(self, request: web.Request) -> web.Response:
-        refused = self._auth_problem(request)
+        refused, _ = self._authorize(request)
         if refused is not None:
             return refused
         session = self.sessions.get(request.match_info["resource"])
@@ -411,6 +527,7 @@ class LiveServer:
         return web.json_response({"status": "ok", "sessions": len(self.sessions)})
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
+        self.metrics.rss_mib = rss_mib()
         return web.Response(
             body=self.metrics.render().encode(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import hmac
 import logging
 import socket
 from collections import deque
@@ -37,6 +36,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from monitor.auth import bearer_challenge, bearer_token, matching_token
 from monitor.config import AlertsConfig
 from monitor.errors import ConfigError
 from monitor.events import dumps
@@ -242,8 +242,7 @@ class AlertServer:
         if self._token is None:
             return None
         presented = self._presented_tokens(request, url.query)
-        expected = self._token.encode()
-        if any(hmac.compare_digest(candidate.encode(), expected) for candidate in presented):
+        if matching_token(presented, [self._token]) is not None:
             return None
         self._refused += 1
         log.info(
@@ -252,17 +251,16 @@ class AlertServer:
             "wrong" if presented else "no",
         )
         response = connection.respond(HTTPStatus.UNAUTHORIZED, "Missing or wrong token\n")
-        challenge = 'Bearer realm="dfmon"' + (', error="invalid_token"' if presented else "")
-        response.headers["WWW-Authenticate"] = challenge
+        response.headers["WWW-Authenticate"] = bearer_challenge(invalid=bool(presented))
         return response
 
     @staticmethod
     def _presented_tokens(request: Request, query: str) -> list[str]:
         tokens = parse_qs(query).get("token", [])
         for value in request.headers.get_all("Authorization"):
-            scheme, _, credentials = value.partition(" ")
-            if scheme.lower() == "bearer":
-                tokens.append(credentials.strip())
+            token = bearer_token(value)
+            if token is not None:
+                tokens.append(token)
         return tokens
 
     async def _handler(self, connection: ServerConnection) -> None:

@@ -128,17 +128,42 @@ def track_from_frames(frames: Sequence[FrameFeatures]) -> FrameTrack:
     return FrameTrack(times, face, crops, lips)
 
 
-def grid_frames(times: np.ndarray, t_start: float, n_grid: int) -> np.ndarray:
+def max_frame_distance(times: np.ndarray) -> float:
+    """How far a grid step may be from its frame: half the call's own frame interval
+    (a 5 fps frame stands for 0.2 s), at least ``MAX_FRAME_DISTANCE_S``."""
+    if len(times) < 2:
+        return MAX_FRAME_DISTANCE_S
+    interval = float(np.median(np.diff(times)))
+    return max(MAX_FRAME_DISTANCE_S, 0.5 * interval + 0.01)
+
+
+def grid_frames(
+    times: np.ndarray, t_start: float, n_grid: int, max_distance: float = MAX_FRAME_DISTANCE_S
+) -> np.ndarray:
     """Index of the nearest frame for each 25 fps grid step, -1 where none is close."""
     grid = t_start + np.arange(n_grid) * GRID_STEP_S
     if len(times) == 0:
         return np.full(n_grid, -1)
-    right = np.clip(np.searchsorted(times, grid), 1, max(len(times) - 1, 1))
-    left = right - 1
+    # The frames either side of each step (the same one at the ends, or with one frame).
+    right = np.clip(np.searchsorted(times, grid), 0, len(times) - 1)
+    left = np.maximum(right - 1, 0)
     pick = np.where(np.abs(times[left] - grid) <= np.abs(times[right] - grid), left, right)
-    pick = np.clip(pick, 0, len(times) - 1)
-    pick[np.abs(times[pick] - grid) > MAX_FRAME_DISTANCE_S] = -1
+    pick[np.abs(times[pick] - grid) > max_distance] = -1
     return pick
+
+
+def missing_stack_reason(track: FrameTrack, t_start: float, t_end: float) -> str:
+    """Why :func:`build_inputs` found no 0.2 s stack: frames missing, or faces missing."""
+    n_grid = int(round((t_end - t_start) / GRID_STEP_S))
+    pick = grid_frames(track.times, t_start, n_grid, max_frame_distance(track.times))
+    framed = pick >= 0
+    if n_grid and framed.mean() < 0.5:
+        return (
+            f"frames missing: {int((~framed).sum())} of {n_grid} 40 ms steps have no frame "
+            f"({len(track)} frames in the window)"
+        )
+    stack_s = STACK_FRAMES * GRID_STEP_S
+    return f"no {STACK_FRAMES} consecutive frames ({stack_s:.1f} s) with a tracked face"
 
 
 def normalize_mel(log_mel: np.ndarray) -> np.ndarray:
@@ -175,7 +200,7 @@ def build_inputs(
     n_grid = int(round((t_end - t_start) / GRID_STEP_S))
     if n_grid < STACK_FRAMES:
         return None
-    pick = grid_frames(track.times, t_start, n_grid)
+    pick = grid_frames(track.times, t_start, n_grid, max_frame_distance(track.times))
     has_face = np.zeros(n_grid, bool)
     has_face[pick >= 0] = track.face[pick[pick >= 0]]
     # A step is scored when the 5 frames centred on it (SyncNet's 0.2 s) all show a face.
