@@ -1,6 +1,6 @@
 """The artifact detector: pseudo-fake synthesis and call rendering with known answers, the
 boundary target and its description, the detector's per-frame cache and evidence, and
-the committed network on a pseudo-fake it has never seen."""
+and the committed network (files, size, ONNX against PyTorch, calibration)."""
 
 from __future__ import annotations
 
@@ -369,3 +369,37 @@ def test_alert_explanation_carries_the_seam_map() -> None:
     )
     insufficient = [quiet.analyze(face_window(frames=20, with_face=5))]
     assert compact_explanation(window, insufficient)["boundary_map"] is None
+
+
+def test_committed_model_files_load_agree_and_stay_small() -> None:
+    """The shipped weights: under 3 M parameters and 8 MB, ONNX and PyTorch give the same
+    answers, the calibration is the out-of-fold one with its score at 0.5 from 4 sigma, and
+    the detector built from the registry's defaults scores a window with its seam map."""
+    from monitor.detectors.artifact.backend import (
+        ONNX_PATH,
+        WEIGHTS_PATH,
+        OnnxArtifactBackend,
+        TorchArtifactBackend,
+    )
+    from monitor.detectors.artifact.model import load_model, parameter_count
+
+    model, checkpoint = load_model(WEIGHTS_PATH)
+    assert parameter_count(model) <= 3_000_000
+    assert WEIGHTS_PATH.stat().st_size < 8e6 and ONNX_PATH.stat().st_size < 8e6
+    record = checkpoint["training"]
+    assert (
+        record["heldout_sources"] and record["history"][-1]["step"] == record["settings"]["steps"]
+    )
+    window = face_window()
+    crops = np.stack([f.face.face_crop for f in window.face_frames[:4]])
+    onnx_logits, onnx_maps = OnnxArtifactBackend().score(crops)
+    torch_logits, torch_maps = TorchArtifactBackend().score(crops)
+    assert np.allclose(onnx_logits, torch_logits, atol=1e-3)
+    assert np.allclose(onnx_maps, torch_maps, atol=1e-3)
+    assert onnx_maps.shape == (4, GRID, GRID) and 0 <= onnx_maps.min() <= onnx_maps.max() <= 1
+    calibration = load_calibration()
+    assert calibration.center_z == 4.0 and calibration.score(calibration.center_z) == 0.5
+    assert set(calibration.meta["real_clips"]) and calibration.meta["pool_report"]["call"]
+    evidence = ArtifactDetector(MonitorConfig()).analyze(window)
+    assert evidence.score is not None and np.isfinite(evidence.fields["z"])
+    assert len(evidence.fields["boundary_map"]["cells"]) == GRID
