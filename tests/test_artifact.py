@@ -1,6 +1,6 @@
 """The artifact detector: pseudo-fake synthesis and call rendering with known answers, the
 boundary target and its description, the detector's per-frame cache and evidence, and
-and the committed network (files, size, ONNX against PyTorch, calibration)."""
+the committed network (files, size, ONNX against PyTorch, calibration)."""
 
 from __future__ import annotations
 
