@@ -571,3 +571,56 @@ def pool_report(
         block["max_real_window_z"] = round(max(window_z), 2) if window_z else None
         report[condition] = block
     return report
+
+
+# ----- the sequential decision's map (monitor/decision.py) ---------------------------------
+
+# The map never speaks for a genuine call (the network cannot see whole generated heads)
+# and one window says at most this much (nats) for a pasted face.
+DECISION_LLR_RANGE = (0.0, 1.0)
+
+
+def decision_map(
+    values: Sequence[ClipValues], clips: Sequence[PoolClip], calibration: Any
+) -> dict[str, Any]:
+    """The detector's score -> log-likelihood-ratio map for the sequential decision, from
+    the held-out pool's windows, conservatively.
+
+    The slope is the class-balanced logistic fit of pasted fakes (the pool's lip-sync
+    fakes) against genuine windows (real clips, recorded and as a starved call) on the
+    logit of the window score, as ``tools/calibrate_decision.py`` fits the other
+    detectors. The intercept is then lowered so that the strongest genuine window gives
+    0 nats, and the map is clipped to :data:`DECISION_LLR_RANGE`: no genuine window of the
+    calibration adds evidence, and a window adds evidence only beyond every one of them.
+    """
+    from monitor.decision import logit
+    from monitor.evaluation.calibrate import balanced_weights, fit_logistic_1d
+
+    kinds = {c.name: (c.label, c.kind) for c in clips}
+    x, y = [], []
+    for clip in values:
+        label, kind = kinds[clip.name]
+        if label == "fake" and kind != "lipsync":
+            continue
+        for value in clip.window_values:
+            x.append(logit(calibration.score(calibration.window.z(value))))
+            y.append(1.0 if label == "fake" else 0.0)
+    x_arr, y_arr = np.array(x), np.array(y)
+    if not len(x_arr) or y_arr.min() == y_arr.max():
+        raise ValueError("the decision map needs genuine and lip-sync windows")
+    slope, fitted_intercept = fit_logistic_1d(x_arr, y_arr, balanced_weights(y_arr))
+    genuine_max = float(x_arr[y_arr == 0].max())
+    slope = max(slope, 0.0)
+    intercept = -slope * genuine_max
+    return {
+        "slope": slope,
+        "intercept": intercept,
+        "llr_min": DECISION_LLR_RANGE[0],
+        "llr_max": DECISION_LLR_RANGE[1],
+        "fit": {
+            "windows": {"genuine": int((y_arr == 0).sum()), "lipsync": int(y_arr.sum())},
+            "fitted_intercept": round(float(fitted_intercept), 4),
+            "genuine_max_score_logit": round(genuine_max, 3),
+            "window_auc": round(auc(x_arr[y_arr == 1], x_arr[y_arr == 0]), 3),
+        },
+    }
