@@ -137,6 +137,8 @@ def _run_worker(
     if one_core:
         command = ["taskset", "-c", "0", *command]
     env = {**os.environ, **ONE_CORE_ENV} if one_core else dict(os.environ)
+    if tree != ROOT:  # that commit's package, not the one installed from this checkout
+        env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")]).rstrip(":")
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     wall = time.perf_counter() - started

@@ -238,7 +238,7 @@ def _batch(
 ) -> tuple[Any, Any, Any, Any]:
     import torch
 
-    from monitor.detectors.artifact.model import normalize
+    from monitor.detectors.artifact.crops import normalize
 
     crops = samples.crops[indices]
     boundary = samples.boundary[indices].astype(np.float32)

@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 
 from monitor.config import FaceConfig
-from monitor.detectors.artifact.model import GRID, INPUT_SIDE, boundary_target
+from monitor.detectors.artifact.crops import GRID, INPUT_SIDE, boundary_target
 from monitor.detectors.temporal.geometry import FACE_OVAL, LIP_OUTLINE, STABLE, face_crop_points
 from monitor.errors import InputError
 from monitor.features.face import (

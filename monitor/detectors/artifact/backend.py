@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from monitor.detectors.artifact.model import normalize
+from monitor.detectors.artifact.crops import normalize
 from monitor.errors import BackendUnavailableError
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def export_onnx(model: object, path: Path = ONNX_PATH) -> None:
     """The network as ONNX (opset 17, any batch size)."""
     import torch
 
-    from monitor.detectors.artifact.model import INPUT_SIDE
+    from monitor.detectors.artifact.crops import INPUT_SIDE
 
     example = torch.zeros(1, 3, INPUT_SIDE, INPUT_SIDE)
     torch.onnx.export(

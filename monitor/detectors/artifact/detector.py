@@ -26,13 +26,13 @@ import numpy as np
 from monitor.config import MonitorConfig
 from monitor.detectors.artifact.backend import ArtifactBackend, shared_backend
 from monitor.detectors.artifact.calibration import ArtifactCalibration, load_calibration
+from monitor.detectors.artifact.crops import to_input_side
 from monitor.detectors.artifact.evidence import (
     FaceGeometry,
     boundary_map_json,
     describe_region,
     face_geometry,
 )
-from monitor.detectors.artifact.model import to_input_side
 from monitor.detectors.base import Evidence, format_span
 from monitor.windows import AnalysisWindow
 

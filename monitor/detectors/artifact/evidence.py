@@ -14,7 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from monitor.detectors.artifact.model import GRID, INPUT_SIDE
+from monitor.detectors.artifact.crops import GRID, INPUT_SIDE
 from monitor.detectors.temporal.geometry import FACE_OVAL, LIP_OUTLINE, face_crop_points
 
 # Named points (FaceMesh indices) carried with the map.

@@ -17,28 +17,33 @@ from __future__ import annotations
 
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
-INPUT_SIDE = 256  # the tracker's face crop (FaceConfig.face_crop_size)
-GRID = 16  # output grid: one cell per 16x16 input pixels
+from monitor.detectors.artifact.crops import (
+    GRID,
+    INPUT_SIDE,
+    boundary_target,
+    normalize,
+    to_input_side,
+)
+
+__all__ = [
+    "GRID",
+    "INPUT_SIDE",
+    "ArtifactNet",
+    "boundary_target",
+    "load_model",
+    "normalize",
+    "parameter_count",
+    "save_model",
+    "score_crops",
+    "to_input_side",
+]
+
 STAGES = (16, 32, 48, 64, 96)
-# The mask is blurred by this much (input pixels) before the boundary is read, so a hard
-# edge gives a seam one or two cells wide wherever it falls on the grid.
-TARGET_BLUR = 6.0
 TOP_CELLS = 8
-
-
-def boundary_target(mask: np.ndarray) -> np.ndarray:
-    """4·M·(1−M) for a unit-peak blend mask of INPUT_SIDE pixels, its maximum per grid cell:
-    1 in the cells the mask's edge crosses, falling off over about a cell either side."""
-    soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), TARGET_BLUR)
-    seam = 4.0 * soft * (1.0 - soft)
-    cell = INPUT_SIDE // GRID
-    cells = seam.reshape(GRID, cell, GRID, cell).max(axis=(1, 3))
-    return np.clip(cells, 0.0, 1.0).astype(np.float32)
 
 
 def _block(c_in: int, c_out: int, stride: int, dilation: int = 1) -> nn.Sequential:
@@ -78,23 +83,6 @@ class ArtifactNet(nn.Module):
         top = torch.sigmoid(boundary).flatten(1).topk(TOP_CELLS, dim=1).values
         pooled = torch.cat([upper, lower, lower - upper, strongest, top], dim=1)
         return self.classify(pooled)[:, 0], boundary
-
-
-def normalize(crops: np.ndarray) -> np.ndarray:
-    """(N, S, S, 3) uint8 RGB -> (N, 3, S, S) float32, each crop standardised on its own
-    (mean per channel, one spread), so exposure and contrast do not decide."""
-    x = np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32)
-    x -= x.mean(axis=(2, 3), keepdims=True)
-    x /= x.reshape(len(x), -1).std(axis=1)[:, None, None, None] + 2.0
-    return x
-
-
-def to_input_side(crop: np.ndarray) -> np.ndarray:
-    """A face crop of any size at INPUT_SIDE (the default tracker already cuts it so)."""
-    if crop.shape[0] == INPUT_SIDE and crop.shape[1] == INPUT_SIDE:
-        return crop
-    interpolation = cv2.INTER_AREA if crop.shape[0] > INPUT_SIDE else cv2.INTER_LINEAR
-    return cv2.resize(crop, (INPUT_SIDE, INPUT_SIDE), interpolation=interpolation)
 
 
 @torch.inference_mode()
