@@ -54,6 +54,10 @@ class FaceConfig:
     # Whole face at up to this detail: texture cues need the fine scale generators lose.
     face_crop_size: int = 256
     min_detection_confidence: float = 0.5
+    # The landmark model runs on every n-th frame; optical flow carries the frames between.
+    landmark_interval: int = 1
+    # Faces tracked at once (each its own track); more are ignored.
+    max_faces: int = 4
 
 
 @dataclass
@@ -245,6 +249,8 @@ class MonitorConfig:
             raise ConfigError(f"need 0 < hop ({w.hop_s}) <= window ({w.window_s})")
         if w.window_s > 60:
             raise ConfigError(f"window {w.window_s} s is too long (at most 60 s)")
+        if self.face.landmark_interval < 1 or self.face.max_faces < 1:
+            raise ConfigError("face.landmark_interval and face.max_faces must be at least 1")
         if not (0 <= w.min_frames_fraction <= 1 and 0 <= w.min_audio_fraction <= 1):
             raise ConfigError("window.min_frames_fraction and min_audio_fraction must be in [0, 1]")
         f = self.fusion

@@ -21,6 +21,7 @@ from monitor.detectors.base import format_span
 if TYPE_CHECKING:
     from monitor.config import MonitorConfig
     from monitor.detectors.base import Evidence
+    from monitor.features.speaker import SpeakerChoice
     from monitor.fusion import LevelChange
     from monitor.media import StreamInfo
     from monitor.windows import AnalysisWindow
@@ -92,17 +93,26 @@ class EventFactory:
         session_level: str,
         dropped_frames: int,
         inference_s: float,
+        speaker: SpeakerChoice | None = None,
         caveats: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """One window's score; ``window_risk`` None is insufficient evidence. ``caveats``
-        (too little media, thinned media, missing detectors) go into the rationale."""
+        """One window's score; ``window_risk`` None is insufficient evidence. ``speaker``:
+        which of several faces was scored (or that none could be), named in the event.
+        ``caveats`` (too little media, thinned media, missing detectors) go into the
+        rationale."""
         if window_risk is None:
-            reasons = "; ".join([*caveats, *(e.rationale for e in evidence)]) or "no detector ran"
+            reasons = [e.rationale for e in evidence]
+            if speaker is not None and speaker.track_id is None:
+                reasons = [speaker.reason]
             span = format_span(window.t_start, window.t_end)
-            rationale = f"insufficient evidence over {span}: {reasons}"
+            because = "; ".join([*caveats, *reasons]) or "no detector ran"
+            rationale = f"insufficient evidence over {span}: {because}"
         else:
             rationale = "; ".join([scored_rationale(evidence, strongest_first=True), *caveats])
+            if speaker is not None:
+                rationale = f"{speaker.reason}; {rationale}"
         quality = window.quality.as_event() if window.quality is not None else None
+        extra = {"speaker": speaker.to_json()} if speaker is not None else {}
         return self.make(
             "score",
             window=window.index,
@@ -117,6 +127,7 @@ class EventFactory:
             dropped_frames=dropped_frames,
             quality=quality,
             inference_ms=round(inference_s * 1000, 2),
+            **extra,
         )
 
     def alert(

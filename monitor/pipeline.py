@@ -23,6 +23,7 @@ from monitor.detectors.base import Detector, Evidence, format_span
 from monitor.detectors.runner import CallTimeout, DetectorRunner
 from monitor.events import EventFactory, EventSink
 from monitor.explain.live import compact_explanation
+from monitor.features.speaker import SpeakerChoice, SpeakerSelector, window_of_speaker
 from monitor.features.types import FrameFeatures
 from monitor.fusion import RiskState, fuse_evidence, gate_clearing
 from monitor.levels import LEVEL_RANK, UNKNOWN
@@ -124,6 +125,9 @@ class SessionAnalyzer:
             session=session,
             cut_stalled_video=live,
         )
+        self._speakers: SpeakerSelector | None = None  # made when a second face shows up
+        self._speakers_judge: Detector | None = None  # whose scorer the selector uses
+        self._background_counted: dict[str, float] = {}  # per-frame seconds already counted
         self._finished = False
         self._closed = False
 
@@ -169,13 +173,33 @@ class SessionAnalyzer:
 
     def add_video(self, frame: VideoFrame) -> None:
         started = time.perf_counter()
-        face = self.face_tracker.track(frame)
+        track_faces = getattr(self.face_tracker, "track_faces", None)
+        if track_faces is not None:
+            faces = tuple(track_faces(frame))
+        else:  # a tracker of one face
+            face = self.face_tracker.track(frame)
+            faces = () if face is None else (face,)
         self.stats.stage_seconds["landmarks"] += time.perf_counter() - started
         self.stats.video_frames += 1
-        self.stats.frames_with_face += face is not None
+        self.stats.frames_with_face += bool(faces)
         height, width = frame.image.shape[:2]
-        self._windower.add_frame(FrameFeatures(frame.t, frame.index, (height, width), face))
+        features = FrameFeatures(
+            frame.t,
+            frame.index,
+            (height, width),
+            faces[0] if faces else None,
+            faces if len(faces) > 1 else (),
+        )
+        self._windower.add_frame(features)
+        self._observe(features)
         self._pump()
+
+    def _observe(self, frame: FrameFeatures) -> None:
+        """Hand the frame to the detectors that work per frame, on their own threads."""
+        for name, detector in self.detectors.items():
+            observe = getattr(detector, "observe", None)
+            if observe is not None:
+                self._runner(name).submit(partial(observe, frame))
 
     def add_audio(self, chunk: AudioChunk) -> None:
         self._windower.add_audio(chunk)
@@ -237,6 +261,18 @@ class SessionAnalyzer:
             runner = self._runners[name] = DetectorRunner(name)
         return runner
 
+    def _count_background(self, name: str) -> None:
+        """Add the time a detector spent on per-frame work since last asked to its total."""
+        runner = self._runners.get(name)
+        if runner is None:
+            return
+        done = runner.background_seconds
+        counted = self._background_counted.get(name, 0.0)
+        self.stats.detector_seconds[name] = (
+            self.stats.detector_seconds.get(name, 0.0) + done - counted
+        )
+        self._background_counted[name] = done
+
     def _disable(self, name: str, why: str, at: AnalysisWindow) -> None:
         """Drop a detector for the rest of the session, stop its thread (unless it hung)
         and say so, with what it means for the verdicts."""
@@ -271,12 +307,50 @@ class SessionAnalyzer:
                 # A result that came just past the deadline is over budget all the same.
                 took = f"{elapsed:.2f} s" if elapsed > budget else None
             self.stats.detector_seconds[name] = self.stats.detector_seconds.get(name, 0.0) + elapsed
+            self._count_background(name)
             if took is not None:
                 why = f"took {took} for one window (budget {budget:.2f} s)"
                 self._disable(name, why, window)
                 continue
             evidence.append(item)
         return evidence
+
+    def _choose_speaker(
+        self, window: AnalysisWindow
+    ) -> tuple[AnalysisWindow, SpeakerChoice | None]:
+        """With several faces in the window, the one to score (:mod:`monitor.features.speaker`),
+        judged by the lip-sync detector where it offers a scorer (on its thread), else by
+        mouth motion against loudness. Returns the window on that face, and the choice
+        when there was one to make."""
+        if not any(frame.faces for frame in window.frames):
+            return window, None
+        detector = self.detectors.get("lip_sync")
+        make_scorer = getattr(detector, "speaker_scorer", None)
+        if self._speakers is None or self._speakers_judge is not detector:
+            scorer = make_scorer() if make_scorer is not None else None
+            self._speakers = SpeakerSelector(scorer, self.config.window.min_face_fraction)
+            self._speakers_judge = detector
+        speech = (
+            window.has_audio_stream
+            and window.speech_fraction() >= self.config.window.min_speech_fraction
+        )
+        choose = partial(self._speakers.choose, window, speech)
+        if make_scorer is None:
+            choice = choose()
+        else:
+            budget = self.config.detectors.time_budget_s
+            try:
+                choice, _ = self._runner("lip_sync").call(choose, budget)
+            except CallTimeout:
+                why = f"took more than {budget:.2f} s to choose the speaking face"
+                self._disable("lip_sync", why, window)
+                choice = SpeakerChoice(None, 0, reason="choosing the speaking face timed out")
+            except Exception as exc:  # the detector meets the same failure on the window
+                log.warning("choosing the speaking face failed: %s", exc)
+                choice = SpeakerChoice(None, 0, reason=f"choosing the speaking face failed: {exc}")
+        # Only a choice among faces in view is news; a face glimpsed in a few frames is not.
+        named = choice if choice.faces > 1 or choice.track_id is None else None
+        return window_of_speaker(window, choice.track_id), named
 
     def _too_little_media(self, window: AnalysisWindow) -> str | None:
         """Why the window has too little media to be scored at all, or None."""
@@ -311,7 +385,12 @@ class SessionAnalyzer:
     def _analyze(self, window: AnalysisWindow) -> None:
         too_little = self._too_little_media(window)
         started = time.perf_counter()
-        evidence = [] if too_little else self._run_detectors(window)
+        speaker = None
+        if too_little is None:
+            window, speaker = self._choose_speaker(window)
+        # No face chosen among several: insufficient evidence, the detectors not asked.
+        unchosen = speaker.reason if speaker is not None and speaker.track_id is None else None
+        evidence = [] if too_little or unchosen else self._run_detectors(window)
         inference_s = time.perf_counter() - started
         self.stats.stage_seconds["detectors"] += inference_s
         started = time.perf_counter()
@@ -328,7 +407,7 @@ class SessionAnalyzer:
         if window_risk is None:
             self.stats.windows_insufficient += 1
             self.stats.windows_below_minimum += too_little is not None
-            self.stats.note_unknown(too_little or self._first_reason(evidence))
+            self.stats.note_unknown(too_little or unchosen or self._first_reason(evidence))
         else:
             self.stats.windows_scored += 1
             self.stats.windows_thinned += bool(window.quality and window.quality.thinned)
@@ -341,6 +420,7 @@ class SessionAnalyzer:
             session_level=self.risk.level,
             dropped_frames=self.stats.dropped_total,
             inference_s=inference_s,
+            speaker=speaker,
             caveats=caveats,
         )
         self.stats.stage_seconds["fusion"] += time.perf_counter() - started

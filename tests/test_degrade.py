@@ -14,6 +14,7 @@ from monitor.config import MonitorConfig, load_config
 from monitor.replay import replay_file
 from monitor.sync.backends import ONNX_PATH, WEIGHTS_PATH
 from monitor.sync.features import build_inputs, grid_frames, max_frame_distance, track_from_frames
+from monitor.synth.composite import side_by_side
 from tests.conftest import SHARED_DATA
 from tests.windows_factory import window_from_signals
 
@@ -86,51 +87,6 @@ def test_a_5_fps_call_is_scored(tmp_path: Path) -> None:
     assert lip_sync["offset_ms"] == pytest.approx(300, abs=80)
 
 
-HEIGHT = 360
-
-
-def _side_by_side(
-    left: Path, right: Path, audio_of: Path, out: Path, *, still_right: bool = False
-) -> Path:
-    """Two clips' pictures (HEIGHT px high, 25 fps) next to each other, with the audio of
-    ``audio_of``, which sets the length."""
-    import av
-    import cv2
-
-    def pictures(path: Path) -> list[np.ndarray]:
-        frames, step, next_t = [], 0.04, 0.0
-        with av.open(str(path)) as container:
-            for frame in container.decode(video=0):
-                if frame.time is not None and frame.time + 1e-6 < next_t:
-                    continue  # 30 fps sources: keep the frame at each 40 ms
-                next_t += step
-                image = frame.to_ndarray(format="rgb24")
-                width = round(image.shape[1] * HEIGHT / image.shape[0] / 2) * 2
-                frames.append(cv2.resize(image, (width, HEIGHT), interpolation=cv2.INTER_AREA))
-        return frames
-
-    a, b = pictures(left), pictures(right)
-    if still_right:
-        b = [b[0]]
-    n = len(pictures(audio_of))
-    with av.open(str(audio_of)) as source, av.open(str(out), "w") as sink:
-        audio_in = source.streams.audio[0]
-        video = sink.add_stream("libx264", rate=25)
-        video.width, video.height = a[0].shape[1] + b[0].shape[1], HEIGHT
-        video.pix_fmt = "yuv420p"
-        audio = sink.add_stream("aac", rate=audio_in.rate)
-        for k in range(n):
-            both = np.hstack([a[min(k, len(a) - 1)], b[min(k, len(b) - 1)]])
-            frame = av.VideoFrame.from_ndarray(both, format="rgb24")
-            frame.pts = k
-            sink.mux(video.encode(frame))
-        sink.mux(video.encode(None))
-        for frame in source.decode(audio_in):  # keeps its timestamps: no added offset
-            sink.mux(audio.encode(frame))
-        sink.mux(audio.encode(None))
-    return out
-
-
 DEV_REAL = SHARED_DATA / "dev" / "real"
 SPEAKER = "OpenTalker_SadTalker__examples_ref_video_WDA_KatieHill_000.mp4"
 OTHER = "OpenTalker_SadTalker__examples_ref_video_WDA_AlexandriaOcasioCortez_000.mp4"
@@ -139,27 +95,28 @@ OTHER = "OpenTalker_SadTalker__examples_ref_video_WDA_AlexandriaOcasioCortez_000
 @needs_model
 @pytest.mark.slow
 @pytest.mark.shared_data
-@pytest.mark.xfail(strict=False, reason="face selection pending")
 @pytest.mark.parametrize("case", ["speaker_left", "speaker_right", "still_second_face"])
 def test_a_second_face_does_not_raise_an_alert_on_a_genuine_speaker(
     tmp_path: Path, case: str
 ) -> None:
-    """Issue 16 case 3: two genuine dev speakers side by side, with the speaker's audio.
-    Measured today: speaker left ``alert``, right ``alert``, beside a still face
-    ``suspicious``; the speaker alone in the same layout (a black picture beside) ends
-    ``clear``. The speaking face must be the one scored (the issue-14 engineer owns face
-    selection)."""
+    """Issue 16 case 3: two genuine dev speakers side by side (the issue's ffmpeg composite,
+    :func:`monitor.synth.composite.side_by_side`), with the speaker's audio. The tracker of
+    one face (measured with both faces 360 px high) ended speaker left ``alert``, right
+    ``alert``, beside a still face ``suspicious``; the speaker alone ``clear``. The
+    speaking face is scored, and the choice named in the score events."""
     speaker, other = DEV_REAL / SPEAKER, DEV_REAL / OTHER
     if not (speaker.exists() and other.exists()):
         pytest.skip("the dev clips are absent")
-    left, right = (other, speaker) if case == "speaker_right" else (speaker, other)
-    path = _side_by_side(
-        left, right, speaker, tmp_path / "two.mp4", still_right=case == "still_second_face"
-    )
+    path = side_by_side(
+        speaker, other, tmp_path / "two.mp4",
+        speaker_left=case != "speaker_right", still=case == "still_second_face",
+    )  # fmt: skip
     events: list[dict] = []
     replay_file(path, load_config(), events.append)
     summary = events[-1]
     assert summary["level"] not in ("suspicious", "alert"), summary["rationale"]
+    chosen = [e["speaker"]["track"] for e in events if e["type"] == "score" and "speaker" in e]
+    assert chosen, "two faces in view, yet no window named its choice"
 
 
 # ----- evidence quality and detectors that go missing, on the real SessionAnalyzer -------

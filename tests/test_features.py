@@ -123,6 +123,56 @@ def test_aspect_ratio_switch_mid_session(astronaut: np.ndarray) -> None:
     np.testing.assert_allclose(cropped.face_box, first.face_box, atol=4)
 
 
+def _side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.hstack([left, right]))
+
+
+def test_two_faces_get_two_tracks_and_a_returning_face_its_old_id(astronaut: np.ndarray) -> None:
+    head = astronaut[0:300, 75:375]  # a face large enough for the short-range detector
+    mirrored = head[:, ::-1]
+    both = _side_by_side(head, mirrored)
+    alone = _side_by_side(head, np.zeros_like(mirrored))
+    tracker = create_face_tracker(FaceConfig())
+    try:
+        seen = []
+        for index in range(40):
+            image = alone if 10 <= index < 20 else both  # the right face leaves for 0.4 s
+            faces = tracker.track_faces(VideoFrame(index * 0.04, index, image))
+            seen.append({f.face_box[0] >= 300: f.track_id for f in faces})  # right? -> id
+        primary = tracker.track(VideoFrame(1.6, 40, both))
+    finally:
+        tracker.close()
+    left, right = seen[5][False], seen[5][True]
+    assert left != right and all(s == seen[5] for s in seen[:10])
+    assert all(s == {False: left} for s in seen[11:20])
+    # Back within the next search for faces (a quarter second while a face is missing).
+    assert all(s == {False: left, True: right} for s in seen[27:])
+    assert primary is not None and primary.track_id == min(left, right)  # the oldest track
+
+
+def test_flow_between_landmark_frames_follows_a_moving_face(astronaut: np.ndarray) -> None:
+    """Every second frame carried by optical flow stays close to running the model."""
+    shifts = [(int(round(3 * i)), int(round(1.5 * i))) for i in range(12)]
+    frames = [
+        VideoFrame(i * 0.04, i, cv2.warpAffine(astronaut, np.float32([[1, 0, dx], [0, 1, dy]]),
+                                               (512, 512), borderMode=cv2.BORDER_REFLECT))
+        for i, (dx, dy) in enumerate(shifts)
+    ]  # fmt: skip
+    every, alternate = (create_face_tracker(FaceConfig(landmark_interval=n)) for n in (1, 2))
+    try:
+        full = [every.track(f) for f in frames]
+        carried = [alternate.track(f) for f in frames]
+    finally:
+        every.close()
+        alternate.close()
+    assert alternate.flow_frames >= 5 and alternate.landmark_frames + alternate.flow_frames == 12
+    for a, b in zip(full, carried, strict=True):
+        assert a is not None and b is not None
+        error = np.linalg.norm(a.lip_landmarks - b.lip_landmarks, axis=1)
+        assert np.median(error) < 2.0 and error.max() < 6.0
+        assert abs(a.aperture - b.aperture) < 0.01
+
+
 # ---------------------------------------------------------------------------- audio
 
 

@@ -1,4 +1,5 @@
-"""Train the learned sync model from scratch and write monitor/models/sync_v1.{pt,onnx}.
+"""Train the learned sync model from scratch and write monitor/models/sync_v1.{pt,onnx}
+(and the two streaming graphs, sync_v1.frames.onnx and sync_v1.windows.onnx).
 
 Reproduces the committed weights on 2 CPU cores in under an hour, data preparation
 included (seeded; ``torch.set_num_threads(2)``):
@@ -430,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     log.info("calibration: %s %s", calibration, calibration_stats)
 
-    from monitor.sync.export import export_onnx
+    from monitor.sync.export import export_onnx, export_stream_onnx
     from monitor.sync.model import macs_per_video_frame, parameter_count
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -451,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     weights_path = args.out / "sync_v1.pt"
     save_checkpoint(model, calibration, meta, weights_path)
     export_onnx(weights_path, args.out / "sync_v1.onnx")
+    export_stream_onnx(
+        weights_path, (args.out / "sync_v1.frames.onnx", args.out / "sync_v1.windows.onnx")
+    )
     meta["total_seconds"] = round(time.perf_counter() - started, 1)
     (args.out / "sync_v1.training.json").write_text(
         json.dumps(meta, indent=2, sort_keys=True) + "\n"

@@ -4,6 +4,11 @@ A detector is created once per session (so it may keep per-session state) and is
 called with one :class:`~monitor.windows.AnalysisWindow` at a time. It returns
 :class:`Evidence`; ``score=None`` means "insufficient evidence" for this window and
 must never be read as "clear".
+
+Optional, for streaming: ``observe(frame: FrameFeatures) -> None`` is called with every
+frame as it arrives, before any window holding it is analysed (on the detector's own
+thread, in order). A detector computes there what depends on that frame alone and keeps
+it in a :class:`~monitor.features.store.FrameStore` for the overlapping windows to read.
 """
 
 from __future__ import annotations

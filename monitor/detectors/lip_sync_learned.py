@@ -5,6 +5,12 @@ the mean distance at each lag of -600..+600 ms (SyncNet's curve), and reads off 
 offset (``offset_ms > 0``: audio later than the lips), SyncNet's confidence (median
 minus minimum distance) and a calibrated in-sync probability; the score is one minus
 that probability. The model, its backends and its calibration live in monitor/sync/.
+
+With a streaming backend each frame's half of the video tower runs once, as the frame
+arrives (:meth:`LearnedSyncDetector.observe`, a few frames per call), and is kept in a
+per-session :class:`FrameStore` for every window that holds the frame; per window only
+the temporal layers and the audio tower run. The result equals the whole-window model's
+up to float rounding (tests/test_streaming.py).
 """
 
 from __future__ import annotations
@@ -18,11 +24,17 @@ import numpy as np
 from monitor.config import MonitorConfig
 from monitor.detectors.base import Evidence, describe_offset, format_span
 from monitor.errors import BackendUnavailableError
+from monitor.features.speaker import TrackScorer
+from monitor.features.store import FrameStore
+from monitor.features.types import FrameFeatures
 from monitor.sync.backends import BatchingRunner, shared_runner
 from monitor.sync.checkpoint import WEIGHTS_PATH, Calibration
 from monitor.sync.features import (
     GRID_STEP_S,
+    frame_model_inputs,
+    lag_distances,
     missing_stack_reason,
+    stream_inputs,
     track_from_frames,
     window_inputs,
     window_lag_distances,
@@ -32,6 +44,8 @@ from monitor.windows import AnalysisWindow
 
 log = logging.getLogger(__name__)
 
+# Arriving frames are embedded in batches of this many (a window asks for the rest).
+OBSERVE_BATCH = 5
 # |offset| up to this counts as aligned in rationales (codec and jitter-buffer delays).
 ALIGNED_MS = 80.0
 # Lowest frame rate scored. Frames are held on the model's 25 fps grid; measured on dev
@@ -51,6 +65,10 @@ def load_calibration() -> Calibration:
     return info.calibration
 
 
+def _track(frame: FrameFeatures) -> int:
+    return -1 if frame.face is None else frame.face.track_id
+
+
 class LearnedSyncDetector:
     """``lip_sync`` with ``method: "learned"``."""
 
@@ -59,8 +77,15 @@ class LearnedSyncDetector:
 
     def __init__(self, config: MonitorConfig, runner: BatchingRunner | None = None) -> None:
         self.window_config = config.window
-        self.calibration = load_calibration()
         self.runner = runner if runner is not None else shared_runner(config.lip_sync.backend)
+        # The model file the backend runs says its own calibration (no torch needed).
+        self.calibration = getattr(self.runner, "calibration", None) or load_calibration()
+        self._frame_embeddings: FrameStore[np.ndarray] | None = (
+            FrameStore(self._embed_frames) if getattr(self.runner, "streaming", False) else None
+        )
+        self._blank: np.ndarray | None = None  # embedding of a grid step without a face
+        self._arrived: list[FrameFeatures] = []  # observed, not embedded yet
+        self._last_curve: tuple[tuple, tuple[np.ndarray, np.ndarray, int] | None] | None = None
         self._curve_sum: np.ndarray | None = None
         self._lags: np.ndarray | None = None
         self._curve_windows = 0
@@ -70,16 +95,26 @@ class LearnedSyncDetector:
     def backend(self) -> str:
         return self.runner.name
 
+    def observe(self, frame: FrameFeatures) -> None:
+        """Embed arriving face frames a few at a time (one backend call per batch)."""
+        if self._frame_embeddings is None or frame.face is None:
+            return
+        self._arrived.append(frame)
+        if len(self._arrived) >= OBSERVE_BATCH:
+            self._frame_embeddings.add(self._arrived)
+            self._arrived = []
+
     def analyze(self, window: AnalysisWindow) -> Evidence:
         span = format_span(window.t_start, window.t_end)
         lacking = self._lacking(window)
+        measured = None
         if lacking is None:
-            inputs = window_inputs(window)
-            if inputs is None:
+            measured = self._curve(window)
+            if measured is None:
                 lacking = missing_stack_reason(
                     track_from_frames(window.frames), window.t_start, window.t_end
                 )
-        if lacking is not None:
+        if lacking is not None or measured is None:
             return Evidence(
                 self.name,
                 None,
@@ -92,13 +127,22 @@ class LearnedSyncDetector:
                     "backend": self.backend,
                 },
             )
-        assert inputs is not None
-        curve = window_lag_distances(inputs, self.runner.embed).mean(axis=0)
-        lags = inputs.lags
+        curve, lags, stacks = measured
         self._accumulate(curve, lags, window)
-        return self._evidence(
-            curve, lags, span, (window.t_start, window.t_end), len(inputs.positions)
-        )
+        return self._evidence(curve, lags, span, (window.t_start, window.t_end), stacks)
+
+    def speaker_scorer(self) -> TrackScorer:
+        """Sync confidence of a window's face, for choosing the speaking face among several
+        (tools/eval_speaker.py: the speaker's median 3.2, another speaking face's 0.55)."""
+
+        def confidence(window: AnalysisWindow) -> float | None:
+            measured = self._curve(window)
+            if measured is None:
+                return None
+            curve, lags, _ = measured
+            return summarize_curve(curve, lags).confidence
+
+        return TrackScorer("sync confidence", confidence, min_score=1.0, min_margin=0.5)
 
     def summarize(self) -> Evidence | None:
         """Session evidence from the mean lag curve of every scored window."""
@@ -111,6 +155,54 @@ class LearnedSyncDetector:
         return evidence
 
     # -----------------------------------------------------------------------------------
+
+    def _curve(self, window: AnalysisWindow) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(mean lag curve, lags, scored steps), or None without 5 face frames in a row.
+
+        Kept for the window last asked about: choosing among several faces measures the
+        chosen face's curve before the window is analysed on it."""
+        key = (window.index, window.t_start, tuple(_track(f) for f in window.frames))
+        if self._last_curve is not None and self._last_curve[0] == key:
+            return self._last_curve[1]
+        measured = self._measure_curve(window)
+        self._last_curve = (key, measured)
+        return measured
+
+    def _measure_curve(self, window: AnalysisWindow) -> tuple[np.ndarray, np.ndarray, int] | None:
+        store = self._frame_embeddings
+        if store is None:
+            inputs = window_inputs(window)
+            if inputs is None:
+                return None
+            curve = window_lag_distances(inputs, self.runner.embed).mean(axis=0)
+            return curve, inputs.lags, len(inputs.positions)
+        streamed = stream_inputs(window)
+        if streamed is None:
+            return None
+        shown = streamed.frames >= 0
+        stored = store.get([window.frames[i] for i in streamed.frames[shown]])
+        steps = np.repeat(self._blank_embedding()[None], streamed.steps, axis=0)
+        if stored:
+            steps[shown] = np.stack(stored)
+        video, audio = self.runner.embed_windows(steps[None], streamed.mel[None])
+        # Windows move forward: no later one reads frames before this one's start.
+        store.forget_before(window.t_start)
+        curve = lag_distances(streamed, video[0], audio[0]).mean(axis=0)
+        return curve, streamed.lags, len(streamed.positions)
+
+    def _embed_frames(self, frames: list[FrameFeatures]) -> list[np.ndarray]:
+        crops, lips = frame_model_inputs([f.face for f in frames if f.face is not None])
+        return list(self.runner.embed_frames(crops, lips))
+
+    def _blank_embedding(self) -> np.ndarray:
+        """What a step without a face contributes: the frame half on all-zero inputs."""
+        if self._blank is None:
+            crops, lips = frame_model_inputs([])
+            self._blank = self.runner.embed_frames(
+                np.zeros((1, *crops.shape[1:]), np.float32),
+                np.zeros((1, lips.shape[1]), np.float32),
+            )[0]
+        return self._blank
 
     def _lacking(self, window: AnalysisWindow) -> str | None:
         if not window.has_audio_stream:

@@ -18,6 +18,7 @@ class FaceObservation:
     face_crop: np.ndarray  # (256, 256, 3) uint8 RGB, whole face, size-normalized
     aperture: float  # inner-lip gap / face height
     mouth_width: float  # mouth corner distance / face width
+    track_id: int = 0  # which of the session's face tracks this is (0: not tracked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +26,9 @@ class FrameFeatures:
     t: float
     index: int
     frame_size: tuple[int, int]  # height, width
-    face: FaceObservation | None  # None: no face found in this frame
+    face: FaceObservation | None  # the face scored; None: no face (or none chosen)
+    # Every face tracked in the frame (``face`` among them), when there are several.
+    faces: tuple[FaceObservation, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ all read one definition without importing each other.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,16 @@ WEIGHTS_PATH = MODELS_DIR / "sync_v1.pt"
 ONNX_PATH = MODELS_DIR / "sync_v1.onnx"
 INPUT_NAMES = ("crops", "lips", "mel")
 OUTPUT_NAMES = ("video_embedding", "audio_embedding")
+# The same weights as two graphs for streaming: per frame, and per window (monitor/sync/export.py).
+STREAM_PATHS = (MODELS_DIR / "sync_v1.frames.onnx", MODELS_DIR / "sync_v1.windows.onnx")
+FRAME_INPUT_NAMES = ("crops", "lips")
+FRAME_OUTPUT_NAME = "frame_features"
+WINDOW_INPUT_NAMES = ("frame_features", "mel")
+
+
+def weights_digest(path: Path = WEIGHTS_PATH) -> str:
+    """SHA-256 of a checkpoint file: what the streaming graphs record as their source."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)

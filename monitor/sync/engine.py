@@ -34,7 +34,7 @@ import numpy as np
 
 from monitor.errors import BackendUnavailableError, ConfigError
 from monitor.sync.checkpoint import INPUT_NAMES, ONNX_PATH, OUTPUT_NAMES, WEIGHTS_PATH
-from monitor.sync.model import (
+from monitor.sync.dims import (
     CROP_HEIGHT,
     CROP_WIDTH,
     LIP_FEATURES,

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from monitor.features.types import AudioFeatures, FaceObservation, FrameFeatures
-from monitor.sync.model import LIP_FEATURES, MAX_LAG, MEL_ROWS_PER_STEP
+from monitor.sync.dims import LIP_FEATURES, MAX_LAG, MEL_ROWS_PER_STEP
 from monitor.windows import AnalysisWindow
 
 GRID_STEP_S = 0.04  # 25 fps
@@ -54,8 +54,24 @@ class FrameTrack:
         return FrameTrack(self.times[keep], self.face[keep], self.crops[keep], self.lips[keep])
 
 
+class _LagGrid:
+    """Reading a window's outputs back into lag curves (needs ``positions``, ``max_lag``)."""
+
+    __slots__ = ()
+    positions: np.ndarray
+    max_lag: int
+
+    @property
+    def lags(self) -> np.ndarray:
+        return np.arange(-self.max_lag, self.max_lag + 1)
+
+    def audio_index(self) -> np.ndarray:
+        """(K, 2*max_lag+1) audio step for each scored video step and lag."""
+        return self.positions[:, None] + self.lags[None, :] + self.max_lag
+
+
 @dataclass(frozen=True, slots=True)
-class SyncInputs:
+class SyncInputs(_LagGrid):
     """Model inputs of one window and how to read the outputs back into a lag curve.
 
     Video step ``k`` is grid frame ``k`` (``t_start + k * 0.04``); audio step ``m``
@@ -75,13 +91,26 @@ class SyncInputs:
     def steps(self) -> int:
         return len(self.crops)
 
-    @property
-    def lags(self) -> np.ndarray:
-        return np.arange(-self.max_lag, self.max_lag + 1)
 
-    def audio_index(self) -> np.ndarray:
-        """(K, 2*max_lag+1) audio step for each scored video step and lag."""
-        return self.positions[:, None] + self.lags[None, :] + self.max_lag
+@dataclass(frozen=True, slots=True)
+class StreamInputs(_LagGrid):
+    """A window's inputs for a streaming backend, which embeds every frame once.
+
+    The same grid, positions and mel as :class:`SyncInputs`; instead of crops and lips
+    it says which of the window's frames each grid step shows, so the frame's stored
+    embedding (:func:`frame_model_inputs`, then the backend's ``embed_frames``) is reused.
+    """
+
+    frames: np.ndarray  # (N,) index into window.frames per grid step; -1: no face there
+    mel: np.ndarray  # (4 * (N + 2 * max_lag), 80) float32, normalized per window
+    positions: np.ndarray
+    voiced: np.ndarray
+    max_lag: int
+    t_start: float
+
+    @property
+    def steps(self) -> int:
+        return len(self.frames)
 
 
 def lip_geometry(face: FaceObservation) -> np.ndarray:
@@ -126,6 +155,15 @@ def track_from_frames(frames: Sequence[FrameFeatures]) -> FrameTrack:
             crops[i] = gray_crop(frame.face)
             lips[i] = lip_geometry(frame.face)
     return FrameTrack(times, face, crops, lips)
+
+
+def frame_model_inputs(faces: Sequence[FaceObservation]) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 48, 96) normalized crops and (n, 83) lips of tracked faces, exactly as
+    :func:`build_inputs` feeds them: each frame's inputs depend on that frame alone."""
+    if not faces:
+        return np.zeros((0, 48, 96), np.float32), np.zeros((0, LIP_FEATURES), np.float32)
+    crops = normalize_crops(np.stack([gray_crop(face) for face in faces]))
+    return crops, np.stack([lip_geometry(face) for face in faces])
 
 
 def max_frame_distance(times: np.ndarray) -> float:
@@ -184,6 +222,45 @@ def normalize_crops(crops: np.ndarray) -> np.ndarray:
     return ((flat - mean) / std).reshape(crops.shape)
 
 
+def _grid(
+    times: np.ndarray, face: np.ndarray, t_start: float, t_end: float
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(pick, positions): the frame each grid step shows (-1: none, or no face) and the
+    steps whose 5 frames around them all show a face; None when there is no such step."""
+    n_grid = int(round((t_end - t_start) / GRID_STEP_S))
+    if n_grid < STACK_FRAMES:
+        return None
+    pick = grid_frames(times, t_start, n_grid, max_frame_distance(times))
+    has_face = np.zeros(n_grid, bool)
+    has_face[pick >= 0] = face[pick[pick >= 0]]
+    # A step is scored when the 5 frames centred on it (SyncNet's 0.2 s) all show a face.
+    half = STACK_FRAMES // 2
+    full = np.lib.stride_tricks.sliding_window_view(has_face, STACK_FRAMES).all(axis=1)
+    positions = np.flatnonzero(full) + half
+    if len(positions) == 0:
+        return None
+    return np.where(has_face, pick, -1), positions
+
+
+def _audio_steps(
+    audio: AudioFeatures, t_start: float, n_grid: int, max_lag: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The window's normalized mel rows and the voiced fraction of each audio step."""
+    n_audio = n_grid + 2 * max_lag
+    n_rows = n_audio * MEL_ROWS_PER_STEP
+    mel = normalize_mel(audio.log_mel)
+    first_row = int(round((t_start - max_lag * GRID_STEP_S - audio.t0) / audio.hop_s))
+    rows = first_row + np.arange(n_rows)
+    valid_rows = (rows >= 0) & (rows < len(mel))
+    n_mels = mel.shape[1] if mel.ndim == 2 else 80
+    floor_value = float(mel.min()) if mel.size else 0.0
+    gathered = np.full((n_rows, n_mels), floor_value, np.float32)
+    gathered[valid_rows] = mel[rows[valid_rows]]
+    voiced_rows = np.zeros(n_rows, np.float32)
+    voiced_rows[valid_rows] = audio.voiced[rows[valid_rows]]
+    return gathered, voiced_rows.reshape(n_audio, MEL_ROWS_PER_STEP).mean(axis=1)
+
+
 def build_inputs(
     track: FrameTrack,
     audio: AudioFeatures,
@@ -197,56 +274,57 @@ def build_inputs(
     ``audio`` must cover ``[t_start - max_lag * 0.04, t_end + max_lag * 0.04]``; rows
     missing at either end are filled with the window's quietest level.
     """
-    n_grid = int(round((t_end - t_start) / GRID_STEP_S))
-    if n_grid < STACK_FRAMES:
+    grid = _grid(track.times, track.face, t_start, t_end)
+    if grid is None:
         return None
-    pick = grid_frames(track.times, t_start, n_grid, max_frame_distance(track.times))
-    has_face = np.zeros(n_grid, bool)
-    has_face[pick >= 0] = track.face[pick[pick >= 0]]
-    # A step is scored when the 5 frames centred on it (SyncNet's 0.2 s) all show a face.
-    half = STACK_FRAMES // 2
-    full = np.lib.stride_tricks.sliding_window_view(has_face, STACK_FRAMES).all(axis=1)
-    positions = np.flatnonzero(full) + half
-    if len(positions) == 0:
-        return None
-    crops = np.zeros((n_grid, *track.crops.shape[1:]), np.float32)
-    lips = np.zeros((n_grid, LIP_FEATURES), np.float32)
-    shown = np.flatnonzero(has_face)
+    pick, positions = grid
+    crops = np.zeros((len(pick), *track.crops.shape[1:]), np.float32)
+    lips = np.zeros((len(pick), LIP_FEATURES), np.float32)
+    shown = np.flatnonzero(pick >= 0)
     crops[shown] = normalize_crops(track.crops[pick[shown]])
     lips[shown] = track.lips[pick[shown]]
-
-    n_audio = n_grid + 2 * max_lag
-    n_rows = n_audio * MEL_ROWS_PER_STEP
-    mel = normalize_mel(audio.log_mel)
-    first_row = int(round((t_start - max_lag * GRID_STEP_S - audio.t0) / audio.hop_s))
-    rows = first_row + np.arange(n_rows)
-    valid_rows = (rows >= 0) & (rows < len(mel))
-    n_mels = mel.shape[1] if mel.ndim == 2 else 80
-    floor_value = float(mel.min()) if mel.size else 0.0
-    gathered = np.full((n_rows, n_mels), floor_value, np.float32)
-    gathered[valid_rows] = mel[rows[valid_rows]]
-    voiced_rows = np.zeros(n_rows, np.float32)
-    voiced_rows[valid_rows] = audio.voiced[rows[valid_rows]]
+    mel, voiced = _audio_steps(audio, t_start, len(pick), max_lag)
     return SyncInputs(
         crops=crops,
         lips=lips,
-        mel=gathered,
+        mel=mel,
         positions=positions,
-        voiced=voiced_rows.reshape(n_audio, MEL_ROWS_PER_STEP).mean(axis=1),
+        voiced=voiced,
         max_lag=max_lag,
         t_start=t_start,
     )
 
 
+def window_max_lag(window: AnalysisWindow) -> int:
+    """The lag range a window's audio context allows, at most SyncNet's +-15 steps."""
+    return min(MAX_LAG_FRAMES, int(np.floor(window.context_s / GRID_STEP_S + 1e-6)))
+
+
 def window_inputs(window: AnalysisWindow) -> SyncInputs | None:
     """:func:`build_inputs` for a pipeline window; lags limited by its audio context."""
-    max_lag = min(MAX_LAG_FRAMES, int(np.floor(window.context_s / GRID_STEP_S + 1e-6)))
     return build_inputs(
-        track_from_frames(window.frames), window.audio, window.t_start, window.t_end, max_lag
+        track_from_frames(window.frames),
+        window.audio,
+        window.t_start,
+        window.t_end,
+        window_max_lag(window),
     )
 
 
-def lag_distances(inputs: SyncInputs, video_emb: np.ndarray, audio_emb: np.ndarray) -> np.ndarray:
+def stream_inputs(window: AnalysisWindow) -> StreamInputs | None:
+    """What :func:`window_inputs` gives, with frame references instead of crops and lips."""
+    times = np.array([f.t for f in window.frames], dtype=np.float64)
+    face = np.array([f.face is not None for f in window.frames], dtype=bool)
+    grid = _grid(times, face, window.t_start, window.t_end)
+    if grid is None:
+        return None
+    pick, positions = grid
+    max_lag = window_max_lag(window)
+    mel, voiced = _audio_steps(window.audio, window.t_start, len(pick), max_lag)
+    return StreamInputs(pick, mel, positions, voiced, max_lag, window.t_start)
+
+
+def lag_distances(inputs: _LagGrid, video_emb: np.ndarray, audio_emb: np.ndarray) -> np.ndarray:
     """(K, 2*max_lag+1) distance of each scored video step to the audio at each lag."""
     paired = audio_emb[inputs.audio_index()]  # (K, L, D)
     return np.linalg.norm(paired - video_emb[inputs.positions][:, None, :], axis=2)

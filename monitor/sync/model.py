@@ -25,12 +25,15 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-MEL_ROWS_PER_STEP = 4  # 100 Hz log-mel rows per 25 fps step
-N_MELS = 80
-CROP_HEIGHT, CROP_WIDTH = 48, 96
-LIP_FEATURES = 83  # 40 lip landmarks (x, y), aperture, mouth width, face present
-MAX_LAG = 15  # steps of 40 ms each way: the audio carries this much context per side
-DISTANCE_SCALE = 5.0  # unit embeddings times this: distances in [0, 10]
+from monitor.sync.dims import (  # noqa: F401 - re-exported: the model's dimensions
+    CROP_HEIGHT,
+    CROP_WIDTH,
+    DISTANCE_SCALE,
+    LIP_FEATURES,
+    MAX_LAG,
+    MEL_ROWS_PER_STEP,
+    N_MELS,
+)
 
 
 @dataclass(frozen=True)
@@ -108,9 +111,8 @@ class VideoTower(nn.Module):
 
     def forward(self, crops: torch.Tensor, lips: torch.Tensor) -> torch.Tensor:
         batch, steps = crops.shape[0], crops.shape[1]
-        frames = crops.reshape(-1, 1, CROP_HEIGHT, CROP_WIDTH)
-        crop_feat = functional.relu(self.crop_fc(self.crop_cnn(frames).flatten(1)))
-        lip_feat = functional.relu(self.lip_fc(lips.reshape(-1, LIP_FEATURES)))
+        frames = crops.reshape(-1, CROP_HEIGHT, CROP_WIDTH)
+        crop_feat, lip_feat = self._branches(frames, lips.reshape(-1, LIP_FEATURES))
         if self.training and self.branch_dropout > 0:
             # Drop a whole branch for a whole window now and then, so that each branch
             # learns to carry sync on its own (crops fail in the dark, landmarks jitter).
@@ -120,7 +122,23 @@ class VideoTower(nn.Module):
             crop_feat = crop_feat * (drop >= self.branch_dropout / 2).float()
             lip_feat = lip_feat * (drop < 1 - self.branch_dropout / 2).float()
         frame_feat = functional.relu(self.fuse(torch.cat([crop_feat, lip_feat], dim=1)))
-        sequence = frame_feat.reshape(batch, steps, -1).transpose(1, 2)
+        return self.embed_sequence(frame_feat.reshape(batch, steps, -1))
+
+    def _branches(
+        self, crops: torch.Tensor, lips: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        crop_feat = functional.relu(self.crop_fc(self.crop_cnn(crops[:, None]).flatten(1)))
+        return crop_feat, functional.relu(self.lip_fc(lips))
+
+    def frame_features(self, crops: torch.Tensor, lips: torch.Tensor) -> torch.Tensor:
+        """(N, 48, 96) crops + (N, 83) lips -> (N, F): each frame on its own, so a stream
+        computes it once per frame however many windows the frame falls in."""
+        crop_feat, lip_feat = self._branches(crops, lips)
+        return functional.relu(self.fuse(torch.cat([crop_feat, lip_feat], dim=1)))
+
+    def embed_sequence(self, frame_features: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) frame features -> (B, T, D) unit embeddings (the temporal layers)."""
+        sequence = frame_features.transpose(1, 2)
         return functional.normalize(self.temporal(sequence), dim=1).transpose(1, 2)
 
 
@@ -159,6 +177,20 @@ class SyncNetLite(nn.Module):
         """(B, T) video steps and (B, 4*(T + 2*MAX_LAG)) mel rows -> (B, T, D), (B, T+30, D)."""
         return (
             self.video(crops, lips) * DISTANCE_SCALE,
+            self.audio(mel) * DISTANCE_SCALE,
+        )
+
+    def frame_features(self, crops: torch.Tensor, lips: torch.Tensor) -> torch.Tensor:
+        """The per-frame half of the video tower: (N, 48, 96), (N, 83) -> (N, F)."""
+        return self.video.frame_features(crops, lips)
+
+    def window_embeddings(
+        self, frame_features: torch.Tensor, mel: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rest of :meth:`forward` given per-frame features: (B, T, F) and
+        (B, 4*(T + 2*MAX_LAG), 80) -> (B, T, D), (B, T+30, D), exactly as ``forward``."""
+        return (
+            self.video.embed_sequence(frame_features) * DISTANCE_SCALE,
             self.audio(mel) * DISTANCE_SCALE,
         )
 

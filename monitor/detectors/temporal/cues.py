@@ -195,6 +195,41 @@ def texture_sharpness(fine: np.ndarray, mid: np.ndarray, points: np.ndarray, rad
     return math.log(fine_sum / mid_sum)
 
 
+def _kernel_radius(sigma: float) -> int:
+    """Half the size of the kernel cv2.GaussianBlur(float32, (0, 0), sigma) uses."""
+    return (int(round(sigma * 8 + 1)) | 1) // 2
+
+
+def skin_textures(
+    grey: np.ndarray, point_sets: tuple[np.ndarray, ...], radius: int
+) -> tuple[float, ...]:
+    """:func:`texture_sharpness` of each point set on ``grey``'s fine and mid-scale detail.
+
+    The two blurs run only around the squares that are summed (with the kernels' reach as
+    margin, or the image's own border), which gives the same numbers as blurring the
+    whole crop at a fraction of the cost.
+    """
+    height, width = grey.shape
+    margin = max(_kernel_radius(TEXTURE_MID_SIGMA), _kernel_radius(TEXTURE_FINE_SIGMA))
+    fine = np.zeros_like(grey)
+    mid = np.zeros_like(grey)
+    for points in point_sets:
+        for x, y in np.round(points).astype(int):
+            y0, y1 = max(y - radius, 0), max(y + radius + 1, 0)
+            x0, x1 = max(x - radius, 0), max(x + radius + 1, 0)
+            y1, x1 = min(y1, height), min(x1, width)
+            if y1 <= y0 or x1 <= x0:
+                continue
+            top, left = max(y0 - margin, 0), max(x0 - margin, 0)
+            region = grey[top : min(y1 + margin, height), left : min(x1 + margin, width)]
+            fine_blur = cv2.GaussianBlur(region, (0, 0), TEXTURE_FINE_SIGMA)
+            mid_blur = cv2.GaussianBlur(region, (0, 0), TEXTURE_MID_SIGMA)
+            inner = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
+            fine[y0:y1, x0:x1] = np.abs(region[inner] - fine_blur[inner])
+            mid[y0:y1, x0:x1] = np.abs(fine_blur[inner] - mid_blur[inner])
+    return tuple(texture_sharpness(fine, mid, points, radius) for points in point_sets)
+
+
 def polygon_mask(shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:
     mask = np.zeros(shape, np.uint8)
     cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], 1)
@@ -205,22 +240,23 @@ def measure_frame(t: float, index: int, face: FaceObservation) -> FrameMeasure:
     """The per-frame numbers every cue is built from."""
     detail_grey = cv2.cvtColor(face.face_crop, cv2.COLOR_RGB2GRAY).astype(np.float32)
     detail_side = detail_grey.shape[0]
-    detail_points = geometry.face_crop_points(face.landmarks, detail_side)
-    fine_blur = cv2.GaussianBlur(detail_grey, (0, 0), TEXTURE_FINE_SIGMA)
-    fine = np.abs(detail_grey - fine_blur)
-    mid = np.abs(fine_blur - cv2.GaussianBlur(detail_grey, (0, 0), TEXTURE_MID_SIGMA))
+    rotated = geometry.upright(face.landmarks)
+    detail_points = geometry.face_crop_points(rotated, detail_side, rotated=True)
     radius = max(int(round(TEXTURE_PATCH_FRACTION * detail_side / 2)), 1)
-    lower_texture = texture_sharpness(fine, mid, detail_points[list(geometry.LOWER_SKIN)], radius)
-    upper_texture = texture_sharpness(fine, mid, detail_points[list(geometry.UPPER_SKIN)], radius)
+    lower_texture, upper_texture = skin_textures(
+        detail_grey,
+        (detail_points[list(geometry.LOWER_SKIN)], detail_points[list(geometry.UPPER_SKIN)]),
+        radius,
+    )
 
     coarse_crop = face.face_crop
     if detail_side != COARSE_SIDE:
         coarse_crop = cv2.resize(
             face.face_crop, (COARSE_SIDE, COARSE_SIDE), interpolation=cv2.INTER_AREA
         )
-    face_points = geometry.face_crop_points(face.landmarks, COARSE_SIDE)
+    face_points = geometry.face_crop_points(rotated, COARSE_SIDE, rotated=True)
     crop_h, crop_w = face.mouth_crop.shape[:2]
-    mouth_points = geometry.mouth_crop_points(face.landmarks, crop_h, crop_w)
+    mouth_points = geometry.mouth_crop_points(rotated, crop_h, crop_w, rotated=True)
 
     face_grey = cv2.cvtColor(coarse_crop, cv2.COLOR_RGB2GRAY).astype(np.float32)
     face_detail = laplacian_energy(face_grey)

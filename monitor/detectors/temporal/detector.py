@@ -18,6 +18,8 @@ from monitor.config import MonitorConfig
 from monitor.detectors.base import Evidence, format_span
 from monitor.detectors.temporal.calibration import Calibration, load_calibration
 from monitor.detectors.temporal.cues import CUE_LABELS, FrameMeasure, measure_frame, window_cues
+from monitor.features.store import FrameStore
+from monitor.features.types import FrameFeatures
 from monitor.windows import AnalysisWindow
 
 # Fewer face frames than this in a window: insufficient evidence, whatever the fraction.
@@ -59,25 +61,22 @@ class TemporalDetector:
     def __init__(self, config: MonitorConfig, calibration: Calibration | None = None) -> None:
         self.window_config = config.window
         self.calibration = calibration if calibration is not None else load_calibration()
-        self._measures: dict[int, FrameMeasure] = {}
+        self._measures: FrameStore[FrameMeasure] = FrameStore(_measure_frames)
         self._windows: list[
             tuple[float, float, dict[str, float], float]
         ] = []  # t0, t1, cues, score
 
     # ----- measurement --------------------------------------------------------------------
 
+    def observe(self, frame: FrameFeatures) -> None:
+        """Measure each face frame as it arrives (every window holding it reuses that)."""
+        if frame.face is not None:
+            self._measures.add([frame])
+
     def _frame_measures(self, window: AnalysisWindow) -> list[FrameMeasure]:
-        measures = []
-        for frame in window.face_frames:
-            measure = self._measures.get(frame.index)
-            if measure is None:
-                measure = measure_frame(frame.t, frame.index, frame.face)  # type: ignore[arg-type]
-                self._measures[frame.index] = measure
-            measures.append(measure)
+        measures = self._measures.get(window.face_frames)
         # Windows move forward: frames before this one's start are not needed again.
-        stale = [i for i, m in self._measures.items() if m.t < window.t_start]
-        for index in stale:
-            del self._measures[index]
+        self._measures.forget_before(window.t_start)
         return measures
 
     def insufficiency(self, window: AnalysisWindow) -> str | None:
@@ -169,6 +168,10 @@ class TemporalDetector:
             "windows": len(self._windows),
         }
         return Evidence(self.name, score, rationale, spans=spans, fields=fields)
+
+
+def _measure_frames(frames: list[FrameFeatures]) -> list[FrameMeasure]:
+    return [measure_frame(f.t, f.index, f.face) for f in frames if f.face is not None]
 
 
 def _merge_spans(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:

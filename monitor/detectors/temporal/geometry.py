@@ -59,17 +59,21 @@ def upright(landmarks: np.ndarray) -> np.ndarray:
     return landmarks.astype(np.float64) @ np.array([[cos, -sin], [sin, cos]])
 
 
-def face_crop_points(landmarks: np.ndarray, side: int) -> np.ndarray:
-    """Landmarks in ``face_crop`` pixel coordinates (same geometry as observe_face)."""
-    points = upright(landmarks)
+def face_crop_points(landmarks: np.ndarray, side: int, *, rotated: bool = False) -> np.ndarray:
+    """Landmarks in ``face_crop`` pixel coordinates (same geometry as observe_face).
+
+    ``rotated``: ``landmarks`` are :func:`upright` already (computed once per frame)."""
+    points = landmarks if rotated else upright(landmarks)
     lo, hi = points.min(axis=0), points.max(axis=0)
     source_side = max(float(max(hi - lo)) * FACE_CROP_MARGIN, 1e-6)
     return (points - (lo + hi) / 2.0) * (side / source_side) + side / 2.0
 
 
-def mouth_crop_points(landmarks: np.ndarray, height: int, width: int) -> np.ndarray:
+def mouth_crop_points(
+    landmarks: np.ndarray, height: int, width: int, *, rotated: bool = False
+) -> np.ndarray:
     """Landmarks in ``mouth_crop`` pixel coordinates (same geometry as observe_face)."""
-    points = upright(landmarks)
+    points = landmarks if rotated else upright(landmarks)
     crop_w = max(
         abs(float(points[CHEEK_RIGHT, 0] - points[CHEEK_LEFT, 0])) * MOUTH_CROP_WIDTH_SCALE, 1.0
     )

@@ -1,0 +1,71 @@
+"""The speed and tracking evaluations' own arithmetic (what the bench tabulates)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from monitor.evaluation import bench
+from monitor.evaluation.speaker import CompositeResult, score_composite, table
+from monitor.evaluation.tracking import compare
+from tests.windows_factory import face_with_aperture
+
+
+def test_memory_per_session_is_the_slope_of_peak_rss() -> None:
+    assert bench._slope([(1, 400.0), (2, 430.0), (3, 460.0), (4, 490.0)]) == 30.0
+    assert bench._slope([(1, 400.0)]) is None
+
+
+def test_replay_summary_and_table_set_current_against_baseline() -> None:
+    def run(process_s: float) -> dict:
+        return {
+            "media_seconds": 24.0, "video_frames": 600, "windows": 45, "level": "clear",
+            "process_seconds": process_s, "replay_seconds": process_s - 1.0,
+            "cpu_seconds": process_s / 2,
+            "marks": {"imported": 0.5, "first_frame": 1.2},
+            "stage_seconds": {"decode": 0.6, "landmarks": 1.8, "detectors": 1.2},
+            "detector_seconds": {"lip_sync": 0.45}, "peak_rss_mib": 300.0,
+        }  # fmt: skip
+
+    base = bench.summarize_replay([run(12.0), run(10.0), run(11.0)])
+    current = bench.summarize_replay([run(4.0), run(5.0), run(6.0)])
+    assert base["x_realtime"] == round(24 / 11, 2) and current["x_realtime"] == round(24 / 5, 2)
+    assert current["ms_per_frame"]["landmarks"] == 3.0
+    assert current["detector_ms_per_window"]["lip_sync"] == 10.0
+    lines = bench._replay_section({"clip": {"baseline": base, "current": current}}, 3)
+    row = next(line for line in lines if "| current |" in line)
+    assert (
+        f"| {current['x_realtime']:.2f} | 2.20x | {current['x_realtime_cpu']:.2f} | 2.20x |" in row
+    )
+    assert current["x_realtime_cpu"] == round(24 / 2.5, 2)
+
+
+def test_speaker_composite_scoring_reads_the_score_events() -> None:
+    def score(track: int | None) -> dict:
+        return {
+            "type": "score",
+            "speaker": {
+                "track": track, "faces": 2, "scores": {"1": 2.9, "2": 0.5}, "reason": "r",
+                "boxes": {"1": [10.0, 0, 200.0, 200], "2": [500.0, 0, 700.0, 200]},
+            },
+        }  # fmt: skip
+
+    events = [score(1), score(1), score(None), score(2), {"type": "summary", "level": "clear"}]
+    result = score_composite(events, CompositeResult("a", "b", True, False), width=800)
+    assert (result.windows, result.right, result.wrong, result.none) == (4, 2, 1, 1)
+    assert result.level == "clear" and result.scores[0] == (2.9, 0.5)
+    assert "| speaker left, other face speaking | 4 | 2 | 1 | 1 | 0 of 1 |" in table([result])
+
+
+def test_tracking_comparison_skips_frames_the_model_ran_on() -> None:
+    def face(aperture: float, shift: float = 0.0):  # noqa: ANN202
+        landmarks = np.zeros((478, 2), np.float32) + shift
+        return replace(face_with_aperture(aperture), landmarks=landmarks)
+
+    reference = [(face(0.05), True), (face(0.06), True), (face(0.07), True)]
+    carried = [(face(0.05), True), (face(0.08, shift=2.4), False), (face(0.07), True)]
+    row = compare(reference, carried)
+    assert row is not None and row["frames_compared"] == 1
+    assert abs(row["aperture_error_median"] - 0.02) < 1e-6
+    assert abs(row["lip_error_pct_median"] - 100 * np.hypot(2.4, 2.4) / 240.0) < 1e-3

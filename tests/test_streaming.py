@@ -1,0 +1,296 @@
+"""Streaming features: every frame's share of the work is done once, and windows built from
+stored per-frame results equal the windows computed from scratch."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from monitor.config import MonitorConfig
+from monitor.detectors.base import Evidence
+from monitor.detectors.temporal import cues
+from monitor.features.store import FrameStore
+from monitor.features.types import FrameFeatures
+from monitor.sync.backends import BatchingRunner, OnnxBackend
+from monitor.sync.checkpoint import ONNX_PATH, STREAM_PATHS, WEIGHTS_PATH, weights_digest
+
+needs_model = pytest.mark.skipif(
+    not (ONNX_PATH.exists() and WEIGHTS_PATH.exists() and all(p.exists() for p in STREAM_PATHS)),
+    reason="sync model or its streaming graphs are not installed",
+)
+# Window results of the streaming detector against the whole-window one (float rounding).
+CURVE_TOLERANCE = 2e-4  # lag-curve distances, which span 0..10
+SCORE_TOLERANCE = 1e-4
+
+
+def _frames(times: list[float]) -> list[FrameFeatures]:
+    return [FrameFeatures(t, i, (10, 10), None) for i, t in enumerate(times)]
+
+
+def test_frame_store_computes_each_frame_once_and_stays_bounded() -> None:
+    calls: list[list[int]] = []
+
+    def compute(frames: list[FrameFeatures]) -> list[int]:
+        calls.append([f.index for f in frames])
+        return [f.index * 10 for f in frames]
+
+    store: FrameStore[int] = FrameStore(compute, max_frames=5)
+    frames = _frames([0.0, 0.04, 0.08, 0.12])
+    assert store.get(frames[:3]) == [0, 10, 20]
+    assert store.get(frames[1:] + frames[1:2]) == [10, 20, 30, 10]
+    assert calls == [[0, 1, 2], [3]]  # frame 1 twice in a request is computed once too
+    store.forget_before(0.1)
+    assert len(store) == 1 and frames[3] in store
+    store.add(_frames([float(i) for i in range(8)]))  # indexes 0..7, 3 already stored
+    assert len(store) == 5 and store.evicted == 3  # oldest first
+    assert store.computed == 4 + 7
+
+
+def test_frame_store_rejects_a_compute_that_loses_frames() -> None:
+    store: FrameStore[int] = FrameStore(lambda frames: [1])
+    with pytest.raises(ValueError, match="2 frames"):
+        store.get(_frames([0.0, 0.04]))
+
+
+def test_texture_blurred_around_its_squares_equals_the_whole_crop_blurred() -> None:
+    rng = np.random.default_rng(3)
+    grey = cv2.GaussianBlur(rng.random((256, 256)).astype(np.float32) * 255, (0, 0), 0.8)
+    fine_blur = cv2.GaussianBlur(grey, (0, 0), cues.TEXTURE_FINE_SIGMA)
+    fine = np.abs(grey - fine_blur)
+    mid = np.abs(fine_blur - cv2.GaussianBlur(grey, (0, 0), cues.TEXTURE_MID_SIGMA))
+    # Squares inside, overlapping, at the border and off the crop.
+    sets = (
+        np.array([[128.0, 128.0], [133.0, 131.0], [3.0, 250.0]]),
+        np.array([[40.0, 60.0], [255.0, 0.0], [-30.0, 40.0]]),
+    )
+    got = cues.skin_textures(grey, sets, radius=10)
+    want = tuple(cues.texture_sharpness(fine, mid, points, 10) for points in sets)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@needs_model
+def test_streaming_graphs_match_the_checkpoint_they_came_from() -> None:
+    import torch
+
+    from monitor.sync.checkpoint import load_checkpoint
+    from monitor.sync.model import example_inputs
+
+    backend = OnnxBackend()
+    assert backend.streaming and backend.calibration is not None
+    model, info = load_checkpoint()
+    assert backend.calibration == info.calibration
+    rng = np.random.default_rng(0)
+    crops, lips, mel = (rng.normal(size=t.shape).astype(np.float32) for t in example_inputs(2, 50))
+    with torch.no_grad():
+        want = model(torch.from_numpy(crops), torch.from_numpy(lips), torch.from_numpy(mel))
+    for got, expected in zip(backend.embed(crops, lips, mel), want, strict=True):
+        np.testing.assert_allclose(got, expected.numpy(), atol=1e-4)
+    features = backend.embed_frames(crops[0], lips[0])
+    assert features.shape == (50, model.config.frame_features)
+
+
+@needs_model
+def test_stale_streaming_graphs_fall_back_to_the_whole_graph(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = tmp_path / "retrained.pt"
+    shutil.copy(WEIGHTS_PATH, other)
+    with other.open("ab") as handle:
+        handle.write(b"\0")  # other bytes: a checkpoint the graphs were not exported from
+    assert weights_digest(other) != weights_digest(WEIGHTS_PATH)
+    with caplog.at_level(logging.WARNING, logger="monitor.sync.backends"):
+        backend = OnnxBackend(weights=other)
+    assert not backend.streaming and backend.session is not None
+    assert "not exported from" in caplog.text
+    rng = np.random.default_rng(1)
+    crops = rng.normal(size=(1, 20, 48, 96)).astype(np.float32)
+    lips = rng.normal(size=(1, 20, 83)).astype(np.float32)
+    mel = rng.normal(size=(1, 4 * 50, 80)).astype(np.float32)
+    video, audio = backend.embed(crops, lips, mel)
+    assert video.shape[:2] == (1, 20) and audio.shape[:2] == (1, 50)
+
+
+@needs_model
+def test_runner_batches_concurrent_frame_requests() -> None:
+    runner = BatchingRunner("onnx", gather_s=0.05)
+    backend = OnnxBackend()
+    try:
+        rng = np.random.default_rng(2)
+        requests = [
+            (rng.normal(size=(n, 48, 96)).astype(np.float32), rng.normal(size=(n, 83)))
+            for n in (3, 12, 1)
+        ]
+        results: dict[int, np.ndarray] = {}
+        barrier = threading.Barrier(len(requests))
+
+        def call(i: int) -> None:
+            barrier.wait()
+            results[i] = runner.embed_frames(*requests[i])
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert runner.requests_run == 3 and runner.batches_run < 3
+        for i, (crops, lips) in enumerate(requests):
+            np.testing.assert_allclose(
+                results[i], backend.embed_frames(crops, lips.astype(np.float32)), atol=1e-5
+            )
+    finally:
+        runner.close()
+
+
+class _WholeWindowRunner:
+    """The shared runner without its streaming calls: the detector's whole-window path."""
+
+    streaming = False
+
+    def __init__(self, runner: BatchingRunner) -> None:
+        self._runner = runner
+        self.name = runner.name
+        self.calibration = runner.calibration
+
+    def embed(self, *arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._runner.embed(*arrays)
+
+
+def _windows(path: Path, keep_frame=lambda index: True) -> list:  # noqa: ANN001
+    """The pipeline's windows of a call, frames thinned by ``keep_frame(index)``."""
+    from monitor.media import VideoFrame
+    from monitor.pipeline import SessionAnalyzer
+    from monitor.sources.file import FileSource
+
+    windows = []
+
+    class Keep:
+        name, version = "keep", "0"
+
+        def analyze(self, window):  # noqa: ANN001, ANN202
+            windows.append(window)
+            return Evidence("keep", None, "kept")
+
+    config = MonitorConfig()
+    config.window.min_frames_fraction = 0.0  # thinned windows too: the detectors are compared
+    analyzer = SessionAnalyzer(
+        config, session="s", participant="p", emit=lambda e: None, detectors={"k": Keep()}
+    )
+    with FileSource(path) as source:
+        analyzer.start(source.info)
+        for item in source:
+            if isinstance(item, VideoFrame):
+                if keep_frame(item.index):
+                    analyzer.add_video(item)
+            else:
+                analyzer.add_audio(item)
+    analyzer.finish()
+    return windows
+
+
+@needs_model
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("call", "keep"),
+    [
+        ("sync", lambda i: True),
+        ("plus300", lambda i: True),
+        ("sync", lambda i: i % 7 not in (3, 4)),  # dropped frames: steps without a face
+    ],
+)
+def test_streaming_detector_equals_the_whole_window_detector(
+    synthetic_calls: dict[str, Path],
+    call: str,
+    keep,  # noqa: ANN001
+) -> None:
+    from monitor.detectors.lip_sync_learned import LearnedSyncDetector
+    from monitor.sync.backends import shared_runner
+
+    runner = shared_runner("onnx")
+    assert runner.streaming
+    streaming = LearnedSyncDetector(MonitorConfig(), runner=runner)
+    whole = LearnedSyncDetector(MonitorConfig(), runner=_WholeWindowRunner(runner))
+    assert streaming._frame_embeddings is not None and whole._frame_embeddings is None
+    windows = _windows(synthetic_calls[call], keep)
+    scored = 0
+    for window in windows:
+        got, want = streaming.analyze(window), whole.analyze(window)
+        assert got.rationale.split(" (")[0] == want.rationale.split(" (")[0]
+        if want.score is None:
+            assert got.score is None
+            continue
+        scored += 1
+        assert got.score == pytest.approx(want.score, abs=SCORE_TOLERANCE)
+        np.testing.assert_allclose(
+            got.fields["lag_curve"], want.fields["lag_curve"], atol=CURVE_TOLERANCE
+        )
+        assert got.fields["offset_ms"] == want.fields["offset_ms"]
+        assert got.fields["scored_frames"] == want.fields["scored_frames"]
+    assert scored >= 10
+    # Each frame embedded once, although every frame lies in up to four windows.
+    store = streaming._frame_embeddings
+    face_frames = {f.index for w in windows for f in w.frames if f.face is not None}
+    assert store.computed <= len(face_frames)
+    assert len(store) <= 2 * 25 * 2  # only the frames of the windows still to come
+    summary_got, summary_want = streaming.summarize(), whole.summarize()
+    assert summary_got is not None and summary_want is not None
+    assert summary_got.score == pytest.approx(summary_want.score, abs=SCORE_TOLERANCE)
+
+
+def test_runner_runs_submitted_calls_in_order_and_reports_their_failure() -> None:
+    from monitor.detectors.runner import DetectorRunner
+
+    runner = DetectorRunner("t")
+    seen: list[int] = []
+    try:
+        for i in range(5):
+            runner.submit(lambda i=i: seen.append(i))
+        result, _ = runner.call(lambda: list(seen), 5.0)
+        assert result == [0, 1, 2, 3, 4]  # every submitted call ran before the waited one
+        assert runner.background_seconds >= 0.0
+
+        def fail() -> None:
+            raise ValueError("bad frame")
+
+        runner.submit(fail)
+        with pytest.raises(ValueError, match="bad frame"):
+            runner.call(lambda: None, 5.0)
+        assert runner.call(lambda: "fine", 5.0)[0] == "fine"  # reported once
+    finally:
+        runner.close()
+
+
+def test_session_hands_every_frame_to_observe_before_its_windows(
+    synthetic_calls: dict[str, Path],
+) -> None:
+    from monitor.pipeline import SessionAnalyzer
+    from tests.windows_factory import feed_file
+
+    class Observer:
+        name, version = "observer", "0"
+
+        def __init__(self) -> None:
+            self.observed: list[int] = []
+            self.late: list[int] = []
+
+        def observe(self, frame: FrameFeatures) -> None:
+            self.observed.append(frame.index)
+
+        def analyze(self, window):  # noqa: ANN001, ANN202
+            seen = set(self.observed)
+            self.late += [f.index for f in window.frames if f.index not in seen]
+            return Evidence(self.name, None, "watched")
+
+    observer = Observer()
+    analyzer = SessionAnalyzer(
+        MonitorConfig(), session="s", participant="p", emit=lambda e: None,
+        detectors={"observer": observer},
+    )  # fmt: skip
+    summary = feed_file(analyzer, synthetic_calls["short"])
+    assert observer.observed == list(range(summary["video_frames"]))
+    assert observer.late == []
