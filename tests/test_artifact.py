@@ -278,6 +278,19 @@ def test_each_frame_is_scored_once_across_overlapping_windows() -> None:
     assert len(detector._scores) <= 25  # frames before the last window's start are dropped
 
 
+def test_frames_scored_on_arrival_are_not_scored_again_by_windows() -> None:
+    backend = CountingBackend(logit=1.0)
+    detector = ArtifactDetector(MonitorConfig(), backend=backend, calibration=unit_calibration())
+    window = face_window()
+    for frame in window.frames:  # the session hands every frame to observe first
+        detector.observe(frame)
+    observed = sum(backend.scored)
+    assert observed == len([f for f in window.face_frames if f.index % 2 == 0])
+    evidence = detector.analyze(window)
+    assert evidence.score is not None and evidence.fields["frames_scored"] == observed
+    assert sum(backend.scored) == observed  # the window read the stored scores
+
+
 def test_strong_evidence_names_region_sigma_and_span() -> None:
     detector = ArtifactDetector(
         MonitorConfig(), backend=CountingBackend(logit=4.2), calibration=unit_calibration()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,6 +35,8 @@ from monitor.detectors.artifact.evidence import (
     face_geometry,
 )
 from monitor.detectors.base import Evidence, format_span
+from monitor.features.store import FrameStore
+from monitor.features.types import FrameFeatures
 from monitor.windows import AnalysisWindow
 
 log = logging.getLogger(__name__)
@@ -65,8 +68,8 @@ def frame_stride(fps: float | None) -> int:
     return max(1, int(round((fps or 25.0) / SCORED_PER_SECOND)))
 
 
-def score_frames(backend: ArtifactBackend, frames: list[Any]) -> list[FrameScore]:
-    """Per-frame scoring of face frames (``FrameFeatures`` with a face), in one batch."""
+def score_frames(backend: ArtifactBackend, frames: list[FrameFeatures]) -> list[FrameScore]:
+    """Per-frame scoring of face frames, in one batch (the session's FrameStore calls it)."""
     if not frames:
         return []
     crops = np.stack([to_input_side(f.face.face_crop) for f in frames])
@@ -78,8 +81,8 @@ def score_frames(backend: ArtifactBackend, frames: list[Any]) -> list[FrameScore
 
 
 class ArtifactDetector:
-    """Per-session state: scored frames by index (so overlapping windows never rescore a
-    frame) and each window's value for the session summary."""
+    """Per-session state: scored frames by (frame, face track), so overlapping windows never
+    rescore a frame, and each window's value for the session summary."""
 
     name: ClassVar[str] = "artifact"
     version: ClassVar[str] = "1"
@@ -93,23 +96,28 @@ class ArtifactDetector:
         self.window_config = config.window
         self.backend = backend if backend is not None else shared_backend()
         self.calibration = calibration if calibration is not None else load_calibration()
-        self._scores: dict[int, FrameScore] = {}
+        self._scores: FrameStore[FrameScore] = FrameStore(partial(score_frames, self.backend))
+        # Every n-th frame is scored; known from the first window's frame rate (25-30 fps
+        # gives 2, what observe assumes until then).
+        self._stride = 2
         self._windows: list[tuple[float, float, float, float]] = []  # t0, t1, value, score
         self._strongest: tuple[float, np.ndarray, FaceGeometry, float, float] | None = None
 
     # ----- measurement --------------------------------------------------------------------
 
+    def observe(self, frame: FrameFeatures) -> None:
+        """Score each frame to be scored as it arrives (every window holding it reuses that)."""
+        if frame.face is not None and frame.index % self._stride == 0:
+            self._scores.add([frame])
+
     def frame_scores(self, window: AnalysisWindow) -> list[FrameScore]:
-        """The window's scored frames, scoring only those not seen by an earlier window."""
+        """The window's scored frames, scoring only those not scored before."""
+        self._stride = frame_stride(window.fps)
+        chosen = [f for f in window.face_frames if f.index % self._stride == 0]
+        scores = self._scores.get(chosen)
         # Windows move forward: frames before this one's start are not needed again.
-        for index in [i for i, s in self._scores.items() if s.t < window.t_start]:
-            del self._scores[index]
-        stride = frame_stride(window.fps)
-        chosen = [f for f in window.face_frames if f.index % stride == 0]
-        new = [f for f in chosen if f.index not in self._scores]
-        for score in score_frames(self.backend, new):
-            self._scores[score.index] = score
-        return [self._scores[f.index] for f in chosen]
+        self._scores.forget_before(window.t_start)
+        return scores
 
     def insufficiency(self, window: AnalysisWindow, scored: int | None = None) -> str | None:
         if window.face_fraction < self.window_config.min_face_fraction:
