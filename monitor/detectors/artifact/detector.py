@@ -34,7 +34,7 @@ from monitor.detectors.artifact.evidence import (
     describe_region,
     face_geometry,
 )
-from monitor.detectors.base import Evidence, format_span
+from monitor.detectors.base import Evidence, format_span, merge_spans
 from monitor.features.store import FrameStore
 from monitor.features.types import FrameFeatures
 from monitor.windows import AnalysisWindow
@@ -177,7 +177,7 @@ class ArtifactDetector:
         value = float(values.mean())
         z = self.calibration.session.z(value)
         score = self.calibration.score(z)
-        spans = _merge_spans([(t0, t1) for t0, t1, _, s in self._windows if s >= SPAN_SCORE])
+        spans = merge_spans([(t0, t1) for t0, t1, _, s in self._windows if s >= SPAN_SCORE])
         whole = format_span(self._windows[0][0], self._windows[-1][1])
         fields: dict[str, Any] = {
             "z": round(z, 3),
@@ -202,16 +202,6 @@ class ArtifactDetector:
                 f"({z:+.1f} sigma against genuine video)"
             )
         return Evidence(self.name, score, rationale, spans=spans, fields=fields)
-
-
-def _merge_spans(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    merged: list[tuple[float, float]] = []
-    for start, end in sorted(spans):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
 
 
 def create_artifact_detector(config: MonitorConfig) -> ArtifactDetector:
