@@ -62,29 +62,61 @@ class FaceConfig:
 
 @dataclass
 class FusionConfig:
-    """Per-window evidence -> risk -> smoothed risk -> level with hysteresis."""
+    """How the decision reads as risk in [0, 1], and which detectors can clear a call.
 
-    ewma_alpha: float = 0.5
+    The levels are decided in nats (``[decision]``); ``risk`` maps the session's evidence
+    so that ``suspicious`` starts at ``suspicious_threshold`` and ``alert`` at
+    ``alert_threshold`` (``monitor.decision.evidence_risk``): dashboards and alert sinks
+    can band and grade risks without knowing the nats.
+    """
+
     suspicious_threshold: float = 0.5
     alert_threshold: float = 0.7
-    # A level is left only when the smoothed risk falls this far below its entry threshold.
-    hysteresis: float = 0.1
-    # Consecutive windows needed to move up a level (down is immediate past hysteresis).
-    min_windows_to_raise: int = 2
-    # Only these detectors can clear a window: without their evidence (no speech, say) a
-    # window is "unknown" unless the other detectors alone reach "suspicious".
+    # Only these detectors can clear a call: without their evidence (no speech, say) a
+    # session is "unknown" however consistent the face looks; the others can only raise it.
     clear_requires: list[str] = field(default_factory=lambda: ["lip_sync"])
+
+
+@dataclass
+class DecisionConfig:
+    """The calibrated sequential decision (monitor/decision.py, docs/CALIBRATION.md).
+
+    Each window's detector scores become log-likelihood ratios (nats, manipulated against
+    genuine; the maps are in ``calibration_file``), weighted for window overlap and summed
+    over the session with a floor. A level is raised when that evidence crosses its
+    threshold. ``tools/calibrate_decision.py`` chose the thresholds below for the target
+    false-alarm rates on the train pool's genuine-call corpus.
+    """
+
+    # What the thresholds were chosen for: false level raises per hour of genuine calls.
+    target_false_alerts_per_hour: float = 0.1
+    target_false_suspicious_per_hour: float = 1.0
+    suspicious_nats: float = 4.25
+    alert_nats: float = 6.5
+    # A level is left only when the evidence falls this far below its threshold.
+    hysteresis_nats: float = 1.0
+    # Evidence of a genuine call (from a detector in ``fusion.clear_requires``) needed
+    # before a session reads "clear": no evidence never reads as clear.
+    clear_nats: float = 0.5
+    # The accumulated evidence stays within [floor, ceiling]: old innocence cannot hide a
+    # new attack, and an old attack stops counting once genuine evidence returns.
+    floor_nats: float = 0.0
+    ceiling_nats: float = 8.75
+    # A detector without a calibration map for its version: its score is read as a
+    # probability and its log-likelihood ratio clipped to this many nats.
+    uncalibrated_llr_limit: float = 1.0
+    # None: the packaged monitor/models/decision_calibration.json.
+    calibration_file: str | None = None
 
 
 @dataclass
 class DetectorsConfig:
     enabled: list[str] = field(default_factory=lambda: ["lip_sync", "temporal", "artifact"])
     disabled: list[str] = field(default_factory=list)
-    # temporal is weaker on real clips (per-clip AUC about 0.6 on dev): half weight.
-    # artifact: a quarter, so that alone it can raise "suspicious" but never "alert" while
-    # lip-sync judges the window (and a silent artifact score dilutes the others little).
+    # Multipliers of each detector's log-likelihood ratio (0 leaves it out of the decision).
+    # The calibration already weighs a detector by how much its scores tell: keep 1.
     weights: dict[str, float] = field(
-        default_factory=lambda: {"lip_sync": 1.0, "temporal": 0.5, "artifact": 0.25}
+        default_factory=lambda: {"lip_sync": 1.0, "temporal": 1.0, "artifact": 1.0}
     )
     # A detector that takes longer than this for one window is disabled for the session.
     time_budget_s: float = 2.0
@@ -236,6 +268,7 @@ class MonitorConfig:
     audio: AudioConfig = field(default_factory=AudioConfig)
     face: FaceConfig = field(default_factory=FaceConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
     detectors: DetectorsConfig = field(default_factory=DetectorsConfig)
     lip_sync: LipSyncConfig = field(default_factory=LipSyncConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
@@ -256,8 +289,17 @@ class MonitorConfig:
         f = self.fusion
         if not (0 < f.suspicious_threshold < f.alert_threshold <= 1):
             raise ConfigError("need 0 < suspicious_threshold < alert_threshold <= 1")
-        if not (0 < f.ewma_alpha <= 1):
-            raise ConfigError("ewma_alpha must be in (0, 1]")
+        d = self.decision
+        if not (d.floor_nats < d.suspicious_nats < d.alert_nats <= d.ceiling_nats):
+            raise ConfigError(
+                "need decision floor_nats < suspicious_nats < alert_nats <= ceiling_nats"
+            )
+        if not (0 <= d.hysteresis_nats < d.suspicious_nats - d.floor_nats):
+            raise ConfigError("decision hysteresis_nats must be in [0, suspicious_nats - floor)")
+        if d.clear_nats < 0 or d.uncalibrated_llr_limit < 0:
+            raise ConfigError("decision clear_nats and uncalibrated_llr_limit must be >= 0")
+        if d.target_false_alerts_per_hour <= 0 or d.target_false_suspicious_per_hour <= 0:
+            raise ConfigError("decision false-alarm targets must be positive")
         budget = self.detectors.time_budget_s
         if not (0 < budget <= 3600):
             raise ConfigError(f"detectors.time_budget_s must be in (0, 3600] s, got {budget}")

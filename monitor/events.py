@@ -1,10 +1,17 @@
-"""Event construction and validation (schema version 1).
+"""Event construction and validation (schema version 2).
 
 Every event carries ``schema``, ``type``, ``session``, ``participant`` and ``ts``;
 the same dicts go to JSONL files and to the websocket alert channel. The payloads of
 ``session_started``, ``score``, ``alert`` and ``summary`` are built here, beside the
 schema they must satisfy (``monitor/schema/events.schema.json``), from what the session
-decided: the session computes risks and levels, this module words and rounds them.
+decided (:mod:`monitor.decision`): the session accumulates evidence and sets levels, this
+module words and rounds them.
+
+Version 2 (the sequential decision): ``level`` is always the session's level after the
+event (a window without evidence no longer reads ``unknown`` while the session stays
+``clear``); ``risk`` is the session's accumulated evidence on the risk scale; score
+events add ``evidence_nats`` and ``window_llr``, each evidence item its ``llr``; the
+summary reports ``verdict``, ``peak`` and ``final_level`` instead of one ``level``.
 """
 
 from __future__ import annotations
@@ -20,13 +27,13 @@ from monitor.detectors.base import format_span
 
 if TYPE_CHECKING:
     from monitor.config import MonitorConfig
+    from monitor.decision import WindowDecision
     from monitor.detectors.base import Evidence
     from monitor.features.speaker import SpeakerChoice
-    from monitor.fusion import LevelChange
     from monitor.media import StreamInfo
     from monitor.windows import AnalysisWindow
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EVENT_TYPES = ("session_started", "score", "alert", "summary", "session_ended", "error")
 
 # Where events go: a session's ``emit``, a sink, a fan-out. Takes one event dict.
@@ -63,18 +70,28 @@ class EventFactory:
         info: StreamInfo,
         config: MonitorConfig,
         detector_versions: Mapping[str, str],
+        calibrated: Iterable[str] = (),
         unavailable: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """``unavailable``: detectors needed to call a window clear that this session
-        lacks, and why (then no window can be clear)."""
+        """``calibrated``: the detectors the decision has a calibration for; ``unavailable``:
+        detectors needed to call a window clear that this session lacks, and why (then no
+        window can be clear)."""
+        decision = config.decision
         return self.make(
             "session_started",
             **info.as_event_fields(),
             config={
                 "window_s": config.window.window_s,
                 "hop_s": config.window.hop_s,
+                # Where the levels start on the risk scale.
                 "suspicious_threshold": config.fusion.suspicious_threshold,
                 "alert_threshold": config.fusion.alert_threshold,
+                "decision": {
+                    "suspicious_nats": decision.suspicious_nats,
+                    "alert_nats": decision.alert_nats,
+                    "target_false_alerts_per_hour": decision.target_false_alerts_per_hour,
+                    "calibrated": sorted(calibrated),
+                },
                 "detectors": dict(detector_versions),
                 "clear_requires": list(config.fusion.clear_requires),
                 "min_frames_fraction": config.window.min_frames_fraction,
@@ -86,31 +103,37 @@ class EventFactory:
         self,
         window: AnalysisWindow,
         evidence: Sequence[Evidence],
+        step: WindowDecision,
         *,
         risk: float,
-        window_risk: float | None,
-        level: str,
-        session_level: str,
         dropped_frames: int,
         inference_s: float,
         speaker: SpeakerChoice | None = None,
         caveats: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """One window's score; ``window_risk`` None is insufficient evidence. ``speaker``:
-        which of several faces was scored (or that none could be), named in the event.
-        ``caveats`` (too little media, thinned media, missing detectors) go into the
+        """One window's score: what its evidence added (``step``) and where the session is.
+        ``speaker``: which of several faces was scored (or that none could be), named in the
+        event. ``caveats`` (too little media, thinned media, missing detectors) go into the
         rationale."""
-        if window_risk is None:
+        span = format_span(window.t_start, window.t_end)
+        if step.llr is None:
             reasons = [e.rationale for e in evidence]
             if speaker is not None and speaker.track_id is None:
                 reasons = [speaker.reason]
-            span = format_span(window.t_start, window.t_end)
             because = "; ".join([*caveats, *reasons]) or "no detector ran"
             rationale = f"insufficient evidence over {span}: {because}"
         else:
-            rationale = "; ".join([scored_rationale(evidence, strongest_first=True), *caveats])
+            rationale = "; ".join(
+                [f"{step.llr:+.1f} nats over {span}: " + window_rationale(evidence, step), *caveats]
+            )
             if speaker is not None:
                 rationale = f"{speaker.reason}; {rationale}"
+        items = []
+        for item in evidence:
+            data = item.to_json()
+            if item.detector in step.contributions:
+                data["llr"] = round(step.contributions[item.detector], 3)
+            items.append(data)
         quality = window.quality.as_event() if window.quality is not None else None
         extra = {"speaker": speaker.to_json()} if speaker is not None else {}
         return self.make(
@@ -119,11 +142,12 @@ class EventFactory:
             t_start=round(window.t_start, 3),
             t_end=round(window.t_end, 3),
             risk=round(risk, 4),
-            window_risk=None if window_risk is None else round(window_risk, 4),
-            level=level,
-            session_level=session_level,
+            window_risk=None if step.window_risk is None else round(step.window_risk, 4),
+            level=step.level,
+            evidence_nats=round(step.evidence_nats, 3),
+            window_llr=None if step.llr is None else round(step.llr, 3),
             rationale=rationale,
-            evidence=[item.to_json() for item in evidence],
+            evidence=items,
             dropped_frames=dropped_frames,
             quality=quality,
             inference_ms=round(inference_s * 1000, 2),
@@ -131,17 +155,24 @@ class EventFactory:
         )
 
     def alert(
-        self, score: dict[str, Any], change: LevelChange, explanation: dict[str, Any]
+        self,
+        score: dict[str, Any],
+        previous_level: str,
+        config: MonitorConfig,
+        explanation: dict[str, Any],
     ) -> dict[str, Any]:
         """The level change that ``score`` (a score event) brought, with its evidence."""
+        level = score["level"]
+        reason = level_reason(level, score["evidence_nats"], config)
         return self.make(
             "alert",
-            level=change.level,
-            previous_level=change.previous_level,
+            level=level,
+            previous_level=previous_level,
             risk=score["risk"],
+            evidence_nats=score["evidence_nats"],
             t_start=score["t_start"],
             t_end=score["t_end"],
-            rationale=f"level {change.previous_level} -> {change.level}: {score['rationale']}",
+            rationale=f"level {previous_level} -> {level}: {reason}; {score['rationale']}",
             evidence=score["evidence"],
             explanation=explanation,
         )
@@ -150,40 +181,106 @@ class EventFactory:
         self,
         evidence: Sequence[Evidence],
         *,
-        risk: float | None,
-        level: str,
+        verdict: str,
+        risk: float,
+        peak: Mapping[str, Any] | None,
         final_level: str,
-        peak_risk: float,
-        mean_window_risk: float | None,
+        final_risk: float,
+        evidence_nats: float,
+        config: MonitorConfig,
         counts: Mapping[str, Any],
         quality: Mapping[str, Any] | None = None,
         caveats: Sequence[str] = (),
         unavailable: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """The session's verdict from its session-level ``evidence``; ``risk`` None is
-        insufficient evidence. ``counts``: windows, frames, drops and alerts of the session;
-        ``quality``: its media, frame by frame; ``caveats``: what the verdict rests on."""
-        if risk is None:
-            rationale = "; ".join(["insufficient evidence", *caveats])
+        """The session's verdict, its peak moment and its final state, as separate fields.
+
+        ``verdict`` is the highest level the session's evidence reached (``unknown``: it
+        never had evidence enough to clear), ``risk`` that peak on the risk scale, ``peak``
+        where it was, ``final_level`` and ``final_risk`` where the session ended.
+        ``evidence``: each detector's session-level evidence (explains, does not decide).
+        ``counts``: windows, frames, drops and alerts of the session; ``quality``: its
+        media, frame by frame; ``caveats``: what the verdict rests on.
+        """
+        decision = config.decision
+        if verdict == "unknown" or peak is None:
+            head = "insufficient evidence: no window had enough face and speech to clear the call"
+        elif verdict == "clear":
+            head = (
+                f"clear: the evidence for manipulation peaked at {peak['evidence_nats']:.1f} "
+                f"nats over {format_span(peak['t_start'], peak['t_end'])}, below the "
+                f"suspicious level ({decision.suspicious_nats:g} nats)"
+            )
         else:
-            scored = scored_rationale(evidence) or f"mean window risk {risk:.2f}"
-            rationale = "; ".join([scored, *caveats])
+            head = (
+                f"{verdict}: "
+                + level_reason(verdict, peak["evidence_nats"], config)
+                + f" over {format_span(peak['t_start'], peak['t_end'])} ({peak['rationale']})"
+            )
+        if verdict != final_level:
+            head += f"; final state {final_level} ({evidence_nats:.1f} nats)"
+        head = "; ".join([head, *caveats])
+        details = scored_rationale(evidence)
         return self.make(
             "summary",
-            risk=round(float(risk or 0.0), 4),
-            level=level,
+            verdict=verdict,
+            risk=round(risk, 4),
+            peak=None
+            if peak is None
+            else {
+                "level": peak["level"],
+                "risk": round(peak["risk"], 4),
+                "evidence_nats": round(peak["evidence_nats"], 3),
+                "t_start": round(peak["t_start"], 3),
+                "t_end": round(peak["t_end"], 3),
+            },
             final_level=final_level,
-            peak_risk=round(peak_risk, 4),
-            mean_window_risk=None if mean_window_risk is None else round(mean_window_risk, 4),
+            final_risk=round(final_risk, 4),
+            evidence_nats=round(evidence_nats, 3),
             **counts,
             quality=dict(quality or {}),
             unavailable_detectors=dict(unavailable or {}),
-            rationale=rationale,
+            rationale=head + (f". Session evidence: {details}" if details else ""),
             evidence=[item.to_json() for item in evidence],
         )
 
     def error(self, message: str, **fields: Any) -> dict[str, Any]:
         return self.make("error", message=message, **fields)
+
+
+def level_reason(level: str, evidence_nats: float, config: MonitorConfig) -> str:
+    """Why the session is at ``level``, in its own numbers."""
+    decision = config.decision
+    if level == "alert":
+        return (
+            f"evidence for manipulation reached {evidence_nats:.1f} nats "
+            f"(alert from {decision.alert_nats:g})"
+        )
+    if level == "suspicious":
+        return (
+            f"evidence for manipulation at {evidence_nats:.1f} nats "
+            f"(suspicious from {decision.suspicious_nats:g}, alert from {decision.alert_nats:g})"
+        )
+    if level == "clear":
+        return (
+            f"evidence for manipulation down to {evidence_nats:.1f} nats, speech matches the lips"
+        )
+    return "no evidence to clear the call (no face or no speech)"
+
+
+def window_rationale(evidence: Iterable[Evidence], step: WindowDecision) -> str:
+    """``detector +1.2 nats (score 0.83): its rationale; ...``, strongest evidence first,
+    then the detectors without evidence and why (``lip_sync: insufficient evidence: ...``)."""
+    evidence = list(evidence)
+    scored = [e for e in evidence if e.score is not None]
+    scored.sort(key=lambda e: -step.contributions.get(e.detector, 0.0))
+    parts = []
+    for e in scored:
+        llr = step.contributions.get(e.detector)
+        weight = "not counted" if llr is None else f"{llr:+.1f} nats"
+        parts.append(f"{e.detector} {weight} (score {e.score:.2f}): {e.rationale}")
+    parts += [f"{e.detector}: {e.rationale}" for e in evidence if e.score is None]
+    return "; ".join(parts)
 
 
 def scored_rationale(evidence: Iterable[Evidence], *, strongest_first: bool = False) -> str:

@@ -6,6 +6,7 @@ and per-frame timestamps (never assume 25 fps); audio is 16 kHz mono float32.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,3 +83,16 @@ class StreamInfo:
             "video_codec": self.video_codec,
             "audio_codec": self.audio_codec,
         }
+
+
+def contiguous_samples(chunks: Sequence[AudioChunk]) -> tuple[np.ndarray, float]:
+    """Chunks as one array placed by their times (gaps zero): (samples, time of sample 0)."""
+    if not chunks:
+        return np.zeros(0, np.float32), 0.0
+    t0 = chunks[0].t
+    end = max(int(round((c.t - t0) * AUDIO_RATE)) + len(c.samples) for c in chunks)
+    samples = np.zeros(end, np.float32)
+    for chunk in chunks:
+        start = int(round((chunk.t - t0) * AUDIO_RATE))
+        samples[start : start + len(chunk.samples)] = chunk.samples
+    return samples, t0

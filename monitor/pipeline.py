@@ -1,7 +1,8 @@
 """One session's pipeline: timestamped media in, explained events out.
 
 :class:`SessionAnalyzer` owns everything of one participant's session: the face tracker,
-its windower (:mod:`monitor.windows`), the detectors, the risk state.
+its windower (:mod:`monitor.windows`), the detectors, the sequential decision
+(:mod:`monitor.decision`).
 It is synchronous and not thread-safe on purpose: one thread drives one session, so
 file replay and live ingest share exactly the same code. The only other threads are one
 worker per detector (:mod:`monitor.detectors.runner`), waited for one call at a time, so
@@ -19,14 +20,14 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from monitor.config import MonitorConfig
+from monitor.decision import SequentialDecision, load_calibration
 from monitor.detectors.base import Detector, Evidence, format_span
 from monitor.detectors.runner import CallTimeout, DetectorRunner
 from monitor.events import EventFactory, EventSink
 from monitor.explain.live import compact_explanation
 from monitor.features.speaker import SpeakerChoice, SpeakerSelector, window_of_speaker
 from monitor.features.types import FrameFeatures
-from monitor.fusion import RiskState, fuse_evidence, gate_clearing
-from monitor.levels import LEVEL_RANK, UNKNOWN
+from monitor.levels import UNKNOWN
 from monitor.media import AUDIO_RATE, AudioChunk, LostMedia, StreamInfo, VideoFrame
 from monitor.windows import AnalysisWindow, Windower, WindowSchedule
 
@@ -117,8 +118,10 @@ class SessionAnalyzer:
             if name not in self.detectors and name not in self.unavailable:
                 self.unavailable[name] = "not enabled for this session"
         self._runners: dict[str, DetectorRunner] = {}  # started on a detector's first call
-        windows_per_unknown = max(1, round(2 * config.window.window_s / config.window.hop_s))
-        self.risk = RiskState(config.fusion, unknown_after_windows=windows_per_unknown)
+        self.calibration = load_calibration(config.decision)
+        self.decision = SequentialDecision.for_session(config, self._versions(), self.calibration)
+        # The window where the accumulated evidence peaked: what the summary points to.
+        self._peak: dict[str, Any] | None = None
         self._windower = Windower(
             WindowSchedule.from_config(config.window),
             config.audio,
@@ -165,11 +168,23 @@ class SessionAnalyzer:
 
     # ----- input --------------------------------------------------------------------------
 
+    def _versions(self) -> dict[str, str]:
+        return {name: getattr(det, "version", "?") for name, det in self.detectors.items()}
+
     def start(self, info: StreamInfo) -> None:
         self._windower.has_audio = info.has_audio
         self._windower.set_frame_rate(info.fps)
-        versions = {name: getattr(det, "version", "?") for name, det in self.detectors.items()}
-        self.emit(self.events.session_started(info, self.config, versions, dict(self.unavailable)))
+        versions = self._versions()
+        calibrated = [
+            name
+            for name, version in versions.items()
+            if self.calibration.for_detector(name, version) is not None
+        ]
+        self.emit(
+            self.events.session_started(
+                info, self.config, versions, calibrated, dict(self.unavailable)
+            )
+        )
 
     def add_video(self, frame: VideoFrame) -> None:
         started = time.perf_counter()
@@ -372,11 +387,11 @@ class SessionAnalyzer:
             return f"audio lost for {quality.audio_lost_s:.1f} s of the {window_s:.1f} s window"
         return None
 
-    def _caveats(self, window: AnalysisWindow, window_risk: float | None) -> list[str]:
+    def _caveats(self, window: AnalysisWindow, window_llr: float | None) -> list[str]:
         """What a reader must know about the verdict: damaged media, missing detectors."""
         caveats = []
         quality = window.quality
-        if window_risk is not None and quality is not None and quality.thinned:
+        if window_llr is not None and quality is not None and quality.thinned:
             caveats.append(f"rests on thinned or damaged media: {quality.describe()}")
         for name, why in self.unavailable.items():
             caveats.append(f"{name} unavailable ({why}): no window can be clear")
@@ -394,17 +409,12 @@ class SessionAnalyzer:
         inference_s = time.perf_counter() - started
         self.stats.stage_seconds["detectors"] += inference_s
         started = time.perf_counter()
-        window_risk = None
-        if too_little is None:
-            window_risk = gate_clearing(
-                fuse_evidence(evidence, self.config.detectors.weights),
-                evidence,
-                self.config.fusion,
-            )
-        change = self.risk.update(window_risk)
+        # A detector that is gone (failed, hung, not enabled) is not running: the decision
+        # cannot clear without a required one (fusion.clear_requires).
+        step = self.decision.update(evidence, set(self.detectors))
         caveats = [too_little] if too_little else []
-        caveats += self._caveats(window, window_risk)
-        if window_risk is None:
+        caveats += self._caveats(window, step.llr)
+        if step.llr is None:
             self.stats.windows_insufficient += 1
             self.stats.windows_below_minimum += too_little is not None
             self.stats.note_unknown(too_little or unchosen or self._first_reason(evidence))
@@ -414,24 +424,31 @@ class SessionAnalyzer:
         score = self.events.score(
             window,
             evidence,
-            risk=self.risk.smoothed_risk if self.risk.smoothed_risk is not None else 0.0,
-            window_risk=window_risk,
-            level=self.risk.level if window_risk is not None else UNKNOWN,
-            session_level=self.risk.level,
+            step,
+            risk=self.decision.risk_of(step.evidence_nats),
             dropped_frames=self.stats.dropped_total,
             inference_s=inference_s,
             speaker=speaker,
             caveats=caveats,
         )
+        if self.decision.peak_window == self.decision.windows - 1 and step.llr is not None:
+            self._peak = {
+                "level": step.level,
+                "risk": score["risk"],
+                "evidence_nats": step.evidence_nats,
+                "t_start": window.t_start,
+                "t_end": window.t_end,
+                "rationale": score["rationale"],
+            }
         self.stats.stage_seconds["fusion"] += time.perf_counter() - started
         self.emit(score)
-        if change is None:
+        if not step.changed:
             return
-        if change.previous_level == UNKNOWN and change.level == "clear" and not self.stats.alerts:
+        if step.previous_level == UNKNOWN and step.level == "clear" and not self.stats.alerts:
             return  # the first evidence establishing "clear" is not news
         self.stats.alerts += 1
-        explanation = compact_explanation(window, evidence, self.config.detectors.weights)
-        self.emit(self.events.alert(score, change, explanation))
+        explanation = compact_explanation(window, evidence, step.contributions)
+        self.emit(self.events.alert(score, step.previous_level, self.config, explanation))
 
     def _first_reason(self, evidence: list[Evidence]) -> str:
         """The reason an unknown window gives first: a required detector's, else any."""
@@ -471,31 +488,22 @@ class SessionAnalyzer:
                 continue
             if item is not None:
                 session_evidence.append(item)
-        session_risk = gate_clearing(
-            fuse_evidence(session_evidence, self.config.detectors.weights),
-            session_evidence,
-            self.config.fusion,
-        )
-        mean_risk = self.risk.mean_window_risk
-        if session_risk is None:
-            session_risk = mean_risk
-        level = UNKNOWN
-        if session_risk is not None:
-            level = max(
-                self.risk.peak_level, self.risk.level_for(session_risk), key=LEVEL_RANK.__getitem__
-            )
-        if level == "clear" and self.unavailable:
-            level = UNKNOWN  # what cleared the early windows is gone: the call is not clear
+        decision = self.decision
+        verdict = decision.verdict
+        if verdict == "clear" and self.unavailable:
+            verdict = UNKNOWN  # what cleared the early windows is gone: the call is not clear
         return self.events.summary(
             session_evidence,
-            risk=session_risk,
-            level=level,
-            final_level=self.risk.level,
-            peak_risk=self.risk.peak_risk,
-            mean_window_risk=mean_risk,
+            verdict=verdict,
+            risk=decision.peak_risk,
+            peak=self._peak,
+            final_level=decision.level,
+            final_risk=decision.risk,
+            evidence_nats=decision.evidence_nats,
+            config=self.config,
             counts=self.stats.summary_counts(),
             quality=self._session_quality(),
-            caveats=self._session_caveats(session_risk),
+            caveats=self._session_caveats(scored=decision.windows_with_evidence > 0),
             unavailable=dict(self.unavailable),
         )
 
@@ -514,15 +522,15 @@ class SessionAnalyzer:
         quality["truncated_s"] = round(self._windower.truncated_s, 3)
         return quality
 
-    def _session_caveats(self, session_risk: float | None) -> list[str]:
+    def _session_caveats(self, *, scored: bool) -> list[str]:
         stats, caveats = self.stats, []
-        if session_risk is None and stats.unknown_reasons:
+        if not scored and stats.unknown_reasons:
             key, n = stats.unknown_reasons.most_common(1)[0]
             total = stats.windows_insufficient
             caveats.append(
                 f"{total} windows insufficient, {n} of them because: {stats.unknown_examples[key]}"
             )
-        if session_risk is not None and stats.windows_thinned:
+        if scored and stats.windows_thinned:
             caveats.append(
                 f"{stats.windows_thinned} of {stats.windows_scored} scored windows rest on "
                 "thinned or damaged media"

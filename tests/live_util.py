@@ -64,8 +64,10 @@ class RecordingAnalyzer:
             self.emit(self.events.make("session_ended", reason=reason))
         summary = self.events.make(
             "summary",
+            verdict="unknown",
             risk=0.0,
-            level="unknown",
+            peak=None,
+            final_level="unknown",
             windows_scored=0,
             windows_insufficient=0,
             frames_dropped=sum(self.dropped.values()),

@@ -152,7 +152,9 @@ FLAP_TEXT = (
     "We need to move the money today, so wire it to the new account I gave you. "
     "Thank you, and call me back when it is done."
 )
-DESYNCED_S = ((3.0, 7.0), (10.5, 16.5))  # audio 300 ms late here, in sync elsewhere
+# Audio 300 ms late here, in sync elsewhere: the in-sync stretch between is long enough for
+# the accumulated evidence to fall back to clear (decision ceiling 6.5 nats in the test).
+DESYNCED_S = ((3.0, 7.0), (12.5, 17.0))
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +192,7 @@ async def test_replay_of_a_desynced_call_delivers_throttled_signed_alerts(
     dead = tmp_path / "dead-letter.jsonl"
     config = tmp_path / "dfmon.toml"
     config.write_text(
+        "[decision]\nceiling_nats = 6.5\n"
         "[sinks]\nthrottle_s = 4\ntimeout_s = 1\nmax_attempts = 2\ndrain_s = 2\n"
         f'dead_letter = "{dead}"\n'
     )

@@ -33,7 +33,7 @@ from monitor.config import load_config
 from monitor.errors import ConfigError
 from monitor.events import EventFactory, validate_event
 from monitor.live.client import push_file
-from monitor.sinks.notices import NoticePolicy
+from monitor.sinks.notices import NoticePolicy, notice_level
 from monitor.synth.events import FLAPPING, interleaved, session_events
 from tests.browser import find_chromium
 from tests.bus_util import (
@@ -715,7 +715,7 @@ async def test_sinks_deliver_signed_webhooks_and_cef_throttled_across_the_group(
         _, cef, ext = check_syslog(datagram)
         notice = by_id[ext["externalId"]]
         assert (
-            cef[3] == f"{notice['type']}-{notice['level']}"
+            cef[3] == f"{notice['type']}-{notice_level(notice)}"
             and ext["suser"] == notice["participant"]
         )
     alerts = [n for n in expected if n["type"] == "alert"]

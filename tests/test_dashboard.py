@@ -250,6 +250,8 @@ def desynced_session(session: str = "call-1", participant: str = "alice") -> lis
                 risk=risk,
                 window_risk=min(1.0, risk + 0.04),
                 level=level,
+                evidence_nats=round(10 * risk, 2),
+                window_llr=1.2 if risk > 0.4 else -0.8,
                 rationale=rationale,
                 evidence=[lip, temporal],
             )
@@ -261,6 +263,7 @@ def desynced_session(session: str = "call-1", participant: str = "alice") -> lis
                     level=level,
                     previous_level=previous,
                     risk=risk,
+                    evidence_nats=round(10 * risk, 2),
                     t_start=t_start,
                     t_end=t_end,
                     rationale=rationale,
@@ -271,8 +274,18 @@ def desynced_session(session: str = "call-1", participant: str = "alice") -> lis
     events.append(
         make(
             "summary",
+            verdict="alert",
             risk=0.89,
-            level="alert",
+            peak={
+                "level": "alert",
+                "risk": 0.9,
+                "evidence_nats": 8.4,
+                "t_start": 6.0,
+                "t_end": 8.0,
+            },
+            final_level="alert",
+            final_risk=0.89,
+            evidence_nats=8.2,
             windows_scored=len(risks),
             windows_insufficient=0,
             frames_dropped=0,
@@ -297,6 +310,8 @@ def calm_session(session: str = "call-1", participant: str = "bob", n: int = 6) 
                 risk=0.1,
                 window_risk=None,
                 level="clear",
+                evidence_nats=0.0,
+                window_llr=None,
                 rationale=HOSTILE_TEXT,
                 evidence=[
                     {
@@ -325,10 +340,11 @@ def flickering_session(session: str = "call-2", participant: str = "carol") -> l
             "t_end": index * 0.5 + 2.0,
             "risk": risk,
             "level": level,
+            "evidence_nats": round(10 * risk, 2),
             "rationale": f"window {index}: lip_sync {risk:.2f}",
             "evidence": [],
         }
-        events.append(make("score", window=index, **fields))
+        events.append(make("score", window=index, window_llr=0.5, **fields))
         if level != previous:
             events.append(make("alert", previous_level=previous, **fields))
             previous = level

@@ -255,6 +255,7 @@ def _alert_event(window, evidence, explanation) -> dict:
         level="alert",
         previous_level="suspicious",
         risk=0.9,
+        evidence_nats=7.0,
         t_start=window.t_start,
         t_end=window.t_end,
         rationale="level suspicious -> alert: test",
@@ -266,7 +267,7 @@ def _alert_event(window, evidence, explanation) -> dict:
 def test_live_explanation_of_a_desynced_window_names_the_offset_and_segments() -> None:
     window = window_from_signals(audio_lag_s=0.4, seed=3)
     evidence = [BaselineSyncDetector(MonitorConfig()).analyze(window)]
-    explanation = compact_explanation(window, evidence, {"lip_sync": 1.0})
+    explanation = compact_explanation(window, evidence, {"lip_sync": 2.5})
     curve = explanation["offset_curve"]
     assert curve is not None and curve["best_lag_ms"] == pytest.approx(400, abs=40)
     assert curve["in_genuine_band"] is False and curve["zero_lag_excess"] > 0
@@ -275,8 +276,10 @@ def test_live_explanation_of_a_desynced_window_names_the_offset_and_segments() -
     assert explanation["contributions"][0] == {
         "detector": "lip_sync",
         "score": pytest.approx(evidence[0].score, abs=1e-3),
+        "llr": 2.5,
         "share": 1.0,
     }
+    assert "carries 100% of the evidence (+2.5 nats)" in explanation["summary"]
     assert "+400 ms" in explanation["summary"] and "outside" in explanation["summary"]
     text = json.dumps(explanation, allow_nan=False)
     assert len(text) < 2048
@@ -351,6 +354,6 @@ def test_live_explanation_survives_malformed_lip_sync_fields() -> None:
         "a plugin",
         fields={"lag_curve_ms": ["a", "b", "c"], "lag_curve": [1, 2], "offset_ms": "late"},
     )
-    explanation = compact_explanation(window, [odd])
+    explanation = compact_explanation(window, [odd], {"lip_sync": 1.0})
     assert explanation["offset_curve"] is None
     assert explanation["contributions"][0]["share"] == 1.0

@@ -156,7 +156,7 @@ def test_mangled_genuine_call_ends_cleanly_without_a_verdict_against_it(
     events = [json.loads(line) for line in events_path.read_text().splitlines()]
     summary = events[-1]
     assert summary["type"] == "summary"
-    assert summary["level"] not in CONFIDENT, summary["rationale"]
+    assert summary["verdict"] not in CONFIDENT, summary["rationale"]
     assert not [e for e in events if e["type"] == "alert" and e["level"] in CONFIDENT]
 
 
@@ -259,7 +259,7 @@ def test_a_frozen_stretch_neither_disables_lip_sync_nor_hides_the_fake(
     assert early and all(s["level"] == "unknown" for s in early)
     assert all("video" in s["rationale"] for s in early)  # too little / no video, said so
     summary = events[-1]
-    assert summary["level"] in CONFIDENT, summary["rationale"]  # the fake is still caught
+    assert summary["verdict"] in CONFIDENT, summary["rationale"]  # the fake is still caught
     (lip_sync,) = [e for e in summary["evidence"] if e["detector"] == "lip_sync"]
     assert lip_sync["offset_ms"] == pytest.approx(300, abs=80)
 
@@ -279,7 +279,7 @@ def test_decode_errors_are_in_the_events(genuine: dict[str, Path], tmp_path: Pat
     assert all("undecodable" in e["rationale"] for e in hit)
     summary = events[-1]
     assert summary["quality"]["frames_undecodable"] >= 9
-    assert summary["level"] not in CONFIDENT
+    assert summary["verdict"] not in CONFIDENT
 
 
 def test_a_cut_file_reports_what_its_index_promised(

@@ -125,7 +125,11 @@ def desynced(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("report")
     call = make_call(folder / "call.mp4", text=TEXT, audio_shift_s=0.4, size=(360, 480))
     events: list[dict] = []
-    config = load_config(lip_sync={"model": "baseline"})
+    # The baseline detector has no decision calibration (it counts at most 1 nat a window):
+    # thresholds low enough for this short call's 400 ms shift to reach alert.
+    config = load_config(
+        lip_sync={"model": "baseline"}, decision={"suspicious_nats": 1.5, "alert_nats": 2.5}
+    )
     replay_file(call.path, config, events.append, participant="caller")
     events_path = folder / "events.jsonl"
     events_path.write_text("".join(dumps(e) + "\n" for e in events))

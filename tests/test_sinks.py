@@ -24,7 +24,7 @@ TOKEN = "s3cret-token"
 
 
 def make_events(n: int, pad: int = 0) -> list[dict]:
-    """Valid schema-1 score events, numbered by ``window``; ``pad`` bytes make them heavier."""
+    """Score events (schema 2), numbered by ``window``; ``pad`` bytes make them heavier."""
     factory = EventFactory(session="sess-1", participant="alice")
     events = []
     for i in range(n):
@@ -35,6 +35,8 @@ def make_events(n: int, pad: int = 0) -> list[dict]:
             t_end=i * 0.5 + 2.0,
             risk=0.25,
             level="clear",
+            evidence_nats=0.0,
+            window_llr=-1.0,
             evidence=[],
             rationale="x" * pad or "ok",
         )

@@ -35,6 +35,6 @@ def test_soak_reports_memory_threads_drops_and_verdicts(tmp_path: Path) -> None:
     sessions = data["sessions"]
     assert len(sessions) >= 2  # each publisher's first session reached its summary
     assert {s["participant"].split("-")[0] for s in sessions} == {"p0", "p1"}
-    assert not [s for s in sessions if s["level"] == "alert"]  # genuine speech
+    assert not [s for s in sessions if s["verdict"] == "alert"]  # genuine speech
     assert (out / "soak.png").stat().st_size > 10_000
     assert (out / "soak.md").read_text() == result.stdout

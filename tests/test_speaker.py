@@ -182,9 +182,9 @@ def _check_side_by_side(events: list[dict], speaker_side: str) -> None:
     assert len({s["track"] for s in chosen}) == 1
     for event in scores:
         if event["speaker"]["track"] is None:  # none chosen: insufficient, never scored
-            assert event["level"] == "unknown" and event["evidence"] == []
+            assert event["window_llr"] is None and event["evidence"] == []
             assert "none goes with the speech" in event["rationale"]
-    assert summary["level"] not in ("alert", "suspicious"), summary["rationale"]
+    assert summary["verdict"] not in ("alert", "suspicious"), summary["rationale"]
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +235,7 @@ def test_two_real_speakers_side_by_side_never_alert(
     )
     events = _replay(path)
     summary = next(e for e in events if e["type"] == "summary")
-    assert summary["level"] not in ("alert", "suspicious"), summary["rationale"]
+    assert summary["verdict"] not in ("alert", "suspicious"), summary["rationale"]
     assert not [e for e in events if e["type"] == "alert" and e["level"] != "clear"]
     chosen = [e["speaker"] for e in events if e.get("speaker", {}).get("track") is not None]
     assert chosen and len({c["track"] for c in chosen}) == 1

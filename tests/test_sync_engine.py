@@ -16,7 +16,7 @@ import pytest
 
 from monitor.errors import BackendUnavailableError, ConfigError
 from monitor.sync import engine
-from monitor.sync.checkpoint import ONNX_PATH, WEIGHTS_PATH
+from monitor.sync.checkpoint import MODEL_NAME, ONNX_PATH, WEIGHTS_PATH
 
 needs_model = pytest.mark.skipif(
     not (ONNX_PATH.exists() and WEIGHTS_PATH.exists()), reason="sync model not trained yet"
@@ -111,7 +111,7 @@ def test_cache_key_changes_with_every_field() -> None:
     ]
     digests = {base.digest()} | {v.digest() for v in variants}
     assert len(digests) == 1 + len(variants)
-    assert base.filename().startswith("sync_v1-fp16-") and base.filename().endswith(".engine")
+    assert base.filename().startswith(f"{MODEL_NAME}-fp16-") and base.filename().endswith(".engine")
 
 
 def test_profile_config_in_the_repository_is_valid(tmp_path: Path) -> None:

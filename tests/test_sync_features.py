@@ -145,3 +145,16 @@ def test_window_inputs_and_lag_distances_on_a_pipeline_window() -> None:
     audio[inputs.positions + 15 + 3] = video[inputs.positions]
     curve = lag_distances(inputs, video, audio).mean(axis=0)
     assert int(inputs.lags[np.argmin(curve)]) == 3
+
+
+def test_offsets_are_refined_between_frames() -> None:
+    from monitor.sync.scoring import refined_minimum, summarize_curve
+
+    lags = np.arange(-15, 16)
+    curve = (lags - (-0.45)) ** 2 + 3.0  # true minimum 18 ms early
+    summary = summarize_curve(curve, lags)
+    assert summary.offset_frames == 0  # the whole-frame lag the calibration reads
+    assert summary.offset_ms == pytest.approx(-18.0)
+    assert refined_minimum(np.array([0.0, 1.0, 2.0])) == 0.0  # an end stays at the end
+    assert refined_minimum(np.array([1.0, 0.0, 1.0])) == 1.0
+    assert refined_minimum(np.array([2.0, 1.0, 1.0, 2.0])) == pytest.approx(1.5)

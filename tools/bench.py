@@ -80,7 +80,7 @@ def worker_replay(clip: str, spawned: float, out: str) -> int:
         "replay_seconds": result.wall_seconds,
         "video_frames": stats.video_frames,
         "windows": stats.windows_scored + stats.windows_insufficient,
-        "level": result.summary.get("level"),
+        "level": result.summary.get("verdict", result.summary.get("level")),
         "stage_seconds": {"decode": result.decode_seconds, **stats.stage_seconds},
         "detector_seconds": stats.detector_seconds,
         "marks": marks,

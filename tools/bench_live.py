@@ -102,7 +102,7 @@ async def run_publishers(args: argparse.Namespace) -> dict[str, Any]:
             "latencies": latencies,
             "windows": len(scores),
             "dropped": summary.get("dropped_by_kind", {}),
-            "level": summary.get("level"),
+            "level": summary.get("verdict", summary.get("level")),
             "video_sent": stats.video_frames,
             "late_frames": stats.late_frames,
         }

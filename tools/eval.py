@@ -20,12 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +31,7 @@ from monitor.errors import ConfigError, InputError
 from monitor.evaluation import report, scoring
 from monitor.evaluation.dataset import genuine_clips, known_fakes, read_inputs
 from monitor.evaluation.machine import describe_machine, machine_line
+from monitor.evaluation.pool import open_pool, run_all
 from monitor.evaluation.variants import VIDEO_KINDS, EncodeSettings
 
 log = logging.getLogger("eval")
@@ -95,33 +93,6 @@ def unique_names(paths: list[Path]) -> dict[Path, str]:
     return names
 
 
-def _pool(jobs: int, log_path: Path) -> ProcessPoolExecutor | None:
-    """Spawned workers (MediaPipe and torch do not survive fork well); none for one job."""
-    if jobs <= 1:
-        scoring.init_worker()
-        return None
-    os.environ.update({k: v for k, v in scoring.WORKER_ENVIRONMENT.items() if k not in os.environ})
-    return ProcessPoolExecutor(
-        jobs,
-        mp_context=get_context("spawn"),
-        initializer=scoring.init_worker,
-        initargs=(str(log_path),),
-    )
-
-
-def _map(pool: ProcessPoolExecutor | None, fn: Any, tasks: list[Any], what: str) -> list[Any]:
-    """Run ``fn`` on every task (in the pool when there is one), reporting progress."""
-    results: list[Any] = []
-    iterator = map(fn, tasks) if pool is None else pool.map(fn, tasks)
-    started = time.monotonic()
-    for i, result in enumerate(iterator, start=1):
-        results.append(result)
-        sys.stderr.write(f"\r{what}: {i}/{len(tasks)} ({time.monotonic() - started:.0f} s)")
-        sys.stderr.flush()
-    sys.stderr.write("\n")
-    return results
-
-
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     machine = describe_machine()
@@ -148,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     names = unique_names([e.path for e in genuine + fakes])
-    pool = _pool(args.jobs, out / "workers.log")
+    pool = open_pool(args.jobs, out / "workers.log")
     try:
         prepare = [
             scoring.PrepareTask(str(e.path), names[e.path], str(cache), settings, VIDEO_KINDS)
@@ -157,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
             scoring.PrepareTask(str(e.path), names[e.path], str(cache), settings, ("original",))
             for e in fakes
         ]
-        prepared = _map(pool, scoring.prepare_task, prepare, "decoding and re-encoding clips")
+        prepared = run_all(pool, scoring.prepare_task, prepare, "decoding and re-encoding clips")
         prepare_s = time.monotonic() - started
         skipped = [p for p in prepared if isinstance(p, str)]
         for reason in skipped:
@@ -190,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         # Longest clips first: the pool then ends with short ones and idles less.
         tasks.sort(key=lambda t: -t.clips[t.spec.clip].duration_s)
-        rows = _map(pool, scoring.score_task, tasks, "replaying variants")
+        rows = run_all(pool, scoring.score_task, tasks, "replaying variants")
     finally:
         if pool is not None:
             pool.shutdown()

@@ -105,8 +105,8 @@ def score_fused(
             elif isinstance(item, AudioChunk):
                 analyzer.add_audio(item)
         summary = analyzer.finish(reason="end of input")
-    result.fused_risk = summary["risk"] if summary["level"] != "unknown" else None
-    result.fused_level = summary["level"]
+    result.fused_risk = summary["risk"] if summary["verdict"] != "unknown" else None
+    result.fused_level = summary["verdict"]
     result.fused_alerts = summary["alerts"]
     result.detector_errors = [e["message"] for e in events if e.get("type") == "error"]
 

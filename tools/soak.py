@@ -175,7 +175,7 @@ def session_results(events_path: Path) -> list[dict[str, Any]]:
                     {
                         "participant": event["participant"],
                         "session": event["session"],
-                        "level": event["level"],
+                        "verdict": event["verdict"],
                         "risk": event["risk"],
                         "windows_scored": event.get("windows_scored", 0),
                         "windows_insufficient": event.get("windows_insufficient", 0),
@@ -199,7 +199,7 @@ def report(
     idle_rss_mb: float | None,
     run_s: float,
 ) -> str:
-    levels = Counter(r["level"] for r in rows)
+    levels = Counter(r["verdict"] for r in rows)
     refused = Counter()
     for p in publishers:
         refused.update(p.refused)
@@ -250,7 +250,7 @@ def report(
         (0.4, 2, "> 40%"),
     ):
         bucket = [r for r in rows if lo <= r["drop_fraction"] < hi]
-        counts = Counter(r["level"] for r in bucket)
+        counts = Counter(r["verdict"] for r in bucket)
         lines.append(
             f"| {label} | {len(bucket)} | {counts['clear']} | {counts['unknown']} | "
             f"{counts['suspicious']} | {counts['alert']} |"

@@ -1,10 +1,18 @@
-"""Train the learned sync model from scratch and write monitor/models/sync_v1.{pt,onnx}
-(and the two streaming graphs, sync_v1.frames.onnx and sync_v1.windows.onnx).
+"""Train a learned sync model from scratch: monitor/models/NAME.{pt,onnx}, the two streaming
+graphs (NAME.frames.onnx, NAME.windows.onnx) and NAME.training.json.
 
-Reproduces the committed weights on 2 CPU cores in under an hour, data preparation
-included (seeded; ``torch.set_num_threads(2)``):
+The default is the next model's recipe, ``sync_v2`` (no dev clips, three times the
+speakers of sync_v1, call re-encodes that show the nearest source frame); seeded, on
+2 CPU cores (``--threads``; 1 is faster when other jobs share the cores):
 
-    .venv/bin/python tools/train_sync.py
+    nice -n 10 .venv/bin/python tools/train_sync.py --name sync_v2
+
+The shipped model is ``sync_v1`` (``MODEL_NAME`` in monitor/sync/checkpoint.py), trained
+(commit 309583e) by the recipe of main's tools/train_sync.py before this branch (commit
+4c67834; described in monitor/models/MODEL_CARD.md).
+Shipping a new model: set ``MODEL_NAME``, bump ``LearnedSyncDetector.version``, rerun
+tools/calibrate_decision.py (its maps are bound to the detector version) and update the
+model card.
 
 Method (details in monitor/models/MODEL_CARD.md): self-supervised multi-way matching.
 Each training sample is a 2 s window made exactly as the pipeline makes it (25 fps grid,
@@ -395,15 +403,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, help="data preparation processes")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads (1 is faster on a machine whose cores other jobs share)",
+    )
     parser.add_argument("--variants", type=int, default=2)
     parser.add_argument("--synth", type=int, default=24)
     parser.add_argument("--out", type=Path, default=REPO / "monitor" / "models")
+    parser.add_argument(
+        "--name", default="sync_v2", help="model name: the stem of the files it writes"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -437,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
         "seed": args.seed,
+        "threads": args.threads,
         "steps": args.steps,
         "batch_windows": args.batch,
         "lr": args.lr,
@@ -449,17 +467,21 @@ def main(argv: list[str] | None = None) -> int:
         **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in train_stats.items()},
         **calibration_stats,
     }
-    weights_path = args.out / "sync_v1.pt"
+    weights_path = args.out / f"{args.name}.pt"
     save_checkpoint(model, calibration, meta, weights_path)
-    export_onnx(weights_path, args.out / "sync_v1.onnx")
+    export_onnx(weights_path, args.out / f"{args.name}.onnx")
     export_stream_onnx(
-        weights_path, (args.out / "sync_v1.frames.onnx", args.out / "sync_v1.windows.onnx")
+        weights_path,
+        (args.out / f"{args.name}.frames.onnx", args.out / f"{args.name}.windows.onnx"),
     )
     meta["total_seconds"] = round(time.perf_counter() - started, 1)
-    (args.out / "sync_v1.training.json").write_text(
+    # Every clip training and the in-sync calibration read: what later calibrations and
+    # evaluations must leave out (monitor.evaluation.calibration_run reads this list).
+    meta["train_files"] = sync_data.training_files()
+    (args.out / f"{args.name}.training.json").write_text(
         json.dumps(meta, indent=2, sort_keys=True) + "\n"
     )
-    log.info("wrote %s and sync_v1.onnx in %.0f s total", weights_path, meta["total_seconds"])
+    log.info("wrote %s and its ONNX in %.0f s total", weights_path, meta["total_seconds"])
     return 0
 
 

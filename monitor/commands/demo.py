@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"synthesizing example calls into {out_dir}/ ...", flush=True)
     calls = make_example_set(out_dir)
     config = build_config(args)
-    print(f"\n{'call':<16} {'expected':<20} {'level':<11} {'risk':>5} {'offset':>8}  rationale")
+    print(f"\n{'call':<16} {'expected':<20} {'verdict':<11} {'risk':>5} {'offset':>8}  rationale")
     for name, call in calls.items():
         events_path = out_dir / f"{name}.jsonl"
         with JsonlSink(events_path) as sink:
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         summary = result.summary
         offset = _session_offset(summary)
         print(
-            f"{name:<16} {EXPECTED.get(name, '?'):<20} {summary['level']:<11} "
+            f"{name:<16} {EXPECTED.get(name, '?'):<20} {summary['verdict']:<11} "
             f"{summary['risk']:>5.2f} {offset:>8}  {summary['rationale']}"
         )
     print(f"\nevents: {out_dir}/<call>.jsonl (one JSON object per line)")

@@ -10,10 +10,23 @@ notes start with LIPSYNC-FAKE (a real video re-lipped to other speech) are flagg
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from monitor.errors import ConfigError, MediaNotFoundError
+
+
+def default_data_root(repo: Path) -> Path:
+    """Where ``shared/data`` is: ``$DFMON_DATA``, else beside the checkout, or beside its
+    parent (a worktree one level further down, as in ``wt/NAME``)."""
+    if os.environ.get("DFMON_DATA"):
+        return Path(os.environ["DFMON_DATA"])
+    for base in (repo.parent, repo.parent.parent):
+        if (base / "shared" / "data").is_dir():
+            return base / "shared" / "data"
+    return repo.parent / "shared" / "data"
+
 
 MEDIA_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".m4v"}
 REQUIRED_COLUMNS = ("file", "label", "has_audio")

@@ -188,8 +188,10 @@ def condense(
         "name": spec.name,
         "true_offset_ms": spec.true_offset_ms,
         "risk": float(summary["risk"]),
-        "level": summary["level"],
-        "peak_risk": summary.get("peak_risk"),
+        # The session's verdict (the highest level its evidence reached) and its end.
+        "level": summary.get("verdict", summary.get("level")),
+        "final_level": summary.get("final_level"),
+        "peak_risk": (summary.get("peak") or {}).get("risk", summary.get("peak_risk")),
         "windows_scored": summary["windows_scored"],
         "windows_insufficient": summary["windows_insufficient"],
         "alarms": alarms,

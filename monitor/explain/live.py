@@ -3,7 +3,8 @@
 A websocket consumer (a dashboard, a SOC tool) gets the alert but not the video, so the
 alert itself says what the evidence was:
 
-* ``contributions``: each detector's share of the window's fused risk;
+* ``contributions``: each detector's log-likelihood ratio in the window (nats, from the
+  calibrated decision) and its share of the window's evidence for manipulation;
 * ``offset_curve``: a summary of the lip-sync distance-vs-lag curve (best lag, how far
   below the median and the zero-lag distance it sits, inside or outside the band
   genuine calls fall in);
@@ -28,10 +29,9 @@ from typing import Any
 import numpy as np
 
 from monitor.detectors.base import GENUINE_OFFSET_MS, Evidence, format_media_time
-from monitor.fusion import POWER
 from monitor.windows import AnalysisWindow
 
-EXPLANATION_VERSION = 1
+EXPLANATION_VERSION = 2
 SEGMENT_S = 0.5
 SEGMENT_HOP_S = 0.25
 TOP_SEGMENTS = 3
@@ -39,27 +39,22 @@ TOP_SEGMENTS = 3
 CLEAR_MINIMUM_SHARE = 0.3
 
 
-def contributions(
-    evidence: Sequence[Evidence], weights: Mapping[str, float]
-) -> list[dict[str, Any]]:
-    """Each sufficient detector's share of the fused risk (the power mean's terms)."""
-    terms = {
-        e.detector: weights.get(e.detector, 1.0) * e.score**POWER
-        for e in evidence
-        if e.score is not None and weights.get(e.detector, 1.0) > 0
-    }
-    total = sum(terms.values())
+def contributions(evidence: Sequence[Evidence], llrs: Mapping[str, float]) -> list[dict[str, Any]]:
+    """Each detector's log-likelihood ratio (nats; ``llrs`` from the decision) and its
+    share of the window's evidence for manipulation (the positive ratios' sum)."""
+    positive = sum(v for v in llrs.values() if v > 0)
     out = [
         {
             "detector": e.detector,
             "score": None if e.score is None else round(e.score, 3),
-            "share": round(terms[e.detector] / total, 3)
-            if total > 0 and e.detector in terms
+            "llr": None if e.detector not in llrs else round(llrs[e.detector], 3),
+            "share": round(max(llrs.get(e.detector, 0.0), 0.0) / positive, 3)
+            if positive > 0
             else 0.0,
         }
         for e in evidence
     ]
-    return sorted(out, key=lambda item: -float(item["share"]))
+    return sorted(out, key=lambda item: (-float(item["share"]), -(item["llr"] or 0.0)))
 
 
 def summarize_curve(lags_ms: Sequence[float], distances: Sequence[float]) -> dict[str, Any] | None:
@@ -151,10 +146,11 @@ def top_segments(
 def compact_explanation(
     window: AnalysisWindow,
     evidence: Sequence[Evidence],
-    weights: Mapping[str, float] | None = None,
+    llrs: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """A small JSON object (well under 2 kB) saying why this window raised the level."""
-    weights = weights or {}
+    """A small JSON object (well under 2 kB) saying why this window changed the level;
+    ``llrs``: each detector's log-likelihood ratio in it (the decision's contributions)."""
+    llrs = llrs or {}
     lip_sync = next((e for e in evidence if e.detector == "lip_sync"), None)
     curve = None
     offset_ms = None
@@ -174,7 +170,7 @@ def compact_explanation(
     out: dict[str, Any] = {
         "version": EXPLANATION_VERSION,
         "window": [round(window.t_start, 3), round(window.t_end, 3)],
-        "contributions": contributions(evidence, weights),
+        "contributions": contributions(evidence, llrs),
         "speech_fraction": round(window.speech_fraction(), 2),
         "face_fraction": round(window.face_fraction, 2),
         "offset_curve": curve,
@@ -200,7 +196,9 @@ def _summary(explanation: dict[str, Any], lip_sync: Evidence | None) -> str:
     parts: list[str] = []
     top = explanation["contributions"][0] if explanation["contributions"] else None
     if top is not None and top["share"] > 0:
-        parts.append(f"{top['detector']} carries {top['share']:.0%} of the risk")
+        parts.append(
+            f"{top['detector']} carries {top['share']:.0%} of the evidence ({top['llr']:+.1f} nats)"
+        )
     curve = explanation["offset_curve"]
     if curve is not None:
         where = "inside" if curve["in_genuine_band"] else "outside"

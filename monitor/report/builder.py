@@ -23,7 +23,7 @@ from monitor.config import MonitorConfig
 from monitor.detectors.base import GENUINE_OFFSET_MS, format_media_time, format_span
 from monitor.detectors.baseline_sync import STRONG_COUPLING
 from monitor.errors import EventsError, OutputError
-from monitor.levels import ALARM_LEVELS, UNKNOWN, level_rank
+from monitor.levels import ALARM_LEVELS
 from monitor.report import html, plots
 from monitor.report.attribution import AlertAttribution, AttributionOptions, attribute_alert
 from monitor.report.confidence import LearnedSync, load_learned_sync
@@ -270,14 +270,9 @@ def _document(
     duration = max(trace.duration, log_.last_time())
     flagged_spans = _merge_spans([(e["t_start"], e["t_end"]) for e in _flagged(log_)])
     summary = log_.summary or {}
-    level = str(
-        summary.get(
-            "level",
-            max((e.get("level", UNKNOWN) for e in log_.scores), key=level_rank, default=UNKNOWN),
-        )
-    )
+    verdict = log_.verdict
     sections = [
-        _summary_section(log_, trace, level),
+        _summary_section(log_, trace, verdict),
         _timeline_section(log_, config, duration),
         _contributions_section(log_, config, duration),
         _lip_sync_section(log_, trace, targets, learned, method, flagged_spans, duration),
@@ -308,7 +303,8 @@ def _document(
     data = {
         "media": str(media_path),
         "session": log_.session,
-        "level": level,
+        "verdict": verdict,
+        "final_level": summary.get("final_level"),
         "risk": summary.get("risk"),
         "alerts": len(log_.alerts),
         "lip_sync_method": method,
@@ -330,18 +326,31 @@ def _merge_spans(spans: Iterable[tuple[float, float]]) -> list[tuple[float, floa
     return merged
 
 
-def _summary_section(log_: EventLog, trace: MediaTrace, level: str) -> str:
+def _summary_section(log_: EventLog, trace: MediaTrace, verdict: str) -> str:
     summary = log_.summary or {}
     risk = summary.get("risk")
-    verdict = (
-        f"<div class='verdict level-{html.esc(level)}'><b>Session level: {html.esc(level)}</b>"
+    peak = summary.get("peak") or {}
+    final = summary.get("final_level")
+    head = (
+        f"<div class='verdict level-{html.esc(verdict)}'><b>Verdict: {html.esc(verdict)}</b>"
         + (f", risk {risk:.2f}" if isinstance(risk, int | float) else "")
+        + (f"; final state {html.esc(final)}" if final else "")
         + f"; {len(log_.alerts)} level change(s) raised as alerts.</div>"
     )
+    peak_text = "?"
+    if peak:
+        peak_text = (
+            f"{peak.get('level')} at {peak.get('evidence_nats', 0):.1f} nats (risk "
+            f"{peak.get('risk', 0):.2f}) over {format_span(peak['t_start'], peak['t_end'])}"
+        )
     rows = [
         ("windows scored", summary.get("windows_scored", len(log_.scores))),
         ("windows with insufficient evidence", summary.get("windows_insufficient", "?")),
-        ("peak smoothed risk", summary.get("peak_risk", "?")),
+        ("peak of the accumulated evidence", peak_text),
+        (
+            "final state",
+            f"{final} ({summary.get('evidence_nats', 0):.1f} nats)" if final else "?",
+        ),
         ("frames with a face", f"{int(trace.has_face.sum())} of {len(trace.has_face)}"),
         ("audio", "yes" if trace.info.has_audio else "none"),
         ("frames dropped", summary.get("frames_dropped", 0)),
@@ -351,18 +360,21 @@ def _summary_section(log_: EventLog, trace: MediaTrace, level: str) -> str:
     return html.section(
         "summary",
         "Summary",
-        verdict + f"<p><b>Session rationale:</b> {html.esc(text)}</p>" + html.table(["", ""], rows),
+        head + f"<p><b>Session rationale:</b> {html.esc(text)}</p>" + html.table(["", ""], rows),
     )
 
 
 def _timeline_section(log_: EventLog, config: MonitorConfig, duration: float) -> str:
     thresholds = (config.fusion.suspicious_threshold, config.fusion.alert_threshold)
     image = plots.risk_timeline(log_.scores, log_.alerts, thresholds, duration)
+    decision = config.decision
     caption = (
-        "Smoothed risk (line) and per-window risk (dots), each at the end of its window "
-        "(when it was known), with the thresholds of suspicious "
-        f"({thresholds[0]}) and alert ({thresholds[1]}); the bar below shows each window's "
-        "level; vertical lines mark alerts (level changes)."
+        "Session risk (line: the evidence accumulated so far, on the risk scale) and each "
+        "window's own risk (dots: its log-likelihood ratio as a probability), at the end "
+        "of each window (when it was known). Suspicious starts at "
+        f"{thresholds[0]} ({decision.suspicious_nats:g} nats of evidence) and alert at "
+        f"{thresholds[1]} ({decision.alert_nats:g} nats); the bar below shows the session's "
+        "level after each window; vertical lines mark alerts (level changes)."
     )
     return html.section(
         "timeline", "Risk timeline", html.figure("timeline", image, "risk timeline", caption)
@@ -370,40 +382,44 @@ def _timeline_section(log_: EventLog, config: MonitorConfig, duration: float) ->
 
 
 def _contributions_section(log_: EventLog, config: MonitorConfig, duration: float) -> str:
-    weights = config.detectors.weights
-    image = plots.detector_contributions(log_.scores, weights, duration)
+    image = plots.detector_contributions(log_.scores, duration)
     rows = []
     detectors = sorted({e["detector"] for s in log_.scores for e in s.get("evidence", [])})
     for name in detectors:
-        values = [
-            e["score"]
-            for s in log_.scores
-            for e in s.get("evidence", [])
-            if e["detector"] == name and e.get("score") is not None
-        ]
-        total = sum(1 for s in log_.scores for e in s.get("evidence", []) if e["detector"] == name)
+        items = [e for s in log_.scores for e in s.get("evidence", []) if e["detector"] == name]
+        scored = [e for e in items if e.get("score") is not None]
+        llrs = [e["llr"] for e in scored if e.get("llr") is not None]
         rows.append(
             (
                 name,
-                weights.get(name, 1.0),
-                f"{len(values)} of {total}",
-                f"{np.mean(values):.2f}" if values else "-",
-                f"{np.max(values):.2f}" if values else "-",
+                config.detectors.weights.get(name, 1.0),
+                f"{len(scored)} of {len(items)}",
+                f"{np.mean([e['score'] for e in scored]):.2f}" if scored else "-",
+                f"{np.mean(llrs):+.2f}" if llrs else "-",
+                f"{np.max(llrs):+.2f}" if llrs else "-",
             )
         )
     caption = (
-        "Top: each detector's score per window. Bottom: the window risk split by detector "
-        "(the fused risk is the weighted power mean with p = 4, so a detector's share is "
-        "its weight x score^4 over the sum)."
+        "Top: each detector's score per window. Bottom: the evidence it gave, its "
+        "log-likelihood ratio in nats (manipulated against genuine, from the calibration; "
+        "above 0 points to manipulation). The session adds the windows' ratios, weighted "
+        "for window overlap, and never lets the sum fall below 0."
     )
     return html.section(
         "contributions",
         "Each detector's contribution",
         html.figure("contributions", image, "detector contributions", caption)
         + html.table(
-            ["detector", "weight", "windows with evidence", "mean score", "max score"],
+            [
+                "detector",
+                "weight",
+                "windows with evidence",
+                "mean score",
+                "mean log-likelihood ratio",
+                "max log-likelihood ratio",
+            ],
             rows,
-            numeric=(1, 3, 4),
+            numeric=(1, 3, 4, 5),
         ),
     )
 

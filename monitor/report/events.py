@@ -11,6 +11,9 @@ from typing import Any
 from monitor.config import WindowConfig
 from monitor.errors import EventsError
 
+# Event schemas a report reads: 2 (the current one) and 1 (files written before it).
+READABLE_SCHEMAS = (1, 2)
+
 
 @dataclass
 class EventLog:
@@ -60,6 +63,17 @@ class EventLog:
         config = (self.started or {}).get("config") or {}
         return {str(k): str(v) for k, v in (config.get("detectors") or {}).items()}
 
+    @property
+    def verdict(self) -> str:
+        """The session's verdict (schema 2), its level (schema 1), or the highest window
+        level when the session did not finish."""
+        from monitor.levels import UNKNOWN, level_rank
+
+        summary = self.summary or {}
+        if "verdict" in summary or "level" in summary:
+            return str(summary.get("verdict", summary.get("level")))
+        return max((e.get("level", UNKNOWN) for e in self.scores), key=level_rank, default=UNKNOWN)
+
     def last_time(self) -> float:
         return max((float(e["t_end"]) for e in self.scores), default=0.0)
 
@@ -103,8 +117,8 @@ def load_events(events: str | Path | Iterable[dict[str, Any]]) -> EventLog:
     sessions = set()
     for index, event in enumerate(items):
         kind = event.get("type")
-        if event.get("schema") != 1 or kind is None:
-            raise EventsError(f"{source}: event {index + 1} is not a dfmon schema-1 event")
+        if event.get("schema") not in READABLE_SCHEMAS or kind is None:
+            raise EventsError(f"{source}: event {index + 1} is not a dfmon event (schema 1 or 2)")
         sessions.add(event.get("session"))
         try:
             if kind == "session_started":

@@ -18,8 +18,6 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from monitor.fusion import POWER
-
 DPI = 80
 MAX_POINTS = 1500
 LEVEL_COLOURS = {
@@ -74,7 +72,7 @@ def risk_timeline(
     thresholds: tuple[float, float],
     duration: float,
 ) -> bytes:
-    """Smoothed and per-window risk, the level of every window, and the alerts."""
+    """Session and per-window risk, the session's level after every window, and the alerts."""
     figure = _figure(11, 3.6)
     grid = figure.add_gridspec(2, 1, height_ratios=[5, 1])
     ax = figure.add_subplot(grid[0])
@@ -102,7 +100,7 @@ def risk_timeline(
         label="window risk",
     )
     ax.plot(
-        t, _block_reduce(risk, blocks, "max"), "-", lw=1.8, color="#263238", label="smoothed risk"
+        t, _block_reduce(risk, blocks, "max"), "-", lw=1.8, color="#263238", label="session risk"
     )
     for i, event in enumerate(alerts):
         colour = LEVEL_COLOURS.get(event["level"], "#000")
@@ -142,44 +140,33 @@ def risk_timeline(
     return png(figure)
 
 
-def detector_contributions(
-    scores: Sequence[dict[str, Any]], weights: dict[str, float], duration: float
-) -> bytes:
-    """Each detector's score per window, and its share of the fused window risk."""
+def detector_contributions(scores: Sequence[dict[str, Any]], duration: float) -> bytes:
+    """Each detector's score per window, and the evidence (nats) it gave the decision."""
     detectors = sorted({e["detector"] for s in scores for e in s.get("evidence", [])})
     figure = _figure(11, 4.2)
     top, bottom = figure.subplots(2, 1, sharex=True)
     centers = np.array([(s["t_start"] + s["t_end"]) / 2 for s in scores])
     blocks = min(len(centers), MAX_POINTS)
     t = _block_reduce(centers, blocks, "mean")
-    stacked = []
-    for name in detectors:
-        values = np.array(
+
+    def series(name: str, key: str) -> np.ndarray:
+        return np.array(
             [
-                next((e["score"] for e in s["evidence"] if e["detector"] == name), None)
+                next((e.get(key) for e in s["evidence"] if e["detector"] == name), None)
                 for s in scores
             ],
             dtype=float,
         )
-        top.plot(t, _block_reduce(values, blocks, "max"), lw=1.4, label=name)
-        weight = weights.get(name, 1.0)
-        stacked.append(weight * np.nan_to_num(values) ** POWER)
-    terms = np.array(stacked) if stacked else np.zeros((0, len(scores)))
-    total = terms.sum(axis=0)
-    window_risk = np.array(
-        [0.0 if s.get("window_risk") is None else s["window_risk"] for s in scores]
-    )
-    with np.errstate(invalid="ignore", divide="ignore"):
-        shares = np.where(total > 0, terms / total, 0.0)
-    parts = [_block_reduce(window_risk * share, blocks, "mean") for share in shares]
-    if parts:
-        bottom.stackplot(t, *parts, labels=detectors, alpha=0.8)
+
+    for name in detectors:
+        top.plot(t, _block_reduce(series(name, "score"), blocks, "max"), lw=1.4, label=name)
+        bottom.plot(t, _block_reduce(series(name, "llr"), blocks, "mean"), lw=1.4, label=name)
+    bottom.axhline(0.0, color="#9e9e9e", lw=1)
     top.set_ylabel("detector score")
     top.set_ylim(-0.02, 1.02)
     top.legend(loc="upper left", fontsize=8)
     top.set_title("score per window (None = insufficient evidence, not drawn)", fontsize=9)
-    bottom.set_ylabel("share of window risk")
-    bottom.set_ylim(0, 1.02)
+    bottom.set_ylabel("log-likelihood ratio (nats)")
     bottom.set_xlabel("media time (s)")
     for ax in (top, bottom):
         _time_axis(ax, duration)

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.fusion import LEVEL_RANK
+from monitor.levels import LEVEL_RANK
 
 # Fixed namespace of dfmon's name-based (version 5) notice ids.
 ID_NAMESPACE = uuid.UUID("5f6c2c1e-4e0b-5d0a-9d7e-6466d6f6e017")
@@ -50,6 +50,13 @@ def idempotency_key(event: dict[str, Any]) -> str:
     content = {k: v for k, v in event.items() if k not in TRANSPORT_FIELDS}
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return str(uuid.uuid5(ID_NAMESPACE, canonical))
+
+
+def notice_level(notice: dict[str, Any]) -> str:
+    """The level a notice reports: an alert's new level, a summary's verdict."""
+    if notice.get("type") == "summary":
+        return str(notice.get("verdict", notice.get("level", "unknown")))
+    return str(notice.get("level", "unknown"))
 
 
 @dataclass

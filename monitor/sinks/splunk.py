@@ -19,7 +19,7 @@ from monitor.sinks.http import HttpPoster
 from monitor.sinks.targets import shown
 
 HEC_SOURCE = "dfmon"
-INDEXED_FIELDS = ("type", "session", "participant", "level")
+INDEXED_FIELDS = ("type", "session", "participant", "level", "verdict")
 
 
 def epoch_seconds(ts: str) -> float:

@@ -26,6 +26,7 @@ from typing import Any
 from monitor import __version__
 from monitor.config import FusionConfig
 from monitor.sinks.delivery import Outcome
+from monitor.sinks.notices import notice_level
 
 VENDOR = PRODUCT = APP_NAME = "dfmon"
 MSG_MAX_CHARS = 1023
@@ -59,7 +60,7 @@ def syslog_severity(cef: int) -> int:
 
 
 def _name(notice: dict[str, Any]) -> str:
-    level = notice.get("level", "unknown")
+    level = notice_level(notice)
     if notice["type"] == "summary":
         return f"Call summary: {level}"
     if notice["type"] == "alert":
@@ -68,7 +69,7 @@ def _name(notice: dict[str, Any]) -> str:
 
 
 def cef_line(notice: dict[str, Any], *, fusion: FusionConfig, host: str) -> str:
-    level = str(notice.get("level", "unknown"))
+    level = notice_level(notice)
     risk = float(notice.get("risk") or 0.0)
     evidence = [e for e in notice.get("evidence", []) if isinstance(e, dict)]
     lip_sync = next((e for e in evidence if e.get("detector") == "lip_sync"), {})
@@ -124,7 +125,7 @@ def _header_token(value: str, max_len: int) -> str:
 def syslog_message(
     notice: dict[str, Any], *, facility: int, host: str, fusion: FusionConfig
 ) -> bytes:
-    level = str(notice.get("level", "unknown"))
+    level = notice_level(notice)
     cef = cef_line(notice, fusion=fusion, host=host)
     severity = syslog_severity(cef_severity(level, float(notice.get("risk") or 0.0), fusion))
     header = " ".join(

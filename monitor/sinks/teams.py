@@ -35,6 +35,7 @@ from monitor.events import dumps
 from monitor.sinks.delivery import Outcome
 from monitor.sinks.http import HttpPoster
 from monitor.sinks.jsonl import JsonlSink
+from monitor.sinks.notices import notice_level
 from monitor.sinks.targets import is_url, shown
 
 GRAPH_PATH = "/communications/calls/{call-id}/participants/{participant-id}/reportSyntheticMedia"
@@ -73,7 +74,7 @@ def _byte_size(stream: dict[str, Any]) -> int:
 def synthetic_media_report(notice: dict[str, Any]) -> dict[str, Any]:
     stream = notice.get("stream", {})
     live = bool(stream.get("live"))
-    level = str(notice.get("level", "unknown"))
+    level = notice_level(notice)
     fps = stream.get("fps")
     t_start, t_end = notice.get("t_start"), notice.get("t_end")
     metadata: dict[str, Any] = {

@@ -17,12 +17,14 @@ import numpy as np
 from monitor.errors import BackendUnavailableError
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-WEIGHTS_PATH = MODELS_DIR / "sync_v1.pt"
-ONNX_PATH = MODELS_DIR / "sync_v1.onnx"
+# The shipped model: its files, its engines and its training record are named after it.
+MODEL_NAME = "sync_v1"
+WEIGHTS_PATH = MODELS_DIR / f"{MODEL_NAME}.pt"
+ONNX_PATH = MODELS_DIR / f"{MODEL_NAME}.onnx"
 INPUT_NAMES = ("crops", "lips", "mel")
 OUTPUT_NAMES = ("video_embedding", "audio_embedding")
 # The same weights as two graphs for streaming: per frame, and per window (monitor/sync/export.py).
-STREAM_PATHS = (MODELS_DIR / "sync_v1.frames.onnx", MODELS_DIR / "sync_v1.windows.onnx")
+STREAM_PATHS = (MODELS_DIR / f"{MODEL_NAME}.frames.onnx", MODELS_DIR / f"{MODEL_NAME}.windows.onnx")
 FRAME_INPUT_NAMES = ("crops", "lips")
 FRAME_OUTPUT_NAME = "frame_features"
 WINDOW_INPUT_NAMES = ("frame_features", "mel")

@@ -33,7 +33,13 @@ from typing import Any
 import numpy as np
 
 from monitor.errors import BackendUnavailableError, ConfigError
-from monitor.sync.checkpoint import INPUT_NAMES, ONNX_PATH, OUTPUT_NAMES, WEIGHTS_PATH
+from monitor.sync.checkpoint import (
+    INPUT_NAMES,
+    MODEL_NAME,
+    ONNX_PATH,
+    OUTPUT_NAMES,
+    WEIGHTS_PATH,
+)
 from monitor.sync.dims import (
     CROP_HEIGHT,
     CROP_WIDTH,
@@ -117,7 +123,7 @@ class EngineKey:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:20]
 
     def filename(self) -> str:
-        return f"sync_v1-{self.precision}-{self.digest()}.engine"
+        return f"{MODEL_NAME}-{self.precision}-{self.digest()}.engine"
 
 
 def trt_major(trt: ModuleType) -> int:

@@ -24,6 +24,7 @@ from monitor.sync.checkpoint import (
     FRAME_INPUT_NAMES,
     FRAME_OUTPUT_NAME,
     INPUT_NAMES,
+    MODEL_NAME,
     OUTPUT_NAMES,
     STREAM_PATHS,
     WEIGHTS_PATH,
@@ -68,7 +69,7 @@ def export_onnx_bytes(weights: Path = WEIGHTS_PATH, *, fp16: bool = False) -> by
         )
     proto = onnx.load_from_string(buffer.getvalue())
     metadata = {
-        "dfmon.model": "sync_v1",
+        "dfmon.model": MODEL_NAME,
         "dfmon.precision": "fp16" if fp16 else "fp32",
         "dfmon.config": json.dumps(info.config, sort_keys=True),
     }
@@ -135,7 +136,7 @@ def export_stream_onnx(
             return getattr(self.model, self.method)(*inputs)
 
     metadata = {
-        "dfmon.model": "sync_v1",
+        "dfmon.model": MODEL_NAME,
         "dfmon.precision": "fp32",
         "dfmon.config": json.dumps(info.config, sort_keys=True),
         "dfmon.weights_sha256": weights_digest(weights),

@@ -4,6 +4,11 @@ SyncNet's conventions, so the figures compare: the offset is the lag of the smal
 mean distance, the confidence is the curve's median minus its minimum. Our lag sign:
 a positive lag pairs the lips with later audio, so ``offset_ms > 0`` means the audio
 arrives later than the lips.
+
+Lags are whole frames (40 ms), but a real offset is not: a genuine clip 20 ms off reads
+0 or -40 ms from window to window, a +400 ms shift of it +360 or +400. So ``offset_ms``
+is refined between frames, at the vertex of the parabola through the minimum and its
+two neighbours; the calibration features keep the whole-frame lag.
 """
 
 from __future__ import annotations
@@ -30,15 +35,30 @@ class CurveSummary:
     min_distance: float
 
 
+def refined_minimum(curve: np.ndarray) -> float:
+    """The index of the curve's minimum, refined to a fraction of a step (within +-0.5):
+    the vertex of the parabola through the minimum and its neighbours; an end stays put."""
+    curve = np.asarray(curve, dtype=np.float64)
+    best = int(np.argmin(curve))
+    if best == 0 or best == len(curve) - 1:
+        return float(best)
+    left, middle, right = curve[best - 1], curve[best], curve[best + 1]
+    bend = left - 2.0 * middle + right
+    if bend <= 0:
+        return float(best)
+    return best + float(np.clip(0.5 * (left - right) / bend, -0.5, 0.5))
+
+
 def summarize_curve(curve: np.ndarray, lags: np.ndarray) -> CurveSummary:
     curve = np.asarray(curve, dtype=np.float64)
     best = int(np.argmin(curve))
     median = float(np.median(curve))
     near = np.abs(lags) <= NEAR_ZERO_FRAMES
     offset = int(lags[best])
+    refined = lags[0] + refined_minimum(curve) * (lags[1] - lags[0]) if len(lags) > 1 else offset
     return CurveSummary(
         offset_frames=offset,
-        offset_ms=offset * GRID_STEP_S * 1000.0,
+        offset_ms=float(refined) * GRID_STEP_S * 1000.0,
         confidence=median - float(curve[best]),
         near_zero_confidence=median - float(curve[near].min()),
         min_distance=float(curve[best]),

@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from monitor.events import EventFactory
-from monitor.fusion import LEVEL_RANK
+from monitor.levels import LEVEL_RANK
 
 HOP_S = 0.5
 WINDOW_S = 2.0
 RISK = {"clear": 0.2, "suspicious": 0.6, "alert": 0.9, "unknown": 0.0}
+NATS = {"clear": 1.0, "suspicious": 5.0, "alert": 8.0, "unknown": 0.0}
 LAGS_MS = [float(ms) for ms in range(-600, 601, 40)]
 # A participant whose level flaps every second or two: throttled to a few seconds, some
 # changes are held, folded into one notice or dropped, so the notices depend on the
@@ -87,7 +88,10 @@ def session_events(
                 t_start=t_start,
                 t_end=t_end,
                 risk=risk,
+                window_risk=risk,
                 level=level,
+                evidence_nats=NATS[level],
+                window_llr=NATS[level] - NATS[previous] if level != previous else 0.0,
                 rationale=rationale,
                 evidence=evidence,
                 dropped_frames=0,
@@ -101,6 +105,7 @@ def session_events(
                     level=level,
                     previous_level=previous,
                     risk=risk,
+                    evidence_nats=NATS[level],
                     t_start=t_start,
                     t_end=t_end,
                     rationale=f"level {previous} -> {level}: {rationale}",
@@ -109,11 +114,22 @@ def session_events(
             )
     events.append(factory.make("session_ended", reason="end of input"))
     peak = max((lv for _, lv in changes), key=LEVEL_RANK.__getitem__, default="clear")
+    peak_t = min((t for t, lv in changes if lv == peak), default=WINDOW_S)
     events.append(
         factory.make(
             "summary",
+            verdict=peak,
             risk=RISK[peak],
-            level=peak,
+            peak={
+                "level": peak,
+                "risk": RISK[peak],
+                "evidence_nats": NATS[peak],
+                "t_start": peak_t - WINDOW_S,
+                "t_end": peak_t,
+            },
+            final_level=level,
+            final_risk=RISK[level],
+            evidence_nats=NATS[level],
             windows_scored=windows,
             windows_insufficient=0,
             frames_dropped=0,

@@ -7,14 +7,16 @@ included. Call conditions are made by re-encoding a clip first
 (:mod:`monitor.training.call_variants`). Results are cached as npz files under
 ``$DFMON_SYNC_CACHE`` (default /tmp/dfmon_sync_cache; never in the repository).
 
-Splits (see monitor/models/MODEL_CARD.md):
-* train: the real clips of ../shared/data/train except the two near-silent ones and the
-  four calibration speakers, plus four dev clips (two GRID sentences, the HDTF Katie
-  Hill clip, the MEAD clip), plus the train pool's lip-sync fakes as extra in-sync
-  positives (ten more faces; their mouths were generated from their own audio);
-* calibration: four train-pool speakers kept out of training;
-* held out: every other dev real clip with audio; rows marked DUPLICATE SOURCE are
-  the same speech as a held-out clip and are used nowhere.
+Splits (see monitor/models/MODEL_CARD.md); nothing from ../shared/data/dev is trained on:
+* train: the real clips of ../shared/data/train except those listed below (near-silent,
+  out of sync, the calibration speakers, the decision's held-out sources), plus the train
+  pool's video lip-sync fakes as extra in-sync positives (their mouths were generated from
+  their own audio);
+* calibration: four train-pool speakers kept out of training, for the in-sync probability;
+* decision held out: every real clip of the sources in ``DECISION_HELDOUT``, never trained
+  on, for the sequential decision's calibration (``tools/calibrate_decision.py``);
+* evaluation: every dev real clip with audio; rows marked DUPLICATE SOURCE are the same
+  speech as another clip and are used nowhere.
 """
 
 from __future__ import annotations
@@ -32,19 +34,40 @@ from pathlib import Path
 
 import numpy as np
 
+from monitor.evaluation.dataset import default_data_root
 from monitor.training.call_variants import CallVariant, reencode_call
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-DATA_ROOT = Path(os.environ.get("DFMON_DATA", REPO.parent / "shared" / "data"))
+DATA_ROOT = default_data_root(REPO)
 CACHE_DIR = Path(os.environ.get("DFMON_SYNC_CACHE", "/tmp/dfmon_sync_cache"))
-EXTRACTOR_VERSION = 3  # bump when extraction changes, to invalidate the cache
+EXTRACTOR_VERSION = 4  # bump when extraction changes, to invalidate the cache
 
-# Train-pool real clips whose audio is near-silent: no speech to align with.
+# Train-pool real clips not trained on: near-silent audio (no speech to align with), and
+# SyncNet's own demo clip, whose audio runs 3 frames (120 ms) ahead of the lips by
+# SyncNet's reading: a sync model must not learn that as "in sync".
 TRAIN_EXCLUDE = (
     "darsh200214_AIML-assignment-LipSync__demo_1",
     "darsh200214_AIML-assignment-LipSync__demo_2",
+    "QinSy77_syncnet_python__data_example",
+)
+# Sources (manifest ``source_repo``) whose real clips are held out of training for the
+# sequential decision's calibration: 17 clips of 12 sources the temporal detector's
+# calibration did not use either, from interviews, talk shows, webcams and phones.
+DECISION_HELDOUT = (
+    "georgeretsi/smirk",
+    "johndpope/VASA-1-hack",
+    "skrantidatta/LIPINC",
+    "KwaiVGI/LivePortrait",
+    "presence-io/One-Shot_Free-View_Neural_Talking_Head_Synthesis",
+    "GipalLee/Deepfake_detection",
+    "ayhm23/DeepfakeDetection",
+    "Kutabarea/voice_clone_EN",
+    "midhunsomu/Video-Translate",
+    "vishnuwadkar/Deepfake-Detection-Project",
+    "CunyangWei/T3_AV",
+    "sanskarmishra479/lipika",
 )
 # Train-pool clips kept out of training to calibrate the in-sync probability on people the
 # model has not seen (four different speakers, about 24 s).
@@ -54,13 +77,6 @@ CALIBRATION = (
     "VladTomici14_PodcastClipExtractor__input_buhnici-1",
     "amrkh97_Lipify-LipReading__DataSet-Trial_bbab8n",
 )
-# Dev real clips used for training; every other dev real clip with audio is held out.
-DEV_TRAIN = (
-    "rizkiarm_LipNet__evaluation_samples_GRID_bbaf2n",
-    "rizkiarm_LipNet__evaluation_samples_GRID_brbk7n",
-    "OpenTalker_SadTalker__examples_ref_video_WDA_KatieHill_000",
-    "jixinya_EAMM__test_crop_M030_sad_3_001",
-)
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,7 @@ class Clip:
     path: Path
     label: str  # "real" | "fake"
     notes: str
+    source: str = ""  # the manifest's source_repo
 
     @property
     def stem(self) -> str:
@@ -78,8 +95,24 @@ class Clip:
         return "LIPSYNC-FAKE" in self.notes
 
     @property
+    def video_lipsync_fake(self) -> bool:
+        """A real video whose mouth was regenerated from the clip's own audio (in sync by
+        design), not a head generated from a photo and not a face swap."""
+        notes = self.notes.upper()
+        if self.label != "fake" or "NOT VIDEO LIP-SYNC" in notes or "STATIC" in notes:
+            return False
+        if notes.startswith(("TALKING-HEAD", "FACESWAP")):
+            return False
+        return any(mark in notes for mark in ("LIP-SYNC", "LIPSYNC", "LIP EDIT", "WAV2LIP"))
+
+    @property
     def duplicate(self) -> bool:
         return self.notes.startswith("DUPLICATE SOURCE")
+
+    @property
+    def manifest_file(self) -> str:
+        """The clip as ``pool/real/x.mp4``, relative to the data root."""
+        return str(self.path.relative_to(DATA_ROOT))
 
 
 def read_manifest(pool: str) -> list[Clip]:
@@ -91,26 +124,43 @@ def read_manifest(pool: str) -> list[Clip]:
         for row in csv.DictReader(handle, delimiter="\t"):
             if row["has_audio"] != "yes":
                 continue
-            clips.append(Clip(DATA_ROOT / pool / row["file"], row["label"], row["notes"]))
+            clips.append(
+                Clip(
+                    DATA_ROOT / pool / row["file"],
+                    row["label"],
+                    row["notes"],
+                    row.get("source_repo", ""),
+                )
+            )
     return clips
+
+
+def decision_heldout_clips() -> list[Clip]:
+    """The real clips kept for the sequential decision's calibration."""
+    return [
+        c
+        for c in read_manifest("train")
+        if c.label == "real" and c.source in DECISION_HELDOUT and not c.duplicate
+    ]
 
 
 def train_clips() -> list[Clip]:
     excluded = TRAIN_EXCLUDE + CALIBRATION
-    chosen = [c for c in read_manifest("train") if c.label == "real" and c.stem not in excluded]
-    chosen += [c for c in read_manifest("dev") if c.label == "real" and c.stem in DEV_TRAIN]
-    return chosen
-
-
-def train_fake_clips() -> list[Clip]:
-    """Train-pool lip-sync fakes, used as extra in-sync positives (see the model card):
-    their mouths were generated from their own audio, and they bring ten more faces.
-    The two one-shot talking heads (whole head generated from a still) are left out."""
     return [
         c
         for c in read_manifest("train")
-        if c.label == "fake" and "NOT video lip-sync" not in c.notes
+        if c.label == "real"
+        and c.stem not in excluded
+        and c.source not in DECISION_HELDOUT
+        and not c.duplicate
     ]
+
+
+def train_fake_clips() -> list[Clip]:
+    """Train-pool video lip-sync fakes, used as extra in-sync positives (see the model card):
+    their mouths were generated from their own audio, and they bring more faces. Heads
+    generated from a photo, photo-driven Wav2Lip and face swaps are left out."""
+    return [c for c in read_manifest("train") if c.video_lipsync_fake]
 
 
 def calibration_clips() -> list[Clip]:
@@ -118,11 +168,14 @@ def calibration_clips() -> list[Clip]:
 
 
 def heldout_real_clips() -> list[Clip]:
-    return [
-        c
-        for c in read_manifest("dev")
-        if c.label == "real" and c.stem not in DEV_TRAIN and not c.duplicate
-    ]
+    return [c for c in read_manifest("dev") if c.label == "real" and not c.duplicate]
+
+
+def training_files() -> list[str]:
+    """Every clip the model's training or its in-sync calibration reads (``pool/...``):
+    the record later calibrations and evaluations leave out."""
+    clips = train_clips() + train_fake_clips() + calibration_clips()
+    return sorted({c.manifest_file for c in clips})
 
 
 def dev_lipsync_fakes() -> list[Clip]:
@@ -133,7 +186,7 @@ def extract_clip(path: Path) -> dict[str, np.ndarray]:
     """Per-frame face features and the 16 kHz samples of one file, via the pipeline's parts."""
     from monitor.config import FaceConfig
     from monitor.features.face import create_face_tracker
-    from monitor.media import AUDIO_RATE, VideoFrame
+    from monitor.media import VideoFrame, contiguous_samples
     from monitor.sources.file import FileSource
     from monitor.sync.features import gray_crop
 
@@ -167,15 +220,7 @@ def extract_clip(path: Path) -> dict[str, np.ndarray]:
                 widths.append(face.mouth_width)
     finally:
         tracker.close()
-    if chunks:
-        t_audio = chunks[0].t
-        end = max(int(round((c.t - t_audio) * AUDIO_RATE)) + len(c.samples) for c in chunks)
-        samples = np.zeros(end, np.float32)
-        for c in chunks:
-            start = int(round((c.t - t_audio) * AUDIO_RATE))
-            samples[start : start + len(c.samples)] = c.samples
-    else:
-        t_audio, samples = 0.0, np.zeros(0, np.float32)
+    samples, t_audio = contiguous_samples(chunks)
     return {
         "times": np.asarray(times, np.float64),
         "face": np.asarray(faces, bool),

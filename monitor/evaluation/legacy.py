@@ -1,13 +1,9 @@
-"""Risk fusion: per-window evidence -> window risk -> smoothed risk -> level with hysteresis.
+"""The decision rule dfmon used before the calibrated sequential decision, kept to measure
+against (``legacy`` in ``tools/eval_calls.py``): per-window evidence -> power-mean risk ->
+EWMA -> level with a two-window raise and hysteresis.
 
-Why a power mean: the detectors look for different fakes, so one that is sure (audio 400 ms
-late) must not be averaged away by another that sees nothing (a consistent face), yet weak
-scores from several detectors must not add up to an alarm the way a noisy-OR would. The
-weighted power mean with ``POWER = 4`` stays close to the strongest weighted score.
-
-Why hysteresis and a raise count: a level is entered after ``min_windows_to_raise``
-consecutive windows above its threshold and left only when the smoothed risk falls
-``hysteresis`` below that threshold, so levels do not flap on noisy windows.
+It is not used by any session. ``tools/eval_calls.py --before`` checks that replaying it
+on a former checkout's evidence gives that checkout's own levels.
 """
 
 from __future__ import annotations
@@ -15,9 +11,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from monitor.config import FusionConfig
 from monitor.detectors.base import Evidence
 from monitor.levels import LEVEL_RANK, RISK_LEVELS, UNKNOWN
+
+
+@dataclass(frozen=True)
+class LegacyFusion:
+    """The former ``[fusion]`` defaults."""
+
+    ewma_alpha: float = 0.5
+    suspicious_threshold: float = 0.5
+    alert_threshold: float = 0.7
+    hysteresis: float = 0.1
+    min_windows_to_raise: int = 2
+    clear_requires: tuple[str, ...] = ("lip_sync",)
+    weights: tuple[tuple[str, float], ...] = (("lip_sync", 1.0), ("temporal", 0.5))
+
 
 POWER = 4.0
 
@@ -40,19 +49,17 @@ def fuse_evidence(evidence: Sequence[Evidence], weights: dict[str, float]) -> fl
 
 
 def gate_clearing(
-    risk: float | None, evidence: Sequence[Evidence], config: FusionConfig
+    risk: float | None, evidence: Sequence[Evidence], config: LegacyFusion, active: set[str]
 ) -> float | None:
     """None (insufficient) when a detector required to clear has no evidence and risk is low.
 
     Absence of speech must not read as "clear" just because the face looks consistent;
-    it may still raise the level on what the other detectors do see. A required detector
-    that is not there at all (it failed, hung, or is not enabled) has no evidence either:
-    a session that lost it cannot be cleared by what is left (issue 16).
+    it may still raise the level on what the other detectors do see.
     """
     if risk is None or risk >= config.suspicious_threshold:
         return risk
     sufficient = {item.detector for item in evidence if item.score is not None}
-    missing = [name for name in config.clear_requires if name not in sufficient]
+    missing = [name for name in config.clear_requires if name in active and name not in sufficient]
     return None if missing else risk
 
 
@@ -66,7 +73,7 @@ class LevelChange:
 class RiskState:
     """Smoothed risk and level of one session; feed it one window at a time."""
 
-    config: FusionConfig
+    config: LegacyFusion
     # Consecutive insufficient windows after which the session level becomes unknown.
     unknown_after_windows: int = 8
     smoothed_risk: float | None = None

@@ -1,0 +1,427 @@
+"""The calibrated sequential decision: window scores -> log-likelihood ratios -> session level.
+
+Why likelihood ratios. Detectors score a window in [0, 1], each on its own scale: a
+lip-sync 0.6 and a temporal 0.6 do not mean the same. Calibration (fitted by
+``tools/calibrate_decision.py`` on held-out folds of genuine train-pool clips and their
+manipulated variants) turns each detector's score into the log-likelihood ratio of
+"manipulated" against "genuine" for that window, in nats, so the detectors add up on one
+scale and a threshold means a known amount of evidence.
+
+Why accumulate with a floor (CUSUM). One window is weak evidence and a genuine call has
+thousands of them, so a per-window threshold raises false alarms at a steady rate. The
+session sums the windows' evidence instead, and a level is raised when the sum crosses a
+threshold chosen for a target false-alarm rate. The sum never goes below a floor (0), so
+hours of genuine speech cannot bank innocence that would hide an attack starting later:
+after any stretch of genuine windows, an attack needs the same evidence to raise an alarm
+as at the start of the call. A ceiling bounds how long a past attack keeps the level up
+once genuine evidence returns.
+
+Why the overlap weight. Windows overlap (2 s windows every 0.5 s), so consecutive windows
+see mostly the same media; each window's log-likelihood ratio is weighted by
+``hop / window`` so that the sum counts independent evidence roughly once.
+
+Levels and honesty. ``unknown`` until some detector that may clear a call (lip-sync, by
+default) has given evidence of a genuine call: no evidence never reads as ``clear``. A
+``clear`` call becomes ``unknown`` again after a stretch of windows without evidence.
+``suspicious`` and ``alert`` follow the accumulated evidence only: they are raised by
+manipulated-looking windows, lowered only by genuine-looking ones, and kept through
+stretches without evidence, so an attacker cannot erase an alarm by hiding the face.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from monitor.config import DecisionConfig, MonitorConfig
+from monitor.detectors.base import Evidence
+from monitor.levels import ALARM_LEVELS, LEVEL_RANK, UNKNOWN
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_PATH = Path(__file__).resolve().parent / "models" / "decision_calibration.json"
+# Scores are clamped this far from 0 and 1 before their logit is taken.
+_SCORE_EPSILON = 1e-4
+# Detectors already warned about (once per process, not once per session).
+_WARNED_UNCALIBRATED: set[tuple[str, str | None]] = set()
+
+
+def logit(score: float) -> float:
+    p = min(1.0 - _SCORE_EPSILON, max(_SCORE_EPSILON, float(score)))
+    return math.log(p / (1.0 - p))
+
+
+def sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+@dataclass(frozen=True)
+class ScoreCalibration:
+    """One detector's window score -> log-likelihood ratio (nats), manipulated vs genuine.
+
+    ``llr = slope * logit(score) + intercept`` (a class-balanced logistic fit, so its
+    log-odds are the log-likelihood ratio), clamped to ``[llr_min, llr_max]``: the range
+    the calibration data supported, beyond which a fit would only extrapolate.
+    """
+
+    slope: float
+    intercept: float
+    llr_min: float
+    llr_max: float
+
+    def __post_init__(self) -> None:
+        if not self.llr_min <= self.llr_max:
+            raise ValueError(f"llr_min {self.llr_min} > llr_max {self.llr_max}")
+
+    def llr(self, score: float) -> float:
+        value = self.slope * logit(score) + self.intercept
+        return min(self.llr_max, max(self.llr_min, value))
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "slope": self.slope,
+            "intercept": self.intercept,
+            "llr_min": self.llr_min,
+            "llr_max": self.llr_max,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScoreCalibration:
+        return cls(
+            float(data["slope"]),
+            float(data["intercept"]),
+            float(data["llr_min"]),
+            float(data["llr_max"]),
+        )
+
+
+@dataclass(frozen=True)
+class EvidenceCalibration:
+    """Every calibrated detector's map, keyed by detector name and version.
+
+    A map is used only for the detector version it was fitted on: another version's scores
+    mean something else, and reading them with a stale map would be a silent error.
+    """
+
+    detectors: dict[str, ScoreCalibration] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)  # detector -> version fitted on
+    info: dict[str, Any] = field(default_factory=dict)  # how it was fitted, with figures
+
+    def for_detector(self, name: str, version: str | None) -> ScoreCalibration | None:
+        calibration = self.detectors.get(name)
+        if calibration is None:
+            return None
+        fitted = self.versions.get(name)
+        if fitted is not None and version is not None and fitted != version:
+            return None
+        return calibration
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "detectors": {
+                name: {"version": self.versions.get(name), **cal.to_dict()}
+                for name, cal in sorted(self.detectors.items())
+            },
+            "info": self.info,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvidenceCalibration:
+        detectors, versions = {}, {}
+        for name, entry in data.get("detectors", {}).items():
+            detectors[name] = ScoreCalibration.from_dict(entry)
+            if entry.get("version") is not None:
+                versions[name] = str(entry["version"])
+        return cls(detectors, versions, dict(data.get("info", {})))
+
+    @classmethod
+    def load(cls, path: str | Path) -> EvidenceCalibration:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
+
+
+@lru_cache(maxsize=4)
+def _load_cached(path: str) -> EvidenceCalibration:
+    return EvidenceCalibration.load(path)
+
+
+def load_calibration(config: DecisionConfig) -> EvidenceCalibration:
+    """The configured calibration file, else the packaged one (empty if none is packaged)."""
+    path = Path(config.calibration_file) if config.calibration_file else CALIBRATION_PATH
+    if not path.exists():
+        if config.calibration_file:
+            from monitor.errors import ConfigError
+
+            raise ConfigError(f"decision calibration file not found: {path}")
+        return EvidenceCalibration()
+    return _load_cached(str(path))
+
+
+# Where the levels start on the risk scale (``monitor.config.FusionConfig`` may move them).
+SUSPICIOUS_RISK = 0.5
+ALERT_RISK = 0.7
+
+
+def evidence_risk(
+    evidence_nats: float,
+    config: DecisionConfig,
+    suspicious_risk: float = SUSPICIOUS_RISK,
+    alert_risk: float = ALERT_RISK,
+) -> float:
+    """Accumulated evidence as a risk in [0, 1] that keeps the levels' meaning.
+
+    Piecewise monotone: 0 nats -> 0, the suspicious threshold -> ``suspicious_risk``
+    (0.5), the alert threshold -> ``alert_risk`` (0.7), then towards 1. So the risk is at
+    least 0.7 exactly when the evidence is at the alert level, whatever the thresholds.
+    """
+    s = max(0.0, evidence_nats)
+    suspicious, alert = config.suspicious_nats, config.alert_nats
+    if s < suspicious:
+        return suspicious_risk * s / suspicious
+    if s < alert:
+        return suspicious_risk + (alert_risk - suspicious_risk) * (s - suspicious) / (
+            alert - suspicious
+        )
+    tail = 1.0 - math.exp(-(s - alert) / (alert - suspicious))
+    return alert_risk + (1.0 - alert_risk) * tail
+
+
+@dataclass(frozen=True)
+class WindowDecision:
+    """What one window contributed and where the session stands after it."""
+
+    contributions: dict[str, float]  # detector -> weighted log-likelihood ratio (nats)
+    llr: float | None  # the window's log-likelihood ratio, sum of contributions; None: no evidence
+    weighted_llr: float | None  # after the overlap weight: what was added to the session
+    evidence_nats: float  # accumulated evidence for manipulation after this window
+    support_nats: float  # accumulated evidence for a genuine call (what clearing needs)
+    level: str
+    previous_level: str
+    uncalibrated: tuple[str, ...] = ()  # detectors read without a calibration map
+
+    @property
+    def changed(self) -> bool:
+        return self.level != self.previous_level
+
+    @property
+    def window_risk(self) -> float | None:
+        """The window on its own as a probability of manipulation (equal priors)."""
+        return None if self.llr is None else sigmoid(self.llr)
+
+
+class SequentialDecision:
+    """One session's accumulated log-evidence and its level; feed it one window at a time.
+
+    :meth:`for_session` sets one up as a session needs it (the pipeline, replayed
+    evaluations).
+
+    ``window_weight`` is the overlap weight (``hop / window``). ``clear_requires`` names the
+    detectors whose evidence can clear a call (the others can only raise it);
+    ``unknown_after_windows`` windows in a row without evidence turn ``clear`` to ``unknown``.
+    """
+
+    def __init__(
+        self,
+        config: DecisionConfig,
+        calibration: EvidenceCalibration,
+        *,
+        window_weight: float,
+        clear_requires: Sequence[str] = ("lip_sync",),
+        unknown_after_windows: int = 8,
+        weights: Mapping[str, float] | None = None,
+        versions: Mapping[str, str] | None = None,
+        risk_anchors: tuple[float, float] = (SUSPICIOUS_RISK, ALERT_RISK),
+    ) -> None:
+        if not 0 < window_weight <= 1:
+            raise ValueError(f"window_weight must be in (0, 1], got {window_weight}")
+        self.config = config
+        self.calibration = calibration
+        self.window_weight = window_weight
+        self.clear_requires = tuple(clear_requires)
+        self.unknown_after_windows = unknown_after_windows
+        self.weights = dict(weights or {})
+        self.versions = dict(versions or {})
+        self.risk_anchors = risk_anchors  # where suspicious and alert start on the risk scale
+        self.evidence_nats = config.floor_nats
+        self.support_nats = 0.0
+        self.level = UNKNOWN
+        self.peak_level = UNKNOWN
+        self.peak_evidence_nats = config.floor_nats
+        self.peak_window: int | None = None  # index (0-based, among updates) of the peak
+        self.windows = 0
+        self.windows_with_evidence = 0
+        self.total_llr = 0.0  # unweighted sum over every window with evidence
+        self._insufficient_streak = 0
+
+    @classmethod
+    def for_session(
+        cls,
+        config: MonitorConfig,
+        versions: Mapping[str, str],
+        calibration: EvidenceCalibration | None = None,
+    ) -> SequentialDecision:
+        """The decision of one session: overlap weight from the window schedule, clearing
+        detectors, weights and calibration from ``config``; ``versions`` of its detectors."""
+        window = config.window
+        return cls(
+            config.decision,
+            calibration if calibration is not None else load_calibration(config.decision),
+            window_weight=window.hop_s / window.window_s,
+            clear_requires=config.fusion.clear_requires,
+            unknown_after_windows=max(1, round(2 * window.window_s / window.hop_s)),
+            weights=config.detectors.weights,
+            versions=versions,
+            risk_anchors=(config.fusion.suspicious_threshold, config.fusion.alert_threshold),
+        )
+
+    # ----- per window -------------------------------------------------------------------
+
+    def contributions(self, evidence: Sequence[Evidence]) -> tuple[dict[str, float], list[str]]:
+        """Each sufficient detector's weighted log-likelihood ratio, and which were uncalibrated."""
+        out: dict[str, float] = {}
+        uncalibrated: list[str] = []
+        for item in evidence:
+            if item.score is None:
+                continue
+            weight = self.weights.get(item.detector, 1.0)
+            if weight <= 0:
+                continue
+            calibration = self.calibration.for_detector(
+                item.detector, self.versions.get(item.detector)
+            )
+            if calibration is None:
+                # Read as a probability, and trusted only a little.
+                limit = self.config.uncalibrated_llr_limit
+                llr = max(-limit, min(limit, logit(item.score)))
+                uncalibrated.append(item.detector)
+                key = (item.detector, self.versions.get(item.detector))
+                if key not in _WARNED_UNCALIBRATED:
+                    _WARNED_UNCALIBRATED.add(key)
+                    log.warning(
+                        "detector %s has no decision calibration for its version; its scores "
+                        "count as probabilities, clipped to +-%.1f nats",
+                        item.detector,
+                        limit,
+                    )
+            else:
+                llr = calibration.llr(item.score)
+            out[item.detector] = weight * llr
+        return out, uncalibrated
+
+    def update(
+        self, evidence: Sequence[Evidence], active: set[str] | None = None
+    ) -> WindowDecision:
+        """Advance by one window's evidence. ``active``: the detectors running this session
+        (default: those in ``evidence``). Only a window with evidence from a detector in
+        ``clear_requires`` counts towards clear; one of them not running (failed, hung, not
+        enabled) means the session cannot be clear at all (issue 16)."""
+        previous = self.level
+        self.windows += 1
+        running = active if active is not None else {item.detector for item in evidence}
+        can_clear = all(name in running for name in self.clear_requires)
+        contributions, uncalibrated = self.contributions(evidence)
+        clearing = can_clear and (
+            not self.clear_requires or any(name in contributions for name in self.clear_requires)
+        )
+        self._insufficient_streak = 0 if clearing else self._insufficient_streak + 1
+        if self.level == "clear" and (
+            not can_clear or self._insufficient_streak >= self.unknown_after_windows
+        ):
+            self.level = UNKNOWN
+            self.support_nats = 0.0
+        if not contributions:
+            return self._step(previous, contributions, None, None, uncalibrated)
+        self.windows_with_evidence += 1
+        llr = sum(contributions.values())
+        self.total_llr += llr
+        weighted = self.window_weight * llr
+        config = self.config
+        self.evidence_nats = min(
+            config.ceiling_nats, max(config.floor_nats, self.evidence_nats + weighted)
+        )
+        if clearing:
+            self.support_nats = min(config.clear_nats, max(0.0, self.support_nats - weighted))
+        self._set_level()
+        if self.evidence_nats > self.peak_evidence_nats or self.peak_window is None:
+            self.peak_evidence_nats = self.evidence_nats
+            self.peak_window = self.windows - 1
+        return self._step(previous, contributions, llr, weighted, uncalibrated)
+
+    def _set_level(self) -> None:
+        config = self.config
+        s = self.evidence_nats
+        target = (
+            "alert"
+            if s >= config.alert_nats
+            else "suspicious"
+            if s >= config.suspicious_nats
+            else None
+        )
+        if target is not None and LEVEL_RANK[target] > LEVEL_RANK[self.level]:
+            self.level = target
+            return
+        # Step down only past the hysteresis band of the level held.
+        if self.level == "alert" and s < config.alert_nats - config.hysteresis_nats:
+            self.level = "suspicious"
+        if self.level == "suspicious" and s < config.suspicious_nats - config.hysteresis_nats:
+            self.level = "clear" if self.support_nats >= config.clear_nats else UNKNOWN
+        if self.level == UNKNOWN and self.support_nats >= config.clear_nats:
+            self.level = "clear"
+
+    def _step(
+        self,
+        previous: str,
+        contributions: dict[str, float],
+        llr: float | None,
+        weighted: float | None,
+        uncalibrated: list[str],
+    ) -> WindowDecision:
+        if LEVEL_RANK[self.level] > LEVEL_RANK[self.peak_level]:
+            self.peak_level = self.level
+        return WindowDecision(
+            contributions=contributions,
+            llr=llr,
+            weighted_llr=weighted,
+            evidence_nats=self.evidence_nats,
+            support_nats=self.support_nats,
+            level=self.level,
+            previous_level=previous,
+            uncalibrated=tuple(uncalibrated),
+        )
+
+    # ----- session ----------------------------------------------------------------------
+
+    def risk_of(self, evidence_nats: float) -> float:
+        """Evidence (nats) on this session's risk scale (:func:`evidence_risk`)."""
+        return evidence_risk(evidence_nats, self.config, *self.risk_anchors)
+
+    @property
+    def risk(self) -> float:
+        return self.risk_of(self.evidence_nats)
+
+    @property
+    def peak_risk(self) -> float:
+        return self.risk_of(self.peak_evidence_nats)
+
+    @property
+    def alarmed(self) -> bool:
+        return self.peak_level in ALARM_LEVELS
+
+    @property
+    def verdict(self) -> str:
+        """The session's decision: the highest level its evidence reached (``unknown``
+        when no window ever had evidence). A sequential test decides once its evidence
+        crosses a threshold; a later return to genuine speech is the final state, not a
+        retraction."""
+        return self.peak_level

@@ -1,0 +1,195 @@
+"""False alarms on genuine calls, and detection on manipulated ones, from session records.
+
+Two kinds of genuine "call":
+
+- **Sessions**: each clip under each condition, replayed as its own call. Figures: the
+  share that ever reaches ``suspicious`` / ``alert``, the share that ends in ``alert``, and
+  false raises per hour of genuine media.
+- **Long calls**: sessions chained end to end, in seeded random order, into calls of about
+  ``call_minutes``; the decision's state carries over from one session to the next, so
+  evidence that builds slowly over a long call shows. Windows that would straddle two
+  sessions are not made (a real call has one speaker throughout); otherwise the decision
+  sees exactly what it would see on the joined media, because window evidence depends on
+  the window's media only (see :mod:`monitor.evaluation.sessions`).
+
+Both decision rules are replayed on the same records: ``legacy`` (before) and
+``sequential`` (after).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from monitor.config import MonitorConfig
+from monitor.decision import LEVEL_RANK, EvidenceCalibration, evidence_risk
+from monitor.evaluation import decide, metrics
+from monitor.evaluation.sessions import SessionRecord, detector_versions
+from monitor.sync.features import GRID_STEP_S
+
+
+def session_traces(
+    records: Sequence[SessionRecord],
+    config: MonitorConfig,
+    calibration: EvidenceCalibration,
+    rule: str,
+) -> list[decide.DecisionTrace]:
+    versions = detector_versions(records)
+    return [
+        decide.trace(rule, decide.record_windows(r), config, calibration, versions) for r in records
+    ]
+
+
+def genuine_figures(
+    records: Sequence[SessionRecord], traces: Sequence[decide.DecisionTrace]
+) -> dict[str, Any]:
+    hours = sum(r.media_seconds for r in records) / 3600.0
+    n = len(records)
+    alerts = sum(len(t.alerts) for t in traces)
+    suspicious = sum(len(t.suspicious) for t in traces)
+
+    def share(test: Any) -> float | None:
+        return round(sum(1 for t in traces if test(t)) / n, 4) if n else None
+
+    return {
+        "sessions": n,
+        "hours": round(hours, 3),
+        "reached_suspicious": share(lambda t: LEVEL_RANK[t.peak_level] >= 1),
+        "reached_alert": share(lambda t: t.peak_level == "alert"),
+        "ended_in_alert": share(lambda t: t.final_level == "alert"),
+        "sessions_ended_in_alert": sum(1 for t in traces if t.final_level == "alert"),
+        "false_alerts": alerts,
+        "false_alerts_per_hour": _round(metrics.per_hour(alerts, hours * 3600)),
+        "false_suspicious": suspicious,
+        "false_suspicious_per_hour": _round(metrics.per_hour(suspicious, hours * 3600)),
+    }
+
+
+def long_calls(
+    records: Sequence[SessionRecord],
+    config: MonitorConfig,
+    calibration: EvidenceCalibration,
+    rule: str,
+    *,
+    call_minutes: float,
+    calls: int,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``calls`` chained calls of about ``call_minutes`` each, drawn from ``records``."""
+    rng = np.random.default_rng(seed)
+    versions = detector_versions(records)
+    traces = []
+    seconds = 0.0
+    for _ in range(calls):
+        order = rng.permutation(len(records))
+        windows: list[Any] = []
+        offset = 0.0
+        i = 0
+        while offset < call_minutes * 60 and len(records):
+            record = records[int(order[i % len(order)])]
+            windows += decide.record_windows(record, offset)
+            offset += record.media_seconds
+            i += 1
+        seconds += offset
+        traces.append(decide.trace(rule, windows, config, calibration, versions))
+    alerts = sum(len(t.alerts) for t in traces)
+    suspicious = sum(len(t.suspicious) for t in traces)
+    return {
+        "calls": calls,
+        "call_minutes": call_minutes,
+        "hours": round(seconds / 3600.0, 2),
+        "calls_reaching_suspicious": sum(1 for t in traces if LEVEL_RANK[t.peak_level] >= 1),
+        "calls_reaching_alert": sum(1 for t in traces if t.peak_level == "alert"),
+        "false_alerts": alerts,
+        "false_alerts_per_hour": _round(metrics.per_hour(alerts, seconds)),
+        "false_suspicious": suspicious,
+        "false_suspicious_per_hour": _round(metrics.per_hour(suspicious, seconds)),
+    }
+
+
+def _round(value: float, digits: int = 3) -> float | None:
+    return None if value is None or math.isnan(value) else round(float(value), digits)
+
+
+# ----- manipulated sessions ------------------------------------------------------------------
+
+
+def session_offset_ms(record: SessionRecord) -> float | None:
+    """The session's lip-sync offset: the minimum of the mean lag curve of its scored
+    windows, refined to a fraction of a frame (see monitor.sync.scoring)."""
+    from monitor.sync.scoring import refined_minimum
+
+    curves = [
+        w["evidence"]["lip_sync"]["lag_curve"]
+        for w in record.windows
+        if w["evidence"].get("lip_sync", {}).get("score") is not None
+        and w["evidence"]["lip_sync"].get("lag_curve")
+    ]
+    lengths = {len(c) for c in curves}
+    if not curves or len(lengths) != 1:
+        return None
+    curve = np.mean(np.asarray(curves, dtype=np.float64), axis=0)
+    max_lag = (len(curve) - 1) // 2
+    return (refined_minimum(curve) - max_lag) * GRID_STEP_S * 1000.0
+
+
+def session_score(trace: decide.DecisionTrace, config: MonitorConfig) -> float:
+    """One number per session for ROC figures: peak risk (legacy) or peak evidence as risk."""
+    if trace.rule == "sequential":
+        fusion = config.fusion
+        return evidence_risk(
+            trace.peak_score, config.decision, fusion.suspicious_threshold, fusion.alert_threshold
+        )
+    return trace.peak_score
+
+
+def attack_figures(
+    records: Sequence[SessionRecord],
+    config: MonitorConfig,
+    calibration: EvidenceCalibration,
+    rule: str,
+) -> dict[str, Any]:
+    """Per condition and manipulation: AUC against the condition's genuine sessions (with
+    counts), share alarmed, median time to the first alarm, offset error (shifts)."""
+    traces = session_traces(records, config, calibration, rule)
+    out: dict[str, Any] = {}
+    conditions = sorted({r.condition for r in records})
+    for condition in [*conditions, "all"]:
+        chosen = [
+            (r, t)
+            for r, t in zip(records, traces, strict=True)
+            if condition in ("all", r.condition)
+        ]
+        negatives = [session_score(t, config) for r, t in chosen if not r.manipulated]
+        by_variant: dict[str, list[tuple[SessionRecord, decide.DecisionTrace]]] = {}
+        for r, t in chosen:
+            if r.manipulated:
+                by_variant.setdefault(r.variant, []).append((r, t))
+        table = {}
+        for variant, members in sorted(by_variant.items()):
+            positives = [session_score(t, config) for _, t in members]
+            times = [t.first_alarm_after(0.0) for _, t in members]
+            alarmed = [x for x in times if x is not None]
+            row: dict[str, Any] = {
+                "n": len(members),
+                "genuine_n": len(negatives),
+                "auc": _round(metrics.roc_auc(negatives, positives)) if negatives else None,
+                "alarmed": len(alarmed),
+                "reached_alert": sum(1 for _, t in members if t.peak_level == "alert"),
+                "median_time_to_alarm_s": _round(metrics.median(alarmed) or math.nan, 2),
+            }
+            if variant.startswith("shift"):
+                truth = float(variant[len("shift") : -len("ms")])
+                errors = [
+                    abs(offset - truth)
+                    for offset in (session_offset_ms(r) for r, _ in members)
+                    if offset is not None
+                ]
+                row["offset_error_median_ms"] = _round(metrics.median(errors) or math.nan, 1)
+                row["offset_error_p90_ms"] = _round(metrics.percentile(errors, 90) or math.nan, 1)
+            table[variant] = row
+        out[condition] = table
+    return out
