@@ -370,6 +370,7 @@ def test_alert_explanation_carries_the_seam_map() -> None:
         level="alert",
         previous_level="suspicious",
         risk=0.9,
+        evidence_nats=7.0,
         t_start=window.t_start,
         t_end=window.t_end,
         rationale="test",

@@ -530,10 +530,17 @@ def seam_session(session: str = "call-3", participant: str = "erin") -> list[dic
             "rationale": artifact["rationale"],
             "evidence": [artifact],
         }
-        events.append(make("score", window=index, **fields))
+        nats = 10.0 * risk
+        events.append(
+            make("score", window=index, window_risk=risk, window_llr=1.0, evidence_nats=nats,
+                 **fields)
+        )  # fmt: skip
         if level != previous:
             explanation = {"boundary_map": {"region": "lower_face", "z": 4.1, **seam}}
-            events.append(make("alert", previous_level=previous, explanation=explanation, **fields))
+            events.append(
+                make("alert", previous_level=previous, explanation=explanation,
+                     evidence_nats=nats, **fields)
+            )  # fmt: skip
             previous = level
     return events
 

@@ -249,9 +249,10 @@ def evaluate(job: tuple[DevClip, str, str, str]) -> Result:
             elif isinstance(item, AudioChunk):
                 analyzer.add_audio(item)
         fused = analyzer.finish(reason="end of input")
-    result.fused_risk = fused["risk"] if fused["level"] != "unknown" else None
-    result.fused_level = fused["level"]
-    result.fused_peak_level = fused["final_level"]
+    # Schema 2: the verdict is the highest level reached, final_level where it ended.
+    result.fused_risk = fused["risk"] if fused["verdict"] != "unknown" else None
+    result.fused_level = fused["final_level"]
+    result.fused_peak_level = fused["verdict"]
     result.fused_alerts = [
         f"{e['previous_level']}->{e['level']} at {e['t_end']}"
         for e in events
@@ -294,7 +295,7 @@ def metrics(clips: list[DevClip], results: list[Result], condition: str) -> dict
         )
         block["flagged_detector_0.5"] = sum((by_file[c.file].score or 0) >= 0.5 for c in fakes)
         block["fused_suspicious_or_alert"] = sum(
-            by_file[c.file].fused_level in ("suspicious", "alert") for c in fakes
+            by_file[c.file].fused_peak_level in ("suspicious", "alert") for c in fakes
         )
         out[name] = block
     pairs = []
@@ -313,11 +314,16 @@ def metrics(clips: list[DevClip], results: list[Result], condition: str) -> dict
     )
     out["genuine"] = {
         "clips": len(reals),
-        "levels": {
+        "final_levels": {
             level: sum(by_file[c.file].fused_level == level for c in reals)
             for level in ("clear", "suspicious", "alert", "unknown")
         },
+        "verdicts": {
+            level: sum(by_file[c.file].fused_peak_level == level for c in reals)
+            for level in ("clear", "suspicious", "alert", "unknown")
+        },
         "ended_in_alert": [c.file for c in reals if by_file[c.file].fused_level == "alert"],
+        "verdict_alert": [c.file for c in reals if by_file[c.file].fused_peak_level == "alert"],
         "detector_sessions_over_0.5": [
             c.file for c in reals if (by_file[c.file].score or 0) >= 0.5
         ],

@@ -74,6 +74,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--width-z", type=float, default=0.5, help="logistic width in z")
     parser.add_argument("--skip-calibration", action="store_true")
     parser.add_argument(
+        "--decision-calibration",
+        type=Path,
+        default=MODELS / "decision_calibration.json",
+        help="the sequential decision's maps; the artifact detector's is (re)written there",
+    )
+    parser.add_argument(
         "--calibrate-only",
         action="store_true",
         help="calibrate the weights already in --out (no data preparation, no training)",
@@ -172,6 +178,22 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(calibration.to_json(), indent=1) + "\n"
         )
         record["pool_report"] = report
+        # The sequential decision's map for this detector (monitor/decision.py), beside the
+        # other detectors' maps that tools/calibrate_decision.py fits.
+        from monitor.decision import EvidenceCalibration, ScoreCalibration
+
+        fitted = training.decision_map(values, scored_clips, calibration)
+        decision_file = args.decision_calibration
+        decision = EvidenceCalibration.load(decision_file)
+        decision.detectors["artifact"] = ScoreCalibration.from_dict(fitted)
+        decision.versions["artifact"] = "1"
+        decision.info.setdefault("detectors", {})["artifact"] = {
+            "map": {k: fitted[k] for k in ("slope", "intercept", "llr_min", "llr_max")},
+            "fitted_by": "tools/train_artifact.py (held-out sources, conservative)",
+            **fitted["fit"],
+        }
+        decision.save(decision_file)
+        record["decision_map"] = fitted
         windows = {
             f"{v.name}|{v.condition}": [round(x, 4) for x in v.window_values] for v in values
         }
