@@ -111,11 +111,13 @@ class DecisionConfig:
 
 @dataclass
 class DetectorsConfig:
-    enabled: list[str] = field(default_factory=lambda: ["lip_sync", "temporal"])
+    enabled: list[str] = field(default_factory=lambda: ["lip_sync", "temporal", "artifact"])
     disabled: list[str] = field(default_factory=list)
     # Multipliers of each detector's log-likelihood ratio (0 leaves it out of the decision).
     # The calibration already weighs a detector by how much its scores tell: keep 1.
-    weights: dict[str, float] = field(default_factory=lambda: {"lip_sync": 1.0, "temporal": 1.0})
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"lip_sync": 1.0, "temporal": 1.0, "artifact": 1.0}
+    )
     # A detector that takes longer than this for one window is disabled for the session.
     time_budget_s: float = 2.0
     plugin_dirs: list[str] = field(default_factory=lambda: ["plugins"])

@@ -496,6 +496,79 @@ def test_page_reads_alerts_url_from_meta_then_query(tmp_path: Path) -> None:
     assert 'data-url="ws://127.0.0.1:9/from-query?token=***"' in dom
 
 
+def seam_session(session: str = "call-3", participant: str = "erin") -> list[dict[str, Any]]:
+    """A participant in sync but with a pasted lower face: the artifact detector raises the
+    level, and the alert's explanation carries its seam map."""
+    import numpy as np
+
+    from monitor.detectors.artifact.evidence import boundary_map_json, face_geometry
+    from tests.test_temporal import render_face
+
+    geometry = face_geometry(np.array(render_face()[1]))
+    boundary = np.zeros((16, 16))
+    boundary[9, 3:13] = 0.9  # a seam below the nose
+    seam = boundary_map_json(boundary, geometry)
+    make = EventFactory(session, participant).make
+    events: list[dict[str, Any]] = []
+    previous = "clear"
+    for index, risk in enumerate([0.2, 0.55, 0.6, 0.78, 0.8]):
+        level = _level(risk)
+        artifact = {
+            "detector": "artifact",
+            "score": risk,
+            "rationale": "lower-face blending seam 4.1 sigma above genuine video",
+            "spans": [],
+            "z": 4.1,
+            "region": "lower_face",
+            "boundary_map": seam,
+        }
+        fields = {
+            "t_start": index * 0.5,
+            "t_end": index * 0.5 + 2.0,
+            "risk": risk,
+            "level": level,
+            "rationale": artifact["rationale"],
+            "evidence": [artifact],
+        }
+        nats = 10.0 * risk
+        events.append(
+            make("score", window=index, window_risk=risk, window_llr=1.0, evidence_nats=nats,
+                 **fields)
+        )  # fmt: skip
+        if level != previous:
+            explanation = {"boundary_map": {"region": "lower_face", "z": 4.1, **seam}}
+            events.append(
+                make("alert", previous_level=previous, explanation=explanation,
+                     evidence_nats=nats, **fields)
+            )  # fmt: skip
+            previous = level
+    return events
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_latest_alert_shows_the_seam_map_on_the_face(alert_server: ScriptedAlertServer) -> None:
+    with Chromium(window_size=(1280, 1000)) as browser:
+        page = browser.page(f"{alert_server.url}?token={urllib.request.quote(TOKEN, safe='')}")
+        wait_connected(page)
+        alert_server.publish(*calm_session(), *seam_session())
+        card = CARD.format("erin")
+        page.wait_for(f"{card}?.dataset.level === 'alert'")
+        page.wait_for(f"{card}?.querySelector('.seam').dataset.litCells !== undefined")
+        erin = page.evaluate(
+            f"""(() => {{ const f = {card}.querySelector('.seam');
+            return {{ ...f.dataset, info: f.querySelector('.seam-info').textContent,
+                      empty: f.querySelector('.seam-empty').checkVisibility() }}; }})()"""
+        )
+        bob = page.evaluate(f"{CARD.format('bob')}.querySelector('.seam').dataset.hasMap")
+        page.screenshot(ARTIFACTS / "dashboard-seam.png")
+        assert page.exceptions == []
+    assert erin["hasMap"] == "true" and erin["region"] == "lower_face" and not erin["empty"]
+    assert erin["litCells"] == "10"  # the ten cells of the seam, drawn
+    assert erin["info"] == "lower face seam 4.1 sigma above genuine video · 00:01.5–00:03.5"
+    assert bob == "false"  # no alert, no map
+
+
 # ---------------------------------------------------------------- end to end: dfmon replay
 
 

@@ -86,6 +86,17 @@ def format_span(t_start: float, t_end: float) -> str:
     return f"{format_media_time(t_start)}-{format_media_time(t_end)}"
 
 
+def merge_spans(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Overlapping or touching (start, end) spans joined, in time order."""
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
 def describe_offset(offset_ms: float, aligned_within_ms: float) -> str:
     """Plain words for a lag, in the sign convention of ``offset_ms`` (audio later: > 0)."""
     if abs(offset_ms) <= aligned_within_ms:

@@ -11,7 +11,10 @@ alert itself says what the evidence was:
 * ``top_segments``: the stretches of the window where the evidence is clearest. When the
   curve says "offset", a segment's support is how much better lips and loudness agree at
   the detected offset than at zero lag; otherwise it is how badly they agree while
-  someone speaks.
+  someone speaks;
+* ``boundary_map``: where on the face the artifact detector sees a blend seam (a 16x16
+  grid over the aligned face crop with the face's key points, see
+  :mod:`monitor.detectors.artifact.evidence`), its region and its strength in sigma.
 
 Everything is computed from numbers the window and the evidence already hold (lip
 aperture, loudness, the curve): microseconds per alert, no model call, so the pipeline
@@ -172,9 +175,21 @@ def compact_explanation(
         "face_fraction": round(window.face_fraction, 2),
         "offset_curve": curve,
         "top_segments": segments,
+        "boundary_map": boundary_map(evidence),
     }
     out["summary"] = _summary(out, lip_sync)
     return out
+
+
+def boundary_map(evidence: Sequence[Evidence]) -> dict[str, Any] | None:
+    """The artifact detector's seam map with its region and z, when it had evidence."""
+    artifact = next((e for e in evidence if e.detector == "artifact"), None)
+    if artifact is None or artifact.score is None:
+        return None
+    grid = artifact.fields.get("boundary_map")
+    if not isinstance(grid, dict):
+        return None
+    return {"region": artifact.fields.get("region"), "z": artifact.fields.get("z"), **grid}
 
 
 def _summary(explanation: dict[str, Any], lip_sync: Evidence | None) -> str:
@@ -193,6 +208,10 @@ def _summary(explanation: dict[str, Any], lip_sync: Evidence | None) -> str:
         )
     elif lip_sync is not None and lip_sync.fields.get("note"):
         parts.append(f"lip-sync: {lip_sync.fields['note']}")
+    seam = explanation["boundary_map"]
+    if seam is not None and isinstance(seam.get("z"), int | float) and seam["z"] >= 2:
+        region = str(seam.get("region") or "face").replace("_", " ").replace("none", "face")
+        parts.append(f"blend seam at the {region}, {seam['z']:.1f} sigma above genuine video")
     if explanation["top_segments"]:
         spans = ", ".join(
             f"{format_media_time(s['t'][0])}-{format_media_time(s['t'][1])}"

@@ -27,7 +27,7 @@ from monitor.levels import ALARM_LEVELS
 from monitor.report import html, plots
 from monitor.report.attribution import AlertAttribution, AttributionOptions, attribute_alert
 from monitor.report.confidence import LearnedSync, load_learned_sync
-from monitor.report.events import EventLog, lip_sync_evidence, load_events
+from monitor.report.events import EventLog, artifact_evidence, lip_sync_evidence, load_events
 from monitor.report.media import ROW_S, MediaTrace, trace_media
 
 log = logging.getLogger(__name__)
@@ -277,6 +277,7 @@ def _document(
         _contributions_section(log_, config, duration),
         _lip_sync_section(log_, trace, targets, learned, method, flagged_spans, duration),
         _filmstrip_section(trace, moments),
+        _seam_section(log_, trace, moments),
         _rationale_section(log_),
         _attribution_section(explained, learned, learned_reason, targets, options),
         _method_section(trace, learned, method),
@@ -287,6 +288,7 @@ def _document(
         ("contributions", "Detectors"),
         ("lip-sync", "Lip-sync"),
         ("filmstrip", "Filmstrip"),
+        ("seam", "Blend seam"),
         ("rationale", "Rationale"),
         ("attribution", "Attribution"),
         ("method", "How to read"),
@@ -600,6 +602,58 @@ def _filmstrip_section(trace: MediaTrace, moments: Sequence[tuple[str, float, fl
             "contour, yellow: inner contour, red: the 40 lip landmarks; 'gap': inner-lip gap "
             "as a fraction of face height.",
         ),
+    )
+
+
+def _seam_section(
+    log_: EventLog, trace: MediaTrace, moments: Sequence[tuple[str, float, float]]
+) -> str:
+    """The artifact detector's boundary map of each flagged moment over its face crops."""
+    from monitor.detectors.artifact.evidence import decode_cells
+
+    groups, maps, notes = [], [], []
+    for g, (label, a, b) in enumerate(moments):
+        window = min(
+            log_.scores,
+            key=lambda e: abs(e["t_start"] - a) + abs(e["t_end"] - b),
+            default=None,
+        )
+        evidence = artifact_evidence(window) if window is not None else None
+        seam = evidence.get("boundary_map") if evidence else None
+        if not isinstance(seam, dict) or not seam.get("cells"):
+            continue
+        crops = [s for s in trace.stills if s.group == g]
+        crops = [crops[i] for i in sorted({0, len(crops) // 2, len(crops) - 1})] if crops else []
+        items = [(format_media_time(s.t), s.face_crop) for s in crops]
+        where = str(evidence.get("region") or "none").replace("_", " ")
+        z = evidence.get("z")
+        strength = "" if z is None else f"{z:+.1f} sigma"
+        groups.append((f"{label}\n{format_span(a, b)}\n{where} {strength}", items))
+        maps.append(decode_cells(seam["cells"]))
+        notes.append(f"{format_span(a, b)}: {evidence.get('rationale', '')}")
+    if not groups:
+        return html.section(
+            "seam",
+            "Blend seam on the face",
+            "<p class='note'>No flagged moment with artifact-detector evidence.</p>",
+        )
+    image = plots.seam_overlays(groups, maps)
+    listed = "".join(f"<li>{html.esc(note)}</li>" for note in notes)
+    return html.section(
+        "seam",
+        "Blend seam on the face at the flagged moments",
+        html.figure(
+            "seam",
+            image,
+            "aligned face crops with the blend-boundary map",
+            "Left: the artifact detector's blend-boundary map of the moment's window (16x16 "
+            "cells over the aligned face crop, 4·M·(1−M) of a pasted region; dark: a seam). "
+            "Right: the face crops it reads (256 px, eye line horizontal) at the moment's "
+            "start, middle and end, with the map in red over them. A seam below the nose "
+            "points at a pasted lower face (lip-sync generators), one along the face outline "
+            "at a pasted face (face swaps).",
+        )
+        + f"<ul>{listed}</ul>",
     )
 
 

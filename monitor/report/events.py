@@ -156,3 +156,7 @@ def _check_times(event: dict[str, Any]) -> None:
 
 def lip_sync_evidence(event: dict[str, Any]) -> dict[str, Any] | None:
     return next((e for e in event.get("evidence", []) if e.get("detector") == "lip_sync"), None)
+
+
+def artifact_evidence(event: dict[str, Any]) -> dict[str, Any] | None:
+    return next((e for e in event.get("evidence", []) if e.get("detector") == "artifact"), None)

@@ -45,6 +45,7 @@ class Still:
     t: float
     image: np.ndarray | None  # (96, 192, 3) RGB; None: no face in that frame
     aperture: float | None
+    face_crop: np.ndarray | None = None  # the aligned face crop the artifact detector reads
 
 
 class SessionWindows:
@@ -267,7 +268,8 @@ def trace_media(
                         None if face is None else draw_mouth_still(item.image, face, config.face)
                     )
                     aperture = None if face is None else float(face.aperture)
-                    stills.append(Still(group, item.t, image, aperture))
+                    crop = None if face is None else face.face_crop
+                    stills.append(Still(group, item.t, image, aperture, crop))
         finally:
             tracker.close()
         overview.finish()

@@ -412,6 +412,47 @@ def filmstrip(
     return png(figure)
 
 
+def seam_overlays(
+    groups: Sequence[tuple[str, Sequence[tuple[str, np.ndarray | None]]]],
+    maps: Sequence[np.ndarray],
+) -> bytes:
+    """Rows of aligned face crops (one row per flagged moment) with that moment's blend
+    boundary map over them, red where the seam is."""
+    rows = len(groups)
+    cols = max((len(items) for _, items in groups), default=1) + 1
+    figure = _figure(1.7 * cols + 0.3, 1.8 * rows + 0.2)
+    axes = np.atleast_2d(figure.subplots(rows, cols, squeeze=False))
+    seam = ListedColormap(
+        np.column_stack([np.tile([0.9, 0.1, 0.1], (64, 1)), np.linspace(0, 0.75, 64)])
+    )
+    for r, ((label, items), boundary) in enumerate(zip(groups, maps, strict=True)):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:  # the map alone, on its grid
+                ax.imshow(boundary, cmap="Reds", vmin=0, vmax=1, interpolation="nearest")
+                ax.set_title("seam map (grid)", fontsize=7)
+                ax.set_ylabel(label, fontsize=7)
+                continue
+            if c - 1 >= len(items):
+                ax.set_visible(False)
+                continue
+            caption, crop = items[c - 1]
+            if crop is None:
+                ax.imshow(np.full((64, 64, 3), 200, np.uint8))
+                ax.text(32, 32, "no face", ha="center", va="center", fontsize=8)
+            else:
+                side = crop.shape[0]
+                ax.imshow(crop)
+                ax.imshow(
+                    boundary, cmap=seam, vmin=0, vmax=1, extent=(0, side, side, 0),
+                    interpolation="bilinear",
+                )  # fmt: skip
+            ax.set_title(caption, fontsize=7)
+    return png(figure)
+
+
 # ----- attribution -------------------------------------------------------------------------
 
 

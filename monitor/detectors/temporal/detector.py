@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from monitor.config import MonitorConfig
-from monitor.detectors.base import Evidence, format_span
+from monitor.detectors.base import Evidence, format_span, merge_spans
 from monitor.detectors.temporal.calibration import Calibration, load_calibration
 from monitor.detectors.temporal.cues import CUE_LABELS, FrameMeasure, measure_frame, window_cues
 from monitor.features.store import FrameStore
@@ -151,7 +151,7 @@ class TemporalDetector:
                 self.name, None, "insufficient evidence: no cue measurable in the session"
             )
         score = self.calibration.score(combined)
-        spans = _merge_spans([(t0, t1) for t0, t1, _, s in self._windows if s >= SPAN_SCORE])
+        spans = merge_spans([(t0, t1) for t0, t1, _, s in self._windows if s >= SPAN_SCORE])
         whole = format_span(self._windows[0][0], self._windows[-1][1])
         notable = describe_cues(z_scores, self.calibration, whole)
         if notable:
@@ -172,16 +172,6 @@ class TemporalDetector:
 
 def _measure_frames(frames: list[FrameFeatures]) -> list[FrameMeasure]:
     return [measure_frame(f.t, f.index, f.face) for f in frames if f.face is not None]
-
-
-def _merge_spans(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    merged: list[tuple[float, float]] = []
-    for start, end in sorted(spans):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
 
 
 def create_temporal_detector(config: MonitorConfig) -> TemporalDetector:
