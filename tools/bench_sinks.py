@@ -39,16 +39,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from monitor.config import load_config
+from monitor.evaluation.machine import describe_machine, machine_line
+from monitor.sinks.build import build_delivery
+from monitor.sinks.fanout import EventFanout
+from monitor.sinks.jsonl import JsonlSink
+from monitor.sinks.notices import NoticePolicy
+from monitor.synth.events import HOP_S, WINDOW_S, session_events
 
-from monitor.config import load_config  # noqa: E402
-from monitor.evaluation.machine import describe_machine, machine_line  # noqa: E402
-from monitor.sinks.build import build_delivery  # noqa: E402
-from monitor.sinks.fanout import EventFanout  # noqa: E402
-from monitor.sinks.jsonl import JsonlSink  # noqa: E402
-from monitor.sinks.notices import NoticePolicy  # noqa: E402
-from monitor.synth.events import HOP_S, WINDOW_S, session_events  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

@@ -39,10 +39,9 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from monitor.training.artifact import WORKER_ENVIRONMENT, auc
 
-from monitor.training.artifact import WORKER_ENVIRONMENT, auc  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("eval_artifact")
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "dev"

@@ -27,11 +27,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from monitor.training import artifact as training
+from monitor.training.artifact_data import DATA_VERSION, read_pool
 
-from monitor.training import artifact as training  # noqa: E402
-from monitor.training.artifact_data import DATA_VERSION, read_pool  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("train_artifact")
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "train"
