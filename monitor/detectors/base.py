@@ -13,9 +13,13 @@ it in a :class:`~monitor.features.store.FrameStore` for the overlapping windows 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from monitor.errors import DetectorError
 
 if TYPE_CHECKING:
     from monitor.config import MonitorConfig
@@ -84,6 +88,18 @@ def format_media_time(t: float) -> str:
 
 def format_span(t_start: float, t_end: float) -> str:
     return f"{format_media_time(t_start)}-{format_media_time(t_end)}"
+
+
+def read_calibration_json(path: Path, what: str, remedy: str) -> Any:
+    """A detector's committed calibration file as JSON; :class:`DetectorError` (naming
+    ``what`` and the ``remedy``) when it is missing or not JSON, so the session disables
+    that detector instead of crashing."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise DetectorError(f"{what} calibration {path} not found; {remedy}") from exc
+    except json.JSONDecodeError as exc:
+        raise DetectorError(f"{what} calibration {path} is not valid JSON: {exc}") from exc
 
 
 def merge_spans(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -10,13 +10,13 @@ z against these is what the rationale quotes; the score is a logistic of z, 0.5 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from monitor.detectors.artifact.backend import MODELS_DIR
+from monitor.detectors.base import read_calibration_json
 from monitor.detectors.temporal.calibration import Stats
 from monitor.errors import DetectorError
 
@@ -69,12 +69,6 @@ class ArtifactCalibration:
 
 def load_calibration(path: str | Path | None = None) -> ArtifactCalibration:
     path = Path(path) if path is not None else DEFAULT_PATH
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise DetectorError(
-            f"artifact calibration {path} not found; run tools/train_artifact.py"
-        ) from exc
-    except json.JSONDecodeError as exc:
-        raise DetectorError(f"artifact calibration {path} is not valid JSON: {exc}") from exc
-    return ArtifactCalibration.from_json(data)
+    return ArtifactCalibration.from_json(
+        read_calibration_json(path, "artifact", "run tools/train_artifact.py")
+    )

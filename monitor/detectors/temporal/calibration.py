@@ -15,12 +15,12 @@ of this combined z, 0.5 at ``center_z`` sigma.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from monitor.detectors.base import read_calibration_json
 from monitor.errors import DetectorError
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "temporal_calibration.json"
@@ -135,12 +135,6 @@ def _stats(entry: dict[str, Any]) -> Stats:
 def load_calibration(path: str | Path | None = None) -> Calibration:
     """The committed calibration (or another file); :class:`DetectorError` if unusable."""
     path = Path(path) if path is not None else DEFAULT_PATH
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise DetectorError(
-            f"temporal calibration {path} not found; run tools/calibrate_temporal.py"
-        ) from exc
-    except json.JSONDecodeError as exc:
-        raise DetectorError(f"temporal calibration {path} is not valid JSON: {exc}") from exc
-    return Calibration.from_json(data)
+    return Calibration.from_json(
+        read_calibration_json(path, "temporal", "run tools/calibrate_temporal.py")
+    )
