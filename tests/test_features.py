@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -61,6 +62,42 @@ def test_tracker_finds_the_astronaut(astronaut: np.ndarray) -> None:
     # The mouth crop is the lower face: red lips and white teeth in its lower half.
     lower = face.mouth_crop[face.mouth_crop.shape[0] // 3 :].astype(int)
     assert (lower[..., 0] - lower[..., 2] > 40).any(), "no lip red in the mouth crop"
+
+
+_TRACK_IN_A_FRESH_PROCESS = """
+import sys
+import numpy as np
+from skimage import data
+if sys.argv[1] == "whole":
+    import mediapipe
+from monitor.config import FaceConfig
+from monitor.features.face import create_face_tracker
+from monitor.media import VideoFrame
+tracker = create_face_tracker(FaceConfig())
+face = tracker.track(VideoFrame(t=0.0, index=0, image=data.astronaut()))
+tracker.close()
+np.save(sys.argv[2], face.landmarks)
+print(" ".join(m for m in ("mediapipe.python.solutions", "matplotlib") if m in sys.modules))
+import mediapipe
+assert mediapipe.solutions.face_mesh.FaceMesh and mediapipe.__version__
+"""
+
+
+def test_tracking_starts_without_mediapipes_solutions(tmp_path: Path) -> None:
+    """The tracker needs MediaPipe's graph runtime only: the package's solutions (and
+    matplotlib with them) stay unloaded until something asks for them, and the landmarks
+    equal those of a process that imported the whole package first."""
+    found = {}
+    for mode in ("runtime", "whole"):
+        out = tmp_path / f"{mode}.npy"
+        done = subprocess.run(
+            [sys.executable, "-c", _TRACK_IN_A_FRESH_PROCESS, mode, str(out)],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+        found[mode] = (done.stdout.split(), np.load(out))
+    assert found["runtime"][0] == []
+    assert "matplotlib" in found["whole"][0]
+    np.testing.assert_array_equal(found["runtime"][1], found["whole"][1])
 
 
 def test_crops_are_rotation_aligned(astronaut: np.ndarray) -> None:

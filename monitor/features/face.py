@@ -28,8 +28,10 @@ the full frame (no intermediate copies).
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -341,6 +343,59 @@ def _rect_from_region(region: Region, width: int, height: int, x0: int, y0: int)
 # ----- MediaPipe graphs ------------------------------------------------------------------
 
 
+def import_mediapipe_runtime() -> None:
+    """Make ``mediapipe``'s graph runtime importable without running the package's
+    ``__init__``, which also imports ``solutions`` (and with it matplotlib) and ``tasks``:
+    about 0.65 s of CPU at every process start that the tracker never uses.
+
+    The package is registered unexecuted; its submodules import as usual. The first read
+    of anything else on it (``mediapipe.solutions``, as monitor.synth uses) runs the real
+    ``__init__`` then, so other users of the package see it whole.
+    """
+    if "mediapipe" in sys.modules:
+        return
+    spec = importlib.util.find_spec("mediapipe")
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError("mediapipe is not installed", name="mediapipe")
+    package = importlib.util.module_from_spec(spec)
+    loader = spec.loader
+
+    def complete(name: str) -> Any:
+        del package.__dict__["__getattr__"]
+        loader.exec_module(package)
+        return getattr(package, name)
+
+    package.__dict__["__getattr__"] = complete
+    sys.modules["mediapipe"] = package
+    # A graph config's calculator options are protobuf extensions, parsed only when their
+    # modules are loaded (the package's __init__ loads them through ``solutions``).
+    for name in _GRAPH_OPTION_MODULES:
+        importlib.import_module(f"mediapipe.{name}")
+
+
+_GRAPH_OPTION_MODULES = (
+    "calculators.core.constant_side_packet_calculator_pb2",
+    "calculators.core.split_vector_calculator_pb2",
+    "calculators.image.image_transformation_calculator_pb2",
+    "calculators.tensor.image_to_tensor_calculator_pb2",
+    "calculators.tensor.inference_calculator_pb2",
+    "calculators.tensor.tensors_to_classification_calculator_pb2",
+    "calculators.tensor.tensors_to_detections_calculator_pb2",
+    "calculators.tensor.tensors_to_floats_calculator_pb2",
+    "calculators.tensor.tensors_to_landmarks_calculator_pb2",
+    "calculators.tflite.ssd_anchors_calculator_pb2",
+    "calculators.util.association_calculator_pb2",
+    "calculators.util.detections_to_rects_calculator_pb2",
+    "calculators.util.landmark_projection_calculator_pb2",
+    "calculators.util.landmarks_refinement_calculator_pb2",
+    "calculators.util.logic_calculator_pb2",
+    "calculators.util.non_max_suppression_calculator_pb2",
+    "calculators.util.rect_transformation_calculator_pb2",
+    "calculators.util.thresholding_calculator_pb2",
+    "modules.face_detection.face_detection_pb2",
+)
+
+
 def _landmark_array(message: Any) -> np.ndarray:
     """(N, 3) normalized landmarks of a NormalizedLandmarkList, read straight from its
     wire format when every landmark has exactly x, y and z (as MediaPipe's mesh does)."""
@@ -407,7 +462,6 @@ class _Graph:
             raise
 
     def _start(self, text: str, side_packets: dict[str, Any], min_score: dict[str, float]) -> None:
-        import mediapipe as mp
         from google.protobuf import text_format
         from mediapipe.framework import calculator_pb2
         from mediapipe.python._framework_bindings import (
@@ -417,7 +471,8 @@ class _Graph:
         )
 
         # Model files are found relative to the package root, as mediapipe's solutions do.
-        resource_util.set_resource_dir(os.path.dirname(os.path.dirname(mp.__file__)))
+        package_file = sys.modules["mediapipe"].__file__ or ""
+        resource_util.set_resource_dir(os.path.dirname(os.path.dirname(package_file)))
         validated = validated_graph_config.ValidatedGraphConfig()
         validated.initialize(
             graph_config=text_format.Parse(text, calculator_pb2.CalculatorGraphConfig())
@@ -496,6 +551,7 @@ class FaceModels:
     """
 
     def __init__(self, min_detection_confidence: float, min_presence: float = 0.5) -> None:
+        import_mediapipe_runtime()
         self._min_score = {"detection": min_detection_confidence, "presence": min_presence}
         self._size = max(1, len(os.sched_getaffinity(0)))
         self._free: dict[str, list[_Graph]] = {kind: [] for kind in _GRAPHS}
