@@ -24,7 +24,6 @@ from monitor.sync.checkpoint import (
     FRAME_INPUT_NAMES,
     FRAME_OUTPUT_NAME,
     INPUT_NAMES,
-    MODEL_NAME,
     OUTPUT_NAMES,
     STREAM_PATHS,
     WEIGHTS_PATH,
@@ -69,7 +68,7 @@ def export_onnx_bytes(weights: Path = WEIGHTS_PATH, *, fp16: bool = False) -> by
         )
     proto = onnx.load_from_string(buffer.getvalue())
     metadata = {
-        "dfmon.model": MODEL_NAME,
+        "dfmon.model": weights.stem,
         "dfmon.precision": "fp16" if fp16 else "fp32",
         "dfmon.config": json.dumps(info.config, sort_keys=True),
     }
@@ -136,7 +135,7 @@ def export_stream_onnx(
             return getattr(self.model, self.method)(*inputs)
 
     metadata = {
-        "dfmon.model": MODEL_NAME,
+        "dfmon.model": weights.stem,
         "dfmon.precision": "fp32",
         "dfmon.config": json.dumps(info.config, sort_keys=True),
         "dfmon.weights_sha256": weights_digest(weights),
