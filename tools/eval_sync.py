@@ -1,6 +1,7 @@
 """Evaluate the lip-sync detectors on held-out dev clips: learned model vs baseline.
 
-Conditions per held-out real clip (none of them used in training or calibration):
+Conditions per held-out real clip (every dev real clip with audio that the shipped model's
+training record does not list, nor any record given with ``--also-leave-out``):
 genuine, audio shifted by -400/-200/+200/+400 ms (positive: audio later), and audio
 swapped with two other held-out clips of different sources. Windows are built exactly
 as the pipeline builds them (2 s, hop 0.5 s, 0.6 s audio context, session noise floor).
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from monitor.evaluation.metrics import auc_or_nan as auc
+from monitor.sync.checkpoint import MODEL_NAME, WEIGHTS_PATH
 from monitor.training import sync_data
 
 log = logging.getLogger("eval_sync")
@@ -92,8 +94,19 @@ def offset_hits(rows: list[dict], truth_ms: float) -> list[bool]:
     return [r["offset_ms"] is not None and abs(r["offset_ms"] - truth_ms) <= FRAME_MS for r in rows]
 
 
-def evaluate(backend: str, with_baseline: bool, limit: int | None = None) -> dict:
-    heldout_jobs = [j for j in sync_data.evaluation_jobs() if j.split == "heldout"]
+def trained_on(records: list[Path]) -> set[str]:
+    """Clips (``pool/real/x.mp4``) that these training records list: never "held out"."""
+    return {f for record in records for f in json.loads(record.read_text()).get("train_files", [])}
+
+
+def evaluate(
+    backend: str, with_baseline: bool, limit: int | None = None, seen: frozenset[str] = frozenset()
+) -> dict:
+    heldout_jobs = [
+        j
+        for j in sync_data.evaluation_jobs()
+        if j.split == "heldout" and str(Path(j.source).relative_to(sync_data.DATA_ROOT)) not in seen
+    ]
     fake_jobs = [j for j in sync_data.evaluation_jobs() if j.split == "fake"]
     sync_data.run_jobs(heldout_jobs + fake_jobs, 2)
     all_clips = [sync_data.load_cached(j.cache_path) for j in heldout_jobs]
@@ -287,12 +300,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--limit", type=int, help="only the first N held-out and fake clips (smoke)"
     )
+    parser.add_argument(
+        "--also-leave-out",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="RECORD",
+        help="another model's training record (NAME.training.json): leave its clips out too, "
+        "so that two models are compared on clips neither trained on",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not sync_data.DATA_ROOT.exists():
         log.error("no data at %s", sync_data.DATA_ROOT)
         return 2
-    report = evaluate(args.backend, not args.no_baseline, args.limit)
+    shipped = WEIGHTS_PATH.with_name(f"{MODEL_NAME}.training.json")
+    seen = trained_on([shipped, *args.also_leave_out] if shipped.exists() else args.also_leave_out)
+    report = evaluate(args.backend, not args.no_baseline, args.limit, frozenset(seen))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report))
