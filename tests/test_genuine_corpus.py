@@ -224,3 +224,17 @@ def test_excursion_peaks_and_their_exponential_tail() -> None:
     assert tail.rate(h) == pytest.approx(0.1)
     assert h == pytest.approx(1.0 + math.log(400) / tail.decay_per_nat)
     assert calibrate.fit_tail([2.0, 3.0], hours=1.0) is None  # too few to fit
+
+
+def test_maps_fitted_by_a_detectors_own_tool_are_carried_over_for_its_version() -> None:
+    """calibrate_decision does not refit the artifact map (the network trained on the pool's
+    fakes): the packaged one is carried over, and only for the version it was fitted on."""
+    from monitor.decision import CALIBRATION_PATH
+    from monitor.evaluation.calibration_run import FITTED_ELSEWHERE, TARGETS, _carried_maps
+
+    assert "artifact" in FITTED_ELSEWHERE and "artifact" not in TARGETS
+    packaged = EvidenceCalibration.load(CALIBRATION_PATH)
+    version = packaged.versions["artifact"]
+    carried = _carried_maps({"artifact": version, "lip_sync": "learned-2"})
+    assert carried == {"artifact": packaged.detectors["artifact"]}
+    assert _carried_maps({"artifact": version + "-other"}) == {}

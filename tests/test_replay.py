@@ -68,13 +68,6 @@ def test_shifted_call_is_flagged_with_the_true_offset(
     assert direction in summary["rationale"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known miss of the calibrated decision (issue 13): sync_v1 reads 4 of the 11 "
-    "windows of this 7.5 s synthetic swap as in sync, and the evidence peaks at 0.9 nats, "
-    "below suspicious (4.25); swaps on held-out dev clips alarm in 3 of 22 sessions "
-    "(docs/CALIBRATION.md). Expected to pass once a retrained sync model separates swaps",
-)
 def test_swapped_audio_is_flagged(synthetic_calls: dict[str, Path]) -> None:
     summary = replay_events(synthetic_calls["swap"])[-1]
     assert summary["verdict"] in ("suspicious", "alert"), summary["rationale"]

@@ -1,18 +1,16 @@
 """Train a learned sync model from scratch: monitor/models/NAME.{pt,onnx}, the two streaming
 graphs (NAME.frames.onnx, NAME.windows.onnx) and NAME.training.json.
 
-The default is the next model's recipe, ``sync_v2`` (no dev clips, three times the
-speakers of sync_v1, call re-encodes that show the nearest source frame); seeded, on
-2 CPU cores (``--threads``; 1 is faster when other jobs share the cores):
+The default is the shipped model's recipe, ``sync_v2`` (no dev clips, the larger training
+pool, call re-encodes that show the nearest source frame); seeded, on 2 CPU cores
+(``--threads``; 1 is faster when other jobs share the cores), about 63 minutes from an empty
+cache (monitor/models/MODEL_CARD.md):
 
     nice -n 10 .venv/bin/python tools/train_sync.py --name sync_v2
 
-The shipped model is ``sync_v1`` (``MODEL_NAME`` in monitor/sync/checkpoint.py), trained
-(commit 309583e) by the recipe of main's tools/train_sync.py before this branch (commit
-4c67834; described in monitor/models/MODEL_CARD.md).
-Shipping a new model: set ``MODEL_NAME``, bump ``LearnedSyncDetector.version``, rerun
-tools/calibrate_decision.py (its maps are bound to the detector version) and update the
-model card.
+Shipping a new model: set ``MODEL_NAME`` (monitor/sync/checkpoint.py), bump
+``LearnedSyncDetector.version``, rerun tools/calibrate_decision.py (its maps are bound to
+the detector version) and update the model card.
 
 Method (details in monitor/models/MODEL_CARD.md): self-supervised multi-way matching.
 Each training sample is a 2 s window made exactly as the pipeline makes it (25 fps grid,

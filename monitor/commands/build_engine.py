@@ -1,6 +1,6 @@
 """``dfmon build-engine [--precision fp16|fp32]``: TensorRT engine for the sync model.
 
-Builds from monitor/models/sync_v1.onnx into trt_engines/ (or ``--out``), keyed by the
+Builds from monitor/models/sync_v2.onnx into trt_engines/ (or ``--out``), keyed by the
 ONNX hash, TensorRT version, GPU name and compute capability, and precision; an engine
 with the same key is reused unless ``--force``. Needs TensorRT and a CUDA GPU.
 """

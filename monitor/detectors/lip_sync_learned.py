@@ -73,7 +73,7 @@ class LearnedSyncDetector:
     """``lip_sync`` with ``method: "learned"``."""
 
     name: ClassVar[str] = "lip_sync"
-    version: ClassVar[str] = "learned-1"
+    version: ClassVar[str] = "learned-2"
 
     def __init__(self, config: MonitorConfig, runner: BatchingRunner | None = None) -> None:
         self.window_config = config.window

@@ -22,6 +22,7 @@ import numpy as np
 
 from monitor.config import MonitorConfig, load_config
 from monitor.decision import (
+    CALIBRATION_PATH,
     LEVEL_RANK,
     EvidenceCalibration,
     ScoreCalibration,
@@ -38,7 +39,11 @@ from monitor.evaluation.sessions import (
 
 PACKAGE = Path(__file__).resolve().parents[1]
 # What each default detector is calibrated against (see calibrate.window_rows).
-TARGETS = {"lip_sync": "audio", "temporal": "video", "artifact": "video"}
+TARGETS = {"lip_sync": "audio", "temporal": "video"}
+# Detectors whose map is fitted by their own training tool and carried over unchanged: the
+# artifact network trained on this pool's fakes, so its scores on them say nothing about
+# fakes it never saw (tools/train_artifact.py fits a conservative map on held-out sources).
+FITTED_ELSEWHERE = {"artifact": "tools/train_artifact.py"}
 CALIBRATION_SHIFTS_MS = (200, 400)
 # Thresholds are searched on this grid (nats).
 THRESHOLD_GRID = tuple(round(0.25 * i, 2) for i in range(4, 121))
@@ -85,6 +90,20 @@ def calibration_clips(data_root: Path) -> list[CorpusClip]:
 class CalibrationResult:
     calibration: EvidenceCalibration
     report: dict[str, Any]
+
+
+def _carried_maps(versions: dict[str, str]) -> dict[str, ScoreCalibration]:
+    """The packaged maps of FITTED_ELSEWHERE detectors, where fitted on the running version."""
+    if not CALIBRATION_PATH.exists():
+        return {}
+    packaged = EvidenceCalibration.load(CALIBRATION_PATH)
+    carried = {}
+    for detector in FITTED_ELSEWHERE:
+        if detector in versions:
+            found = packaged.for_detector(detector, versions[detector])
+            if found is not None:
+                carried[detector] = found
+    return carried
 
 
 def _fold_calibrations(
@@ -164,6 +183,10 @@ def run(
     fold_maps = _fold_calibrations(rows, fold_of_group, folds, versions)
     final_maps = {}
     detectors_report = {}
+    carried = _carried_maps(versions)
+    for fold_map in fold_maps.values():
+        fold_map.detectors.update(carried)
+        fold_map.versions.update({d: versions[d] for d in carried})
     for detector in sorted(targets):
         mine = [r for r in rows if r.detector == detector]
         if len({r.manipulated for r in mine}) < 2:
@@ -222,12 +245,18 @@ def run(
             for o in orders
         )
 
-    def threshold(level: str, target: float, grid: Sequence[float]) -> dict[str, Any]:
-        counted = calibrate.choose_threshold(rises, hours, target, grid, level)
+    def threshold(
+        level: str, target: float, grid: Sequence[float], configured: float
+    ) -> dict[str, Any]:
+        counted = calibrate.choose_threshold(rises, hours, target, grid or [grid_floor], level)
         modelled = tail.threshold_for(target) if tail else counted.threshold_nats
         nats = round(max(counted.threshold_nats, modelled) * 4) / 4  # to the grid's 0.25
+        # Too few genuine excursions to fit a tail: the counts only say that none of these
+        # few sessions reached the threshold, which is no evidence for a lower one.
+        kept = tail is None and nats < configured
         return {
-            "nats": nats,
+            "nats": configured if kept else nats,
+            "kept_configured": kept,
             "target_per_hour": target,
             "counted_threshold": counted.threshold_nats,
             "modelled_threshold": round(modelled, 2),
@@ -235,11 +264,13 @@ def run(
             "modelled_rate_per_hour": round(tail.rate(nats), 4) if tail else None,
         }
 
-    alert = threshold("alert", d.target_false_alerts_per_hour, THRESHOLD_GRID)
+    grid_floor = THRESHOLD_GRID[0]
+    alert = threshold("alert", d.target_false_alerts_per_hour, THRESHOLD_GRID, d.alert_nats)
     suspicious = threshold(
         "suspicious",
         d.target_false_suspicious_per_hour,
         [h for h in THRESHOLD_GRID if h <= alert["nats"] - d.hysteresis_nats],
+        d.suspicious_nats,
     )
     suspicious["nats"] = min(suspicious["nats"], alert["nats"] - d.hysteresis_nats)
     chosen = dataclasses.replace(
@@ -257,6 +288,11 @@ def run(
         "calls_per_clip": calls_per_clip,
         "max_seconds": max_seconds,
     }
+    existing = EvidenceCalibration.load(CALIBRATION_PATH) if CALIBRATION_PATH.exists() else None
+    for detector in carried:
+        final_maps[detector] = carried[detector]
+        previous = existing.info.get("detectors", {}).get(detector) if existing else None
+        detectors_report[detector] = previous or {"fitted_by": FITTED_ELSEWHERE[detector]}
     calibration = EvidenceCalibration(
         final_maps, {k: versions[k] for k in final_maps}, {**info, "detectors": detectors_report}
     )
@@ -337,6 +373,13 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for name, d in report["detectors"].items():
         m = d["map"]
+        if "target" not in d:  # carried over from the detector's own training tool
+            lines.append(
+                f"| {name} | carried over from {d.get('fitted_by', '?')} | | | | | "
+                f"| {m['slope']:.2f}, {m['intercept']:.2f}, [{m['llr_min']:.2f}, "
+                f"{m['llr_max']:.2f}] |"
+            )
+            continue
         lines.append(
             f"| {name} | {d['target']} | {d['windows']['genuine']} / {d['windows']['manipulated']} "
             f"| {d['clips']['genuine']} / {d['clips']['manipulated']} | {d['score_auc']} "
@@ -352,8 +395,10 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for level, t in report["thresholds"].items():
+        kept = " (kept: too few genuine excursions)" if t.get("kept_configured") else ""
         lines.append(
-            f"| {level} | {t['nats']} | {t['target_per_hour']} | {t['counted_threshold']} "
+            f"| {level} | {t['nats']}{kept} "
+            f"| {t['target_per_hour']} | {t['counted_threshold']} "
             f"| {t['modelled_threshold']} | {t['raises_at_threshold']} "
             f"| {t['modelled_rate_per_hour']} |"
         )

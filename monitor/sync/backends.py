@@ -4,10 +4,10 @@ Every backend answers one call, ``embed(crops, lips, mel) -> (video_emb, audio_e
 on numpy arrays with a leading batch of windows: crops (B, T, 48, 96), lips (B, T, 83),
 mel (B, 4 * (T + 30), 80) -> (B, T, D) and (B, T + 30, D).
 
-* ``torch``: the PyTorch module from ``sync_v1.pt`` on CPU; ``torch-cuda`` on a GPU.
+* ``torch``: the PyTorch module from ``sync_v2.pt`` on CPU; ``torch-cuda`` on a GPU.
 * ``onnx``: onnxruntime (CPU provider) on the two streaming graphs
-  ``sync_v1.frames.onnx`` and ``sync_v1.windows.onnx`` when they match the weights, else
-  on ``sync_v1.onnx``; faster than torch on CPU for this small net (see
+  ``sync_v2.frames.onnx`` and ``sync_v2.windows.onnx`` when they match the weights, else
+  on ``sync_v2.onnx``; faster than torch on CPU for this small net (see
   tools/bench_sync.py), so it is the CPU default. It never imports torch.
 * ``tensorrt``: an engine built from the ONNX (monitor/sync/engine.py), run with
   ``execute_async_v3`` on torch CUDA buffers or, without torch CUDA, pycuda buffers.

@@ -18,7 +18,7 @@ from monitor.errors import BackendUnavailableError
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 # The shipped model: its files, its engines and its training record are named after it.
-MODEL_NAME = "sync_v1"
+MODEL_NAME = "sync_v2"
 WEIGHTS_PATH = MODELS_DIR / f"{MODEL_NAME}.pt"
 ONNX_PATH = MODELS_DIR / f"{MODEL_NAME}.onnx"
 INPUT_NAMES = ("crops", "lips", "mel")
