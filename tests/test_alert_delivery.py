@@ -255,7 +255,11 @@ async def test_replay_of_a_desynced_call_delivers_throttled_signed_alerts(
 
 # --- a live session -----------------------------------------------------------------------
 
-LIVE_TEXT = "Please send me the figures before our meeting on Monday morning."
+# Long enough (about 8 s) for a 300 ms shift to accumulate the evidence of an alert.
+LIVE_TEXT = (
+    "Please send me the figures before our meeting on Monday morning, and approve the "
+    "transfer to the new supplier before the bank closes today."
+)
 
 
 def free_ports(count: int) -> list[int]:

@@ -235,6 +235,7 @@ def test_maps_fitted_by_a_detectors_own_tool_are_carried_over_for_its_version() 
     assert "artifact" in FITTED_ELSEWHERE and "artifact" not in TARGETS
     packaged = EvidenceCalibration.load(CALIBRATION_PATH)
     version = packaged.versions["artifact"]
-    carried = _carried_maps({"artifact": version, "lip_sync": "learned-2"})
+    carried = _carried_maps(packaged, {"artifact": version, "lip_sync": "learned-2"})
     assert carried == {"artifact": packaged.detectors["artifact"]}
-    assert _carried_maps({"artifact": version + "-other"}) == {}
+    assert _carried_maps(packaged, {"artifact": version + "-other"}) == {}
+    assert _carried_maps(None, {"artifact": version}) == {}

@@ -92,11 +92,12 @@ class CalibrationResult:
     report: dict[str, Any]
 
 
-def _carried_maps(versions: dict[str, str]) -> dict[str, ScoreCalibration]:
+def _carried_maps(
+    packaged: EvidenceCalibration | None, versions: dict[str, str]
+) -> dict[str, ScoreCalibration]:
     """The packaged maps of FITTED_ELSEWHERE detectors, where fitted on the running version."""
-    if not CALIBRATION_PATH.exists():
+    if packaged is None:
         return {}
-    packaged = EvidenceCalibration.load(CALIBRATION_PATH)
     carried = {}
     for detector in FITTED_ELSEWHERE:
         if detector in versions:
@@ -183,7 +184,8 @@ def run(
     fold_maps = _fold_calibrations(rows, fold_of_group, folds, versions)
     final_maps = {}
     detectors_report = {}
-    carried = _carried_maps(versions)
+    packaged = EvidenceCalibration.load(CALIBRATION_PATH) if CALIBRATION_PATH.exists() else None
+    carried = _carried_maps(packaged, versions)
     for fold_map in fold_maps.values():
         fold_map.detectors.update(carried)
         fold_map.versions.update({d: versions[d] for d in carried})
@@ -248,7 +250,8 @@ def run(
     def threshold(
         level: str, target: float, grid: Sequence[float], configured: float
     ) -> dict[str, Any]:
-        counted = calibrate.choose_threshold(rises, hours, target, grid or [grid_floor], level)
+        grid = grid or THRESHOLD_GRID[:1]  # the alert threshold left no room below it
+        counted = calibrate.choose_threshold(rises, hours, target, grid, level)
         modelled = tail.threshold_for(target) if tail else counted.threshold_nats
         nats = round(max(counted.threshold_nats, modelled) * 4) / 4  # to the grid's 0.25
         # Too few genuine excursions to fit a tail: the counts only say that none of these
@@ -264,7 +267,6 @@ def run(
             "modelled_rate_per_hour": round(tail.rate(nats), 4) if tail else None,
         }
 
-    grid_floor = THRESHOLD_GRID[0]
     alert = threshold("alert", d.target_false_alerts_per_hour, THRESHOLD_GRID, d.alert_nats)
     suspicious = threshold(
         "suspicious",
@@ -288,10 +290,9 @@ def run(
         "calls_per_clip": calls_per_clip,
         "max_seconds": max_seconds,
     }
-    existing = EvidenceCalibration.load(CALIBRATION_PATH) if CALIBRATION_PATH.exists() else None
     for detector in carried:
         final_maps[detector] = carried[detector]
-        previous = existing.info.get("detectors", {}).get(detector) if existing else None
+        previous = packaged.info.get("detectors", {}).get(detector) if packaged else None
         detectors_report[detector] = previous or {"fitted_by": FITTED_ELSEWHERE[detector]}
     calibration = EvidenceCalibration(
         final_maps, {k: versions[k] for k in final_maps}, {**info, "detectors": detectors_report}
