@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from monitor.evaluation.calibration_run import listed_training_files
 from monitor.evaluation.metrics import auc_or_nan as auc
 from monitor.sync.checkpoint import MODEL_NAME, WEIGHTS_PATH
 from monitor.training import sync_data
@@ -92,11 +93,6 @@ def run_condition(factories: dict, clip, frames, shift_s: float, donor) -> dict:
 
 def offset_hits(rows: list[dict], truth_ms: float) -> list[bool]:
     return [r["offset_ms"] is not None and abs(r["offset_ms"] - truth_ms) <= FRAME_MS for r in rows]
-
-
-def trained_on(records: list[Path]) -> set[str]:
-    """Clips (``pool/real/x.mp4``) that these training records list: never "held out"."""
-    return {f for record in records for f in json.loads(record.read_text()).get("train_files", [])}
 
 
 def evaluate(
@@ -315,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no data at %s", sync_data.DATA_ROOT)
         return 2
     shipped = WEIGHTS_PATH.with_name(f"{MODEL_NAME}.training.json")
-    seen = trained_on([shipped, *args.also_leave_out] if shipped.exists() else args.also_leave_out)
+    seen = listed_training_files(
+        [shipped, *args.also_leave_out] if shipped.exists() else args.also_leave_out
+    )
     report = evaluate(args.backend, not args.no_baseline, args.limit, frozenset(seen))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,9 +61,13 @@ def detector_training_files() -> set[str]:
         data = json.loads(temporal.read_text())
         files.update(f"train/{name}" for name in data.get("real_clips", []))
         files.update(f"train/{name}" for name in data.get("fake_clips", []))
-    for record in (PACKAGE / "models").glob("*.training.json"):
-        files.update(json.loads(record.read_text()).get("train_files", []))
+    files.update(listed_training_files((PACKAGE / "models").glob("*.training.json")))
     return files
+
+
+def listed_training_files(records: Iterable[Path]) -> set[str]:
+    """Clips (``pool/real/x.mp4``) that these training records (``NAME.training.json``) list."""
+    return {f for record in records for f in json.loads(record.read_text()).get("train_files", [])}
 
 
 def clip_file(clip: CorpusClip, data_root: Path) -> str:
