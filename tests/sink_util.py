@@ -33,7 +33,8 @@ class WebhookReceiver:
     """An aiohttp server on 127.0.0.1 that verifies each POST as a receiver would.
 
     ``fail_first`` requests are answered ``fail_status``; :meth:`go_away` closes the
-    listening socket (connections are refused) until :meth:`come_back` on the same port.
+    listening socket (connections are refused) until :meth:`come_back` on the same port;
+    after :meth:`hold`, requests wait unanswered (counted in ``waiting``) until :meth:`release`.
     Valid deliveries are kept once per ``webhook-id``; repeats are counted.
     """
 
@@ -47,7 +48,12 @@ class WebhookReceiver:
     repeats: int = 0
     deliveries: list[Delivery] = field(default_factory=list)
     _runner: web.AppRunner | None = None
+    waiting: int = 0
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    _answering: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self._answering.set()
 
     @property
     def url(self) -> str:
@@ -77,9 +83,18 @@ class WebhookReceiver:
 
     stop = go_away
 
+    def hold(self) -> None:
+        self._answering.clear()
+
+    def release(self) -> None:
+        self._answering.set()
+
     async def _handle(self, request: web.Request) -> web.Response:
         self.requests += 1
         body = await request.read()
+        if not self._answering.is_set():
+            self.waiting += 1
+            await self._answering.wait()
         if self.requests <= self.fail_first:
             return web.Response(status=self.fail_status, text="try again later")
         try:
