@@ -17,8 +17,11 @@ as at the start of the call. A ceiling bounds how long a past attack keeps the l
 once genuine evidence returns.
 
 Why the overlap weight. Windows overlap (2 s windows every 0.5 s), so consecutive windows
-see mostly the same media; each window's log-likelihood ratio is weighted by
-``hop / window`` so that the sum counts independent evidence roughly once.
+see mostly the same media; each window's log-likelihood ratio is weighted by the share of
+its media that no earlier window with evidence covered, so that the sum counts each stretch
+of media once: ``hop / window`` in a steady run, all of it for the first window of a session
+and for the first after a stretch without evidence (which would otherwise count only a
+quarter of media no window has counted).
 
 Levels and honesty. ``unknown`` until some detector that may clear a call (lip-sync, by
 default) has given evidence of a genuine call: no evidence never reads as ``clear``. A
@@ -226,7 +229,8 @@ class SequentialDecision:
     :meth:`for_session` sets one up as a session needs it (the pipeline, replayed
     evaluations).
 
-    ``window_weight`` is the overlap weight (``hop / window``). ``clear_requires`` names the
+    ``window_weight`` is the overlap weight of a window in a steady run (``hop / window``)
+    and of any window given without its span (:meth:`media_weight`). ``clear_requires`` names the
     detectors whose evidence can clear a call (the others can only raise it);
     ``unknown_after_windows`` windows in a row without evidence turn ``clear`` to ``unknown``.
     """
@@ -264,6 +268,7 @@ class SequentialDecision:
         self.clearing_windows = 0  # windows with evidence from the clear_requires detectors
         self.total_llr = 0.0  # unweighted sum over every window with evidence
         self._insufficient_streak = 0
+        self._counted_until: float | None = None  # media time the evidence so far covers
 
     @classmethod
     def for_session(
@@ -320,11 +325,24 @@ class SequentialDecision:
             out[item.detector] = weight * llr
         return out, uncalibrated
 
+    def media_weight(self, span: tuple[float, float] | None) -> float:
+        """The share of a window's media (``span``: its start and end) that no earlier window
+        with evidence covered, at least ``window_weight``; ``window_weight`` without a span."""
+        if span is None or span[1] <= span[0]:
+            return self.window_weight
+        start, end = span
+        fresh = end - max(start, self._counted_until if self._counted_until is not None else start)
+        return min(1.0, max(self.window_weight, fresh / (end - start)))
+
     def update(
-        self, evidence: Sequence[Evidence], active: set[str] | None = None
+        self,
+        evidence: Sequence[Evidence],
+        active: set[str] | None = None,
+        span: tuple[float, float] | None = None,
     ) -> WindowDecision:
         """Advance by one window's evidence. ``active``: the detectors running this session
-        (default: those in ``evidence``). Only a window with evidence from a detector in
+        (default: those in ``evidence``); ``span``: the window's media start and end, for its
+        weight (:meth:`media_weight`). Only a window with evidence from a detector in
         ``clear_requires`` counts towards clear; one of them not running (failed, hung, not
         enabled) means the session cannot be clear at all (issue 16)."""
         previous = self.level
@@ -347,7 +365,9 @@ class SequentialDecision:
         self.windows_with_evidence += 1
         llr = sum(contributions.values())
         self.total_llr += llr
-        weighted = self.window_weight * llr
+        weighted = self.media_weight(span) * llr
+        if span is not None:
+            self._counted_until = span[1]
         config = self.config
         self.evidence_nats = min(
             config.ceiling_nats, max(config.floor_nats, self.evidence_nats + weighted)

@@ -411,7 +411,7 @@ class SessionAnalyzer:
         started = time.perf_counter()
         # A detector that is gone (failed, hung, not enabled) is not running: the decision
         # cannot clear without a required one (fusion.clear_requires).
-        step = self.decision.update(evidence, set(self.detectors))
+        step = self.decision.update(evidence, set(self.detectors), (window.t_start, window.t_end))
         caveats = [too_little] if too_little else []
         caveats += self._caveats(window, step.llr)
         if step.llr is None:

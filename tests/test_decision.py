@@ -93,6 +93,23 @@ def test_old_innocence_cannot_hide_a_new_attack() -> None:
     assert at_start == math.ceil(CONFIG.alert_nats / (0.5 * logit(0.95)))
 
 
+def test_each_stretch_of_media_counts_once() -> None:
+    """2 s windows every 0.5 s: the first window with evidence counts whole, the next ones a
+    quarter (the media they add), and the first after a gap counts what no window covered."""
+    decision = session(window_weight=0.25)
+    spans = [(0.0, 2.0), (0.5, 2.5), (1.0, 3.0), (4.0, 6.0), (5.5, 7.5)]
+    llr = logit(0.9)
+    weighted = [decision.update(window(0.9), span=span).weighted_llr for span in spans]
+    assert weighted == pytest.approx([llr, llr / 4, llr / 4, llr, 0.75 * llr])
+    # A window without evidence covers nothing: the next one's media is still uncounted.
+    decision = session(window_weight=0.25)
+    assert decision.update(window(None), span=(0.0, 2.0)).weighted_llr is None
+    assert decision.update(window(0.9), span=(0.5, 2.5)).weighted_llr == pytest.approx(llr)
+    # Without spans every window weighs window_weight, as the sum did before.
+    decision = session(window_weight=0.25)
+    assert decision.update(window(0.9)).weighted_llr == pytest.approx(llr / 4)
+
+
 def test_levels_rise_with_evidence_and_fall_only_past_the_hysteresis() -> None:
     decision = session()
     decision.update(window(0.1))

@@ -28,7 +28,7 @@ from monitor.decision import (
     ScoreCalibration,
     SequentialDecision,
 )
-from monitor.evaluation import calibrate
+from monitor.evaluation import calibrate, decide
 from monitor.evaluation.corpus import CorpusClip, collect_records, pick_donor, read_pool
 from monitor.evaluation.sessions import (
     GENUINE,
@@ -138,13 +138,12 @@ def _paths(
     out = []
     for record in sessions:
         decision = SequentialDecision.for_session(config, versions, calibrations[record.clip])
-        steps = []
-        for i in range(len(record.windows)):
-            contributions, _ = decision.contributions(record.evidence(i))
-            steps.append(
-                decision.window_weight * sum(contributions.values()) if contributions else None
-            )
-        out.append(steps)
+        out.append(
+            [
+                decision.update(evidence, span=(t_start, t_end)).weighted_llr
+                for t_start, t_end, evidence in decide.record_windows(record)
+            ]
+        )
     return out
 
 
@@ -347,10 +346,10 @@ def _attack_figures(
                 chosen, versions, calibration_of_clip[record.clip]
             )
             first = None
-            for i, w in enumerate(record.windows):
-                step = decision.update(record.evidence(i))
+            for t_start, t_end, evidence in decide.record_windows(record):
+                step = decision.update(evidence, span=(t_start, t_end))
                 if first is None and step.level in ("suspicious", "alert"):
-                    first = float(w["t_end"])
+                    first = t_end
             for level in reached:
                 if LEVEL_RANK[decision.peak_level] >= LEVEL_RANK[level]:
                     reached[level] += 1

@@ -20,6 +20,9 @@ from monitor.evaluation.legacy import LegacyFusion, RiskState, fuse_evidence, ga
 from monitor.evaluation.sessions import SessionRecord
 from monitor.levels import LEVEL_RANK, UNKNOWN
 
+# One recorded window: its media start and end (s) and its evidence.
+RecordedWindow = tuple[float, float, list[Evidence]]
+
 RULES = ("legacy", "sequential")
 
 
@@ -58,16 +61,14 @@ def _note(trace: DecisionTrace, previous: str, level: str, t_end: float) -> None
         trace.suspicious.append(t_end)
 
 
-def legacy_trace(
-    windows: Sequence[tuple[float, list[Evidence]]], config: MonitorConfig
-) -> DecisionTrace:
+def legacy_trace(windows: Sequence[RecordedWindow], config: MonitorConfig) -> DecisionTrace:
     """The product's former fusion, window by window, as its pipeline ran it."""
     fusion = LegacyFusion()
     weights = dict(fusion.weights)
     windows_per_unknown = max(1, round(2 * config.window.window_s / config.window.hop_s))
     state = RiskState(fusion, unknown_after_windows=windows_per_unknown)
     trace = DecisionTrace("legacy")
-    for t_end, evidence in windows:
+    for _, t_end, evidence in windows:
         window_risk = gate_clearing(
             fuse_evidence(evidence, weights), evidence, fusion, {item.detector for item in evidence}
         )
@@ -80,15 +81,15 @@ def legacy_trace(
 
 
 def sequential_trace(
-    windows: Sequence[tuple[float, list[Evidence]]],
+    windows: Sequence[RecordedWindow],
     config: MonitorConfig,
     calibration: EvidenceCalibration,
     versions: dict[str, str],
 ) -> DecisionTrace:
     decision = SequentialDecision.for_session(config, versions, calibration)
     trace = DecisionTrace("sequential")
-    for t_end, evidence in windows:
-        step = decision.update(evidence, {item.detector for item in evidence})
+    for t_start, t_end, evidence in windows:
+        step = decision.update(evidence, {item.detector for item in evidence}, (t_start, t_end))
         _note(trace, step.previous_level, step.level, t_end)
         trace.levels.append(step.level)
         trace.scores.append(step.evidence_nats)
@@ -105,18 +106,18 @@ def pipeline_trace(record: SessionRecord, rule: str = "before") -> DecisionTrace
     return trace
 
 
-def record_windows(
-    record: SessionRecord, offset_s: float = 0.0
-) -> list[tuple[float, list[Evidence]]]:
-    """(t_end, evidence) per window, times moved by ``offset_s`` (for composed calls)."""
+def record_windows(record: SessionRecord, offset_s: float = 0.0) -> list[RecordedWindow]:
+    """(t_start, t_end, evidence) per window, times moved by ``offset_s`` (for composed
+    calls)."""
     return [
-        (float(w["t_end"]) + offset_s, record.evidence(i)) for i, w in enumerate(record.windows)
+        (float(w["t_start"]) + offset_s, float(w["t_end"]) + offset_s, record.evidence(i))
+        for i, w in enumerate(record.windows)
     ]
 
 
 def trace(
     rule: str,
-    windows: Sequence[tuple[float, list[Evidence]]],
+    windows: Sequence[RecordedWindow],
     config: MonitorConfig,
     calibration: EvidenceCalibration | None = None,
     versions: dict[str, str] | None = None,
