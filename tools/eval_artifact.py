@@ -75,24 +75,23 @@ def category(label: str, notes: str) -> str:
 
 
 def read_set(data: Path) -> list[DevClip]:
-    import csv
+    from monitor.evaluation.dataset import is_duplicate, manifest_rows
 
     clips = []
-    with open(data / "MANIFEST.tsv", newline="") as handle:
-        for row in csv.DictReader(handle, delimiter="\t"):
-            notes = row.get("notes") or ""
-            match = re.search(r"PAIRED real(?: input)? = (\S+)", notes)
-            clips.append(
-                DevClip(
-                    file=row["file"],
-                    label=row["label"],
-                    category=category(row["label"], notes),
-                    duplicate=notes.startswith("DUPLICATE SOURCE"),
-                    has_audio=row.get("has_audio", "yes") == "yes",
-                    notes=notes,
-                    pair_of=match.group(1).rstrip(";,.)") if match else None,
-                )
+    for row in manifest_rows(data):
+        notes = row.get("notes") or ""
+        match = re.search(r"PAIRED real(?: input)? = (\S+)", notes)
+        clips.append(
+            DevClip(
+                file=row["file"],
+                label=row["label"],
+                category=category(row["label"], notes),
+                duplicate=is_duplicate(notes),
+                has_audio=row.get("has_audio", "yes") == "yes",
+                notes=notes,
+                pair_of=match.group(1).rstrip(";,.)") if match else None,
             )
+        )
     return clips
 
 

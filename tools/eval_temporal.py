@@ -32,7 +32,7 @@ from typing import Any
 from monitor.config import MonitorConfig, load_config
 from monitor.detectors.temporal.cues import CUE_NAMES
 from monitor.detectors.temporal.detector import TemporalDetector
-from monitor.evaluation.dataset import is_duplicate_row, manifest_rows
+from monitor.evaluation.dataset import is_duplicate_row, is_lipsync_fake, manifest_rows
 from monitor.evaluation.metrics import auc_or_nan as auc
 from monitor.features.types import FrameFeatures
 from monitor.media import AudioChunk, VideoFrame
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         result = ClipResult(
             file=row["file"],
             label=row["label"],
-            lipsync_fake="LIPSYNC-FAKE" in row.get("notes", ""),
+            lipsync_fake=is_lipsync_fake(row.get("notes") or ""),
             duplicate=is_duplicate_row(row),
             has_audio=row.get("has_audio", "yes") == "yes",
         )

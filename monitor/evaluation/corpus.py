@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.evaluation.calls import CALL_PROFILES, PROFILES_BY_NAME, RECORDED, encode_call
+from monitor.evaluation.dataset import is_duplicate_row, is_lipsync_fake, manifest_rows
 from monitor.evaluation.pool import open_pool, run_all
 
 FORMAT_VERSION = 1
@@ -44,13 +45,11 @@ class CorpusClip:
 
     @property
     def lipsync_fake(self) -> bool:
-        return "LIPSYNC-FAKE" in self.notes.upper()
+        return is_lipsync_fake(self.notes)
 
 
 def read_pool(data_root: Path, pool: str) -> list[CorpusClip]:
     """A pool's rows with audio, DUPLICATE SOURCE rows left out (the same speech twice)."""
-    from monitor.evaluation.dataset import is_duplicate_row, manifest_rows
-
     if not (data_root / pool / "MANIFEST.tsv").exists():
         return []
     clips = []

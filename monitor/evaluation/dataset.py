@@ -4,7 +4,9 @@ A MANIFEST (the format of ``shared/data/*/MANIFEST.tsv``) names each clip's ``fi
 ``label`` (real or fake), ``has_audio`` and ``notes``. Genuine clips are real rows with
 audio; rows whose notes start with DUPLICATE SOURCE repeat another row's speech and are
 skipped so no speaker counts twice. Fake rows with audio are the known fakes; those whose
-notes start with LIPSYNC-FAKE (a real video re-lipped to other speech) are flagged.
+notes say LIPSYNC-FAKE (a real video re-lipped to other speech) are flagged. Every reader
+of a MANIFEST in the project (evaluations, training data) goes through
+:func:`manifest_rows`, :func:`is_duplicate` and :func:`is_lipsync_fake`.
 """
 
 from __future__ import annotations
@@ -86,8 +88,8 @@ def read_manifest(path: Path) -> list[ClipEntry]:
                     path=clip,
                     label=label,
                     has_audio=(row["has_audio"] or "").strip().lower() in ("yes", "true", "1"),
-                    lipsync_fake=notes.upper().startswith("LIPSYNC-FAKE"),
-                    duplicate=notes.upper().startswith("DUPLICATE SOURCE"),
+                    lipsync_fake=is_lipsync_fake(notes),
+                    duplicate=is_duplicate(notes),
                     notes=notes,
                 )
             )
@@ -100,10 +102,18 @@ def manifest_rows(directory: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle, delimiter="\t"))
 
 
-def is_duplicate_row(row: dict[str, str]) -> bool:
+def is_duplicate(notes: str) -> bool:
     """DUPLICATE SOURCE rows repeat another row's recording: count it once."""
-    notes = row.get("notes", "")
     return notes.startswith("DUPLICATE SOURCE") or "DUPLICATE SOURCE of" in notes
+
+
+def is_duplicate_row(row: dict[str, str]) -> bool:
+    return is_duplicate(row.get("notes") or "")
+
+
+def is_lipsync_fake(notes: str) -> bool:
+    """A real video whose mouth was regenerated to other speech, as the notes mark it."""
+    return "LIPSYNC-FAKE" in notes.upper()
 
 
 def genuine_clips(entries: list[ClipEntry]) -> list[ClipEntry]:

@@ -13,7 +13,6 @@ calls.
 
 from __future__ import annotations
 
-import csv
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from monitor.config import MonitorConfig
+from monitor.evaluation.dataset import manifest_rows
 from monitor.synth.composite import side_by_side
 
 
@@ -43,8 +43,7 @@ class CompositeResult:
 
 
 def real_clips_with_audio(data: Path) -> list[Path]:
-    with (data / "MANIFEST.tsv").open() as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
+    rows = manifest_rows(data)
     return [data / r["file"] for r in rows if r["label"] == "real" and r["has_audio"] == "yes"]
 
 

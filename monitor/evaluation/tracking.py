@@ -17,22 +17,20 @@ on the same region and agree to float rounding):
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 
 import numpy as np
 
 from monitor.config import FaceConfig
+from monitor.evaluation.dataset import manifest_rows
 from monitor.features.face import LIP_INDICES, MediaPipeFaceTracker
 from monitor.media import VideoFrame
 from monitor.sources.file import FileSource
 
 
 def real_clips(data: Path) -> list[Path]:
-    with (data / "MANIFEST.tsv").open() as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
-    return [data / row["file"] for row in rows if row["label"] == "real"]
+    return [data / row["file"] for row in manifest_rows(data) if row["label"] == "real"]
 
 
 def decode(path: Path, seconds: float) -> list[VideoFrame]:

@@ -31,7 +31,6 @@ Fakes of the pool go through steps 1, 3 and 4 unchanged (label fake, no mask).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -49,6 +48,7 @@ from monitor.config import FaceConfig
 from monitor.detectors.artifact.crops import GRID, INPUT_SIDE, boundary_target
 from monitor.detectors.temporal.geometry import FACE_OVAL, LIP_OUTLINE, STABLE, face_crop_points
 from monitor.errors import InputError
+from monitor.evaluation.dataset import is_duplicate_row, manifest_rows
 from monitor.features.face import (
     EYE_OUTER_LEFT,
     EYE_OUTER_RIGHT,
@@ -114,15 +114,14 @@ def fake_kind(notes: str) -> str:
 def read_pool(data: Path) -> list[PoolClip]:
     """The MANIFEST's clips, DUPLICATE SOURCE rows left out (they repeat another row)."""
     clips = []
-    with open(data / "MANIFEST.tsv", newline="") as handle:
-        for row in csv.DictReader(handle, delimiter="\t"):
-            notes = row.get("notes") or ""
-            if notes.startswith("DUPLICATE SOURCE") or "DUPLICATE SOURCE of" in notes:
-                continue
-            label = row["label"].strip().lower()
-            kind = "real" if label == "real" else fake_kind(notes)
-            group = (row.get("source_repo") or row["file"]).strip()
-            clips.append(PoolClip(data / row["file"], label, group, kind, notes))
+    for row in manifest_rows(data):
+        if is_duplicate_row(row):
+            continue
+        notes = row.get("notes") or ""
+        label = row["label"].strip().lower()
+        kind = "real" if label == "real" else fake_kind(notes)
+        group = (row.get("source_repo") or row["file"]).strip()
+        clips.append(PoolClip(data / row["file"], label, group, kind, notes))
     return clips
 
 

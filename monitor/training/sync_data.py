@@ -21,7 +21,6 @@ Splits (see monitor/models/MODEL_CARD.md); nothing from ../shared/data/dev is tr
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.evaluation.dataset import default_data_root
+from monitor.evaluation.dataset import default_data_root, is_lipsync_fake, manifest_rows
 from monitor.training.call_variants import CallVariant, reencode_call
 
 log = logging.getLogger(__name__)
@@ -92,7 +91,7 @@ class Clip:
 
     @property
     def lipsync_fake(self) -> bool:
-        return "LIPSYNC-FAKE" in self.notes
+        return is_lipsync_fake(self.notes)
 
     @property
     def video_lipsync_fake(self) -> bool:
@@ -107,6 +106,9 @@ class Clip:
 
     @property
     def duplicate(self) -> bool:
+        # Only notes that start with the mark: the rule sync_v2's training record was drawn
+        # with (is_duplicate also counts "DUPLICATE SOURCE of" later in the notes, which
+        # would drop one of its training clips and change what train_sync.py reproduces).
         return self.notes.startswith("DUPLICATE SOURCE")
 
     @property
@@ -116,23 +118,13 @@ class Clip:
 
 
 def read_manifest(pool: str) -> list[Clip]:
-    manifest = DATA_ROOT / pool / "MANIFEST.tsv"
-    if not manifest.exists():
+    if not (DATA_ROOT / pool / "MANIFEST.tsv").exists():
         return []
-    clips = []
-    with manifest.open(newline="") as handle:
-        for row in csv.DictReader(handle, delimiter="\t"):
-            if row["has_audio"] != "yes":
-                continue
-            clips.append(
-                Clip(
-                    DATA_ROOT / pool / row["file"],
-                    row["label"],
-                    row["notes"],
-                    row.get("source_repo", ""),
-                )
-            )
-    return clips
+    return [
+        Clip(DATA_ROOT / pool / row["file"], row["label"], row["notes"], row.get("source_repo", ""))
+        for row in manifest_rows(DATA_ROOT / pool)
+        if row["has_audio"] == "yes"
+    ]
 
 
 def decision_heldout_clips() -> list[Clip]:
