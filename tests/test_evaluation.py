@@ -336,6 +336,7 @@ def test_manifest_selection(tmp_path: Path) -> None:
         ("real/a.mp4", "real", "yes", "GRID sample"),
         ("real/b.mp4", "real", "yes", "DUPLICATE SOURCE: same as a"),
         ("real/c.mp4", "real", "no", "no audio"),
+        ("real/g.mp4", "real", "yes", "Same man as a, longer; DUPLICATE SOURCE of a"),
         ("fake/d.mp4", "fake", "yes", "LIPSYNC-FAKE (Wav2Lip): re-lipped"),
         ("fake/e.mp4", "fake", "yes", "face swap"),
         ("fake/f.mp4", "fake", "no", "no audio"),

@@ -2,11 +2,14 @@
 
 A MANIFEST (the format of ``shared/data/*/MANIFEST.tsv``) names each clip's ``file``,
 ``label`` (real or fake), ``has_audio`` and ``notes``. Genuine clips are real rows with
-audio; rows whose notes start with DUPLICATE SOURCE repeat another row's speech and are
-skipped so no speaker counts twice. Fake rows with audio are the known fakes; those whose
-notes say LIPSYNC-FAKE (a real video re-lipped to other speech) are flagged. Every reader
-of a MANIFEST in the project (evaluations, training data) goes through
-:func:`manifest_rows`, :func:`is_duplicate` and :func:`is_lipsync_fake`.
+audio; rows marked DUPLICATE SOURCE repeat another row's speech and are skipped so no
+speaker counts twice. Fake rows with audio are the known fakes; those whose notes say
+LIPSYNC-FAKE (a real video re-lipped to other speech) are flagged. The project's readers of
+a MANIFEST (evaluations, training data, tools) take its rows from :func:`manifest_rows`
+(:func:`read_manifest` also checks the columns) and these two marks from
+:func:`is_duplicate` and :func:`is_lipsync_fake`; only the sync model's training selection
+keeps an older duplicate rule, the one its committed weights were trained with
+(``monitor.training.sync_data.Clip.duplicate``).
 """
 
 from __future__ import annotations
