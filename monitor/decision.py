@@ -212,6 +212,7 @@ class WindowDecision:
     level: str
     previous_level: str
     uncalibrated: tuple[str, ...] = ()  # detectors read without a calibration map
+    weight: float | None = None  # the overlap weight applied (media_weight); None: no evidence
 
     @property
     def changed(self) -> bool:
@@ -365,7 +366,8 @@ class SequentialDecision:
         self.windows_with_evidence += 1
         llr = sum(contributions.values())
         self.total_llr += llr
-        weighted = self.media_weight(span) * llr
+        weight = self.media_weight(span)
+        weighted = weight * llr
         if span is not None:
             self._counted_until = span[1]
         config = self.config
@@ -378,7 +380,7 @@ class SequentialDecision:
         if self.evidence_nats > self.peak_evidence_nats or self.peak_window is None:
             self.peak_evidence_nats = self.evidence_nats
             self.peak_window = self.windows - 1
-        return self._step(previous, contributions, llr, weighted, uncalibrated)
+        return self._step(previous, contributions, llr, weight, uncalibrated)
 
     def _set_level(self) -> None:
         config = self.config
@@ -406,7 +408,7 @@ class SequentialDecision:
         previous: str,
         contributions: dict[str, float],
         llr: float | None,
-        weighted: float | None,
+        weight: float | None,
         uncalibrated: list[str],
     ) -> WindowDecision:
         if LEVEL_RANK[self.level] > LEVEL_RANK[self.peak_level]:
@@ -414,12 +416,13 @@ class SequentialDecision:
         return WindowDecision(
             contributions=contributions,
             llr=llr,
-            weighted_llr=weighted,
+            weighted_llr=None if llr is None or weight is None else weight * llr,
             evidence_nats=self.evidence_nats,
             support_nats=self.support_nats,
             level=self.level,
             previous_level=previous,
             uncalibrated=tuple(uncalibrated),
+            weight=weight,
         )
 
     # ----- session ----------------------------------------------------------------------

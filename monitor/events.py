@@ -10,8 +10,10 @@ module words and rounds them.
 Version 2 (the sequential decision): ``level`` is always the session's level after the
 event (a window without evidence no longer reads ``unknown`` while the session stays
 ``clear``); ``risk`` is the session's accumulated evidence on the risk scale; score
-events add ``evidence_nats`` and ``window_llr``, each evidence item its ``llr``; the
-summary reports ``verdict``, ``peak`` and ``final_level`` instead of one ``level``.
+events add ``evidence_nats``, ``window_llr`` and ``window_weight`` (the share of the
+window's LLR added to the session: its media no earlier window counted), each evidence
+item its ``llr``; the summary reports ``verdict``, ``peak`` and ``final_level`` instead of
+one ``level``.
 """
 
 from __future__ import annotations
@@ -146,6 +148,7 @@ class EventFactory:
             level=step.level,
             evidence_nats=round(step.evidence_nats, 3),
             window_llr=None if step.llr is None else round(step.llr, 3),
+            window_weight=None if step.weight is None else round(step.weight, 3),
             rationale=rationale,
             evidence=items,
             dropped_frames=dropped_frames,

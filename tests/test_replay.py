@@ -120,6 +120,30 @@ def test_summary_agrees_with_the_score_events(synthetic_calls: dict[str, Path], 
     assert [e["level"] for e in events if e["type"] == "alert"] == announced
 
 
+@pytest.mark.parametrize("name", ["sync", "plus300"])
+def test_score_events_let_a_reader_redo_the_sum(
+    synthetic_calls: dict[str, Path], name: str
+) -> None:
+    """evidence_nats follows from the score events alone: the previous sum plus window_weight
+    times window_llr, within the floor and ceiling; the first window with evidence counts
+    whole, the ones after it a quarter (2 s windows every 0.5 s)."""
+    decision = load_config().decision
+    scores = [e for e in replay_events(synthetic_calls[name]) if e["type"] == "score"]
+    total = decision.floor_nats
+    weights = []
+    for event in scores:
+        if event["window_llr"] is None:
+            assert event["window_weight"] is None
+        else:
+            weights.append(event["window_weight"])
+            total = min(
+                decision.ceiling_nats,
+                max(decision.floor_nats, total + event["window_weight"] * event["window_llr"]),
+            )
+        assert event["evidence_nats"] == pytest.approx(total, abs=0.01)
+    assert weights[0] == 1.0 and weights[1:] == [0.25] * (len(weights) - 1)
+
+
 def test_video_without_audio_is_unknown_and_never_alerts(synthetic_calls: dict[str, Path]) -> None:
     events = replay_events(synthetic_calls["video_only"])
     assert events[0]["type"] == "session_started" and events[0]["has_audio"] is False
