@@ -206,13 +206,17 @@ class WindowDecision:
 
     contributions: dict[str, float]  # detector -> weighted log-likelihood ratio (nats)
     llr: float | None  # the window's log-likelihood ratio, sum of contributions; None: no evidence
-    weighted_llr: float | None  # after the overlap weight: what was added to the session
     evidence_nats: float  # accumulated evidence for manipulation after this window
     support_nats: float  # accumulated evidence for a genuine call (what clearing needs)
     level: str
     previous_level: str
     uncalibrated: tuple[str, ...] = ()  # detectors read without a calibration map
     weight: float | None = None  # the overlap weight applied (media_weight); None: no evidence
+
+    @property
+    def weighted_llr(self) -> float | None:
+        """After the overlap weight: what was added to the session."""
+        return None if self.llr is None or self.weight is None else self.weight * self.llr
 
     @property
     def changed(self) -> bool:
@@ -269,7 +273,7 @@ class SequentialDecision:
         self.clearing_windows = 0  # windows with evidence from the clear_requires detectors
         self.total_llr = 0.0  # unweighted sum over every window with evidence
         self._insufficient_streak = 0
-        self._counted_until: float | None = None  # media time the evidence so far covers
+        self._counted_until = -math.inf  # media time the evidence so far covers
 
     @classmethod
     def for_session(
@@ -332,7 +336,7 @@ class SequentialDecision:
         if span is None or span[1] <= span[0]:
             return self.window_weight
         start, end = span
-        fresh = end - max(start, self._counted_until if self._counted_until is not None else start)
+        fresh = end - max(start, self._counted_until)
         return min(1.0, max(self.window_weight, fresh / (end - start)))
 
     def update(
@@ -416,7 +420,6 @@ class SequentialDecision:
         return WindowDecision(
             contributions=contributions,
             llr=llr,
-            weighted_llr=None if llr is None or weight is None else weight * llr,
             evidence_nats=self.evidence_nats,
             support_nats=self.support_nats,
             level=self.level,
