@@ -507,3 +507,14 @@ def test_genuine_grid_clip_is_not_flagged() -> None:
     assert any(s is not None for s in scores)
     session = detector.summarize()
     assert session is not None and session.score is not None and session.score < 0.5
+
+
+def test_tracked_faces_are_cached_per_tracking_configuration(tmp_path: Path) -> None:
+    """A cache of faces tracked on every frame is never read back for every second frame."""
+    from monitor.training.faces import cache_path
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not decoded here")
+    every, alternate = (cache_path(tmp_path, clip, FaceConfig(landmark_interval=n)) for n in (1, 2))
+    assert every != alternate
+    assert cache_path(tmp_path, clip) == cache_path(tmp_path, clip, FaceConfig())

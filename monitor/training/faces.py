@@ -11,7 +11,9 @@ Nothing here runs in a live session.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,10 +29,12 @@ from monitor.windows import AnalysisWindow, Windower, WindowSchedule
 CACHE_FORMAT = 2
 
 
-def cache_path(cache_dir: Path, clip: Path) -> Path:
-    """One cache file per clip, keyed by the clip's path, size and mtime."""
+def cache_path(cache_dir: Path, clip: Path, face_config: FaceConfig | None = None) -> Path:
+    """One cache file per clip and tracking configuration, keyed by the clip's path, size
+    and mtime and every face setting (the landmark interval changes the landmarks)."""
     stat = clip.stat()
-    key = f"{clip.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CACHE_FORMAT}"
+    tracking = json.dumps(dataclasses.asdict(face_config or FaceConfig()), sort_keys=True)
+    key = f"{clip.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CACHE_FORMAT}|{tracking}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     return cache_dir / f"{clip.stem[:60]}-{digest}.npz"
 
@@ -130,12 +134,12 @@ def clip_frames(
 ) -> list[FrameFeatures]:
     """Tracked frames of a clip, from the cache when there, else tracked (and cached)."""
     if cache_dir is not None:
-        cached = cache_path(cache_dir, clip)
+        cached = cache_path(cache_dir, clip, face_config)
         if cached.exists():
             return load_frames(cached)
     frames = track_clip(clip, face_config)
     if cache_dir is not None:
-        save_frames(cache_path(cache_dir, clip), frames)
+        save_frames(cache_path(cache_dir, clip, face_config), frames)
     return frames
 
 

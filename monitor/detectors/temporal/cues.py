@@ -189,7 +189,10 @@ def texture_sharpness(fine: np.ndarray, mid: np.ndarray, points: np.ndarray, rad
         mask[
             max(y - radius, 0) : max(y + radius + 1, 0), max(x - radius, 0) : max(x + radius + 1, 0)
         ] = True
-    fine_sum, mid_sum = float(fine[mask].sum()), float(mid[mask].sum())
+    return _detail_ratio(float(fine[mask].sum()), float(mid[mask].sum()))
+
+
+def _detail_ratio(fine_sum: float, mid_sum: float) -> float:
     if fine_sum <= 0 or mid_sum <= 0:
         return math.nan
     return math.log(fine_sum / mid_sum)
@@ -205,29 +208,37 @@ def skin_textures(
 ) -> tuple[float, ...]:
     """:func:`texture_sharpness` of each point set on ``grey``'s fine and mid-scale detail.
 
-    The two blurs run only around the squares that are summed (with the kernels' reach as
-    margin, or the image's own border), which gives the same numbers as blurring the
-    whole crop at a fraction of the cost.
+    The two blurs run once per point set, on the box around its squares (with the kernels'
+    reach as margin, or the image's own border): the same numbers as blurring the whole
+    crop at a fraction of the cost.
     """
     height, width = grey.shape
     margin = max(_kernel_radius(TEXTURE_MID_SIGMA), _kernel_radius(TEXTURE_FINE_SIGMA))
-    fine = np.zeros_like(grey)
-    mid = np.zeros_like(grey)
+    values = []
     for points in point_sets:
+        squares = []
         for x, y in np.round(points).astype(int):
-            y0, y1 = max(y - radius, 0), max(y + radius + 1, 0)
-            x0, x1 = max(x - radius, 0), max(x + radius + 1, 0)
-            y1, x1 = min(y1, height), min(x1, width)
-            if y1 <= y0 or x1 <= x0:
-                continue
-            top, left = max(y0 - margin, 0), max(x0 - margin, 0)
-            region = grey[top : min(y1 + margin, height), left : min(x1 + margin, width)]
-            fine_blur = cv2.GaussianBlur(region, (0, 0), TEXTURE_FINE_SIGMA)
-            mid_blur = cv2.GaussianBlur(region, (0, 0), TEXTURE_MID_SIGMA)
-            inner = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
-            fine[y0:y1, x0:x1] = np.abs(region[inner] - fine_blur[inner])
-            mid[y0:y1, x0:x1] = np.abs(fine_blur[inner] - mid_blur[inner])
-    return tuple(texture_sharpness(fine, mid, points, radius) for points in point_sets)
+            y0, y1 = max(y - radius, 0), min(max(y + radius + 1, 0), height)
+            x0, x1 = max(x - radius, 0), min(max(x + radius + 1, 0), width)
+            if y1 > y0 and x1 > x0:
+                squares.append((y0, y1, x0, x1))
+        if not squares:
+            values.append(math.nan)
+            continue
+        top = max(min(s[0] for s in squares) - margin, 0)
+        bottom = min(max(s[1] for s in squares) + margin, height)
+        left = max(min(s[2] for s in squares) - margin, 0)
+        right = min(max(s[3] for s in squares) + margin, width)
+        region = grey[top:bottom, left:right]
+        mask = np.zeros(region.shape, bool)
+        for y0, y1, x0, x1 in squares:
+            mask[y0 - top : y1 - top, x0 - left : x1 - left] = True
+        fine_blur = cv2.GaussianBlur(region, (0, 0), TEXTURE_FINE_SIGMA)[mask]
+        mid_blur = cv2.GaussianBlur(region, (0, 0), TEXTURE_MID_SIGMA)[mask]
+        fine_sum = float(np.abs(region[mask] - fine_blur).sum())
+        mid_sum = float(np.abs(fine_blur - mid_blur).sum())
+        values.append(_detail_ratio(fine_sum, mid_sum))
+    return tuple(values)
 
 
 def polygon_mask(shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:
