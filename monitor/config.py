@@ -55,7 +55,7 @@ class FaceConfig:
     face_crop_size: int = 256
     min_detection_confidence: float = 0.5
     # The landmark model runs on every n-th frame; optical flow carries the frames between.
-    landmark_interval: int = 2
+    landmark_interval: int = 1
     # Faces tracked at once (each its own track); more are ignored.
     max_faces: int = 4
 

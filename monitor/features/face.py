@@ -15,7 +15,7 @@ the same whole frame at the same scale); beyond that:
   where it was last seen (within :data:`REACQUIRE_S`);
 - **one copy of the models per core**, shared by every session of the process
   (:class:`FaceModels`), instead of a FaceMesh graph per session;
-- **landmarks on every n-th frame** (``FaceConfig.landmark_interval``, default 2): the
+- **landmarks on every n-th frame** (``FaceConfig.landmark_interval``, default 1): the
   frames in between carry each track's landmarks by pyramidal Lucas-Kanade optical flow
   (the lips by their own flow, the rest of the mesh by a similarity fitted on stable
   points), and their crops are cut from their own pixels. Where flow is unsure (lips
