@@ -4,6 +4,7 @@ stored per-frame results equal the windows computed from scratch."""
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import threading
 from pathlib import Path
@@ -70,8 +71,21 @@ def test_texture_blurred_around_its_squares_equals_the_whole_crop_blurred() -> N
         np.array([[40.0, 60.0], [255.0, 0.0], [-30.0, 40.0]]),
     )
     got = cues.skin_textures(grey, sets, radius=10)
-    want = tuple(cues.texture_sharpness(fine, mid, points, 10) for points in sets)
+    want = tuple(_whole_crop_texture(fine, mid, points, 10) for points in sets)
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def _whole_crop_texture(
+    fine: np.ndarray, mid: np.ndarray, points: np.ndarray, radius: int
+) -> float:
+    """The definition: log(fine / mid detail) of the whole crop, summed over the squares."""
+    mask = np.zeros(fine.shape, bool)
+    for x, y in np.round(points).astype(int):
+        mask[
+            max(y - radius, 0) : max(y + radius + 1, 0), max(x - radius, 0) : max(x + radius + 1, 0)
+        ] = True
+    fine_sum, mid_sum = float(fine[mask].sum()), float(mid[mask].sum())
+    return math.log(fine_sum / mid_sum) if fine_sum > 0 and mid_sum > 0 else math.nan
 
 
 @needs_model

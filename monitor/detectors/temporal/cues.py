@@ -177,22 +177,12 @@ def edge_sharpness_ratio(grey: np.ndarray, face_points: np.ndarray) -> float:
     return math.log(ratios[0] / ratios[1])
 
 
-def texture_sharpness(fine: np.ndarray, mid: np.ndarray, points: np.ndarray, radius: int) -> float:
-    """log(fine / mid-scale detail) summed over squares centred on ``points``; nan if flat.
+def _detail_ratio(fine_sum: float, mid_sum: float) -> float:
+    """log(fine / mid-scale detail); nan if flat.
 
     Contrast and lighting scale both alike and cancel; what is left is how much of the
     detail sits at the finest scale, which an upscaled or denoised region lacks.
     """
-    height, width = fine.shape
-    mask = np.zeros((height, width), bool)
-    for x, y in np.round(points).astype(int):
-        mask[
-            max(y - radius, 0) : max(y + radius + 1, 0), max(x - radius, 0) : max(x + radius + 1, 0)
-        ] = True
-    return _detail_ratio(float(fine[mask].sum()), float(mid[mask].sum()))
-
-
-def _detail_ratio(fine_sum: float, mid_sum: float) -> float:
     if fine_sum <= 0 or mid_sum <= 0:
         return math.nan
     return math.log(fine_sum / mid_sum)
@@ -206,7 +196,8 @@ def _kernel_radius(sigma: float) -> int:
 def skin_textures(
     grey: np.ndarray, point_sets: tuple[np.ndarray, ...], radius: int
 ) -> tuple[float, ...]:
-    """:func:`texture_sharpness` of each point set on ``grey``'s fine and mid-scale detail.
+    """log(fine / mid-scale detail) of ``grey`` summed over squares of ``radius`` centred
+    on each point set's points (nan if flat), one value per point set.
 
     The two blurs run once per point set, on the box around its squares (with the kernels'
     reach as margin, or the image's own border): the same numbers as blurring the whole
