@@ -29,6 +29,7 @@ from monitor.features.speaker import SpeakerChoice, SpeakerSelector, window_of_s
 from monitor.features.types import FrameFeatures
 from monitor.levels import UNKNOWN
 from monitor.media import AUDIO_RATE, AudioChunk, LostMedia, StreamInfo, VideoFrame
+from monitor.native_threads import limit_blas_threads
 from monitor.windows import AnalysisWindow, Windower, WindowSchedule
 
 if TYPE_CHECKING:
@@ -133,6 +134,7 @@ class SessionAnalyzer:
         self._background_counted: dict[str, float] = {}  # per-frame seconds already counted
         self._finished = False
         self._closed = False
+        limit_blas_threads()
 
     # ----- construction -------------------------------------------------------------------
 

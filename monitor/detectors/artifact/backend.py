@@ -51,6 +51,8 @@ class OnnxArtifactBackend:
         options.intra_op_num_threads = CPU_THREADS
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Busy-waiting worker threads steal the cores the rest of the pipeline needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = onnxruntime.InferenceSession(
                 str(path), options, providers=["CPUExecutionProvider"]
