@@ -462,6 +462,23 @@ def test_committed_calibration_covers_every_cue_with_its_provenance() -> None:
     assert DEFAULT_PATH.stat().st_size < 20_000 and data["format"] == 1
 
 
+def test_tracking_other_than_the_calibrations_is_named_at_start_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calibration = load_calibration()
+    assert calibration.meta["tracking"] == {"landmark_interval": 1, "face_crop_size": 256}
+    assert calibration.tracking_mismatch(FaceConfig()) is None
+    every_second = FaceConfig(landmark_interval=2)
+    assert calibration.tracking_mismatch(every_second) == ("landmark_interval 2 (calibrated at 1)")
+    with caplog.at_level("WARNING", logger="monitor.detectors.temporal.detector"):
+        TemporalDetector(MonitorConfig(), calibration=calibration)
+        assert not caplog.records
+        TemporalDetector(MonitorConfig(face=every_second), calibration=calibration)
+        TemporalDetector(MonitorConfig(face=every_second), calibration=calibration)
+    assert len(caplog.records) == 1  # once per process, not per session
+    assert "landmark_interval 2 (calibrated at 1)" in caplog.records[0].getMessage()
+
+
 def test_bad_calibration_files_raise_detector_error(tmp_path: Path) -> None:
     with pytest.raises(DetectorError, match="not found"):
         load_calibration(tmp_path / "missing.json")

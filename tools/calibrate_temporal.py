@@ -36,9 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.config import MonitorConfig
+from monitor.config import FaceConfig, MonitorConfig, load_config
 from monitor.detectors.temporal.calibration import (
     DEFAULT_PATH,
+    TRACKING_KEYS,
     Calibration,
     CueCalibration,
     Stats,
@@ -237,12 +238,18 @@ def main(argv: list[str] | None = None) -> int:
         default=0.75,
         help="fraction of PAIRED fakes that must move a fused cue its way",
     )
+    parser.add_argument(
+        "--landmark-interval",
+        type=int,
+        default=FaceConfig.landmark_interval,
+        help="[face] landmark_interval to track with (default %(default)s, the product's)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     if not (args.data / "MANIFEST.tsv").exists():
         parser.error(f"{args.data} has no MANIFEST.tsv")
-    config = MonitorConfig()
+    config = load_config(face={"landmark_interval": args.landmark_interval})
     rows = [r for r in manifest_rows(args.data) if not is_duplicate_row(r)]
     clips = [
         clip
@@ -258,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": "/".join(args.data.resolve().parts[-3:]),
         "window_s": config.window.window_s,
         "hop_s": config.window.hop_s,
+        "tracking": {key: getattr(config.face, key) for key in TRACKING_KEYS},
         "min_auc": args.min_auc,
         "min_pair_agreement": args.min_pair_agreement,
         "train_evidence": {

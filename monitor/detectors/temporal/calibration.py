@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from monitor.config import FaceConfig
 from monitor.detectors.base import read_calibration_json
 from monitor.errors import DetectorError
 
@@ -28,6 +29,9 @@ LEVELS = ("window", "session")
 FORMAT = 1
 # Directional z is clipped to this range before it is summed.
 Z_CLIP = (-1.0, 4.0)
+# The face-tracking settings the cues move with (landmarks carried by flow between model
+# frames jitter differently; texture is read at the crop's size): recorded in the file.
+TRACKING_KEYS = ("landmark_interval", "face_crop_size")
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,17 @@ class Calibration:
 
     def score(self, combined_z: float) -> float:
         return 1.0 / (1.0 + math.exp(-(combined_z - self.center_z) / self.width_z))
+
+    def tracking_mismatch(self, face: FaceConfig) -> str | None:
+        """How ``face`` differs from the tracking the statistics were measured with, or
+        None (also when the file does not say)."""
+        recorded = self.meta.get("tracking") or {}
+        differences = [
+            f"{key} {getattr(face, key)} (calibrated at {recorded[key]})"
+            for key in TRACKING_KEYS
+            if key in recorded and recorded[key] != getattr(face, key)
+        ]
+        return ", ".join(differences) or None
 
     # ----- JSON ---------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ the cues that stand out, with their values and the time span.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, ClassVar
 
@@ -21,6 +22,9 @@ from monitor.detectors.temporal.cues import CUE_LABELS, FrameMeasure, measure_fr
 from monitor.features.store import FrameStore
 from monitor.features.types import FrameFeatures
 from monitor.windows import AnalysisWindow
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # tracking mismatches already logged by this process
 
 # Fewer face frames than this in a window: insufficient evidence, whatever the fraction.
 MIN_FACE_FRAMES = 8
@@ -61,6 +65,15 @@ class TemporalDetector:
     def __init__(self, config: MonitorConfig, calibration: Calibration | None = None) -> None:
         self.window_config = config.window
         self.calibration = calibration if calibration is not None else load_calibration()
+        mismatch = self.calibration.tracking_mismatch(config.face)
+        if mismatch is not None and mismatch not in _warned:
+            _warned.add(mismatch)
+            log.warning(
+                "temporal detector: face tracking runs with %s; its cues move with the "
+                "tracking, so its z-scores are off their calibration (docs/RESULTS.md). "
+                "Recalibrate with tools/calibrate_temporal.py under the same [face] settings.",
+                mismatch,
+            )
         self._measures: FrameStore[FrameMeasure] = FrameStore(_measure_frames)
         self._windows: list[
             tuple[float, float, dict[str, float], float]
