@@ -28,6 +28,7 @@ from monitor.detectors.temporal.calibration import Stats
 from monitor.errors import DetectorError
 from monitor.training import artifact_data
 from monitor.training.artifact_data import BlendParams, Chunk
+from tests.factories import alert_event
 from tests.test_temporal import SIDE, face_window, render_face
 
 # ----- pseudo-fakes ------------------------------------------------------------------------
@@ -351,7 +352,7 @@ def test_network_shapes_and_size() -> None:
 
 
 def test_alert_explanation_carries_the_seam_map() -> None:
-    from monitor.events import EventFactory, validate_event
+    from monitor.events import validate_event
     from monitor.explain.live import compact_explanation
 
     window = face_window()
@@ -365,18 +366,7 @@ def test_alert_explanation_carries_the_seam_map() -> None:
     assert len(seam["cells"]) == GRID and "nose_tip" in seam["points"]
     assert "blend seam at the lower face, 4.2 sigma above genuine video" in explanation["summary"]
     assert len(json.dumps(explanation, allow_nan=False)) < 2048
-    event = EventFactory("s", "p").make(
-        "alert",
-        level="alert",
-        previous_level="suspicious",
-        risk=0.9,
-        evidence_nats=7.0,
-        t_start=window.t_start,
-        t_end=window.t_end,
-        rationale="test",
-        evidence=[e.to_json() for e in evidence],
-        explanation=explanation,
-    )
+    event = alert_event(window, evidence, explanation)
     validate_event(event)
     quiet = ArtifactDetector(
         MonitorConfig(), backend=CountingBackend(), calibration=unit_calibration()

@@ -12,12 +12,13 @@ from torch import nn
 from monitor.config import MonitorConfig
 from monitor.detectors.baseline_sync import BaselineSyncDetector
 from monitor.errors import InputError
-from monitor.events import EventFactory, validate_event
+from monitor.events import validate_event
 from monitor.explain.attribution import gradient_x_input, integrated_gradients, torch_score_fn
 from monitor.explain.explainer import explain_example
 from monitor.explain.faithfulness import deletion_test
 from monitor.explain.inputs import AVExample, region_units, swapped, time_units
 from monitor.explain.live import compact_explanation, summarize_curve
+from tests.factories import NARROW_SYNC, alert_event
 from tests.windows_factory import window_from_signals
 
 # The known evidence: video frames 10-14 and audio rows 120-139 (one 0.2 s unit each),
@@ -184,7 +185,7 @@ def test_sync_model_scores_agree_between_white_box_and_black_box_paths() -> None
     )
     from monitor.features.types import AudioFeatures
     from monitor.sync.features import FrameTrack
-    from monitor.sync.model import LIP_FEATURES, SyncModelConfig, SyncNetLite
+    from monitor.sync.model import LIP_FEATURES, SyncNetLite
 
     torch.manual_seed(0)
     rng = np.random.default_rng(1)
@@ -202,16 +203,7 @@ def test_sync_model_scores_agree_between_white_box_and_black_box_paths() -> None
         loudness_db=np.zeros(320, np.float32),
         voiced=np.ones(320, bool),
     )
-    narrow = SyncModelConfig(
-        crop_channels=(8, 8, 8, 8, 8, 8),
-        crop_features=16,
-        lip_features=16,
-        frame_features=32,
-        audio_channels=(16, 16, 16),
-        temporal_channels=32,
-        embedding=16,
-    )
-    model = SyncNetLite(narrow).eval()  # the real architecture, narrow so the test is quick
+    model = SyncNetLite(NARROW_SYNC).eval()
     embed = torch_embed(model)
     curve_fn = distance_curve_fn(embed)
     target = prepare_target(track, audio, 10.0, 12.0, curve_fn, offset_ms=400.0)
@@ -249,21 +241,6 @@ def test_sync_model_scores_agree_between_white_box_and_black_box_paths() -> None
     assert maps.completeness_gap < 0.05 * abs(change)
 
 
-def _alert_event(window, evidence, explanation) -> dict:
-    return EventFactory("s1", "alice").make(
-        "alert",
-        level="alert",
-        previous_level="suspicious",
-        risk=0.9,
-        evidence_nats=7.0,
-        t_start=window.t_start,
-        t_end=window.t_end,
-        rationale="level suspicious -> alert: test",
-        evidence=[e.to_json() for e in evidence],
-        explanation=explanation,
-    )
-
-
 def test_live_explanation_of_a_desynced_window_names_the_offset_and_segments() -> None:
     window = window_from_signals(audio_lag_s=0.4, seed=3)
     evidence = [BaselineSyncDetector(MonitorConfig()).analyze(window)]
@@ -283,7 +260,7 @@ def test_live_explanation_of_a_desynced_window_names_the_offset_and_segments() -
     assert "+400 ms" in explanation["summary"] and "outside" in explanation["summary"]
     text = json.dumps(explanation, allow_nan=False)
     assert len(text) < 2048
-    validate_event(_alert_event(window, evidence, explanation))
+    validate_event(alert_event(window, evidence, explanation))
 
 
 def test_live_explanation_of_an_in_sync_window_and_of_missing_evidence() -> None:
@@ -296,7 +273,7 @@ def test_live_explanation_of_an_in_sync_window_and_of_missing_evidence() -> None
     explanation = compact_explanation(no_face, evidence)
     assert explanation["offset_curve"] is None and explanation["top_segments"] == []
     assert explanation["contributions"][0]["share"] == 0.0
-    validate_event(_alert_event(no_face, evidence, explanation))
+    validate_event(alert_event(no_face, evidence, explanation))
 
 
 def test_curve_summary_rejects_unusable_curves() -> None:

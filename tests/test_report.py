@@ -21,6 +21,7 @@ from monitor.features.face import mouth_crop_matrix
 from monitor.report import AttributionOptions, write_report
 from monitor.report.confidence import LearnedSync
 from tests.browser import open_page, require_chromium
+from tests.factories import NARROW_SYNC
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 TEXT = "Hello, can you hear me? I am calling about the budget for next year."
@@ -90,19 +91,10 @@ class ReportParser(HTMLParser):
 def small_sync_model() -> LearnedSync:
     """A real (untrained, narrow) sync network, so attribution runs fast in tests."""
     from monitor.explain.sync_target import torch_embed
-    from monitor.sync.model import SyncModelConfig, SyncNetLite
+    from monitor.sync.model import SyncNetLite
 
     torch.manual_seed(0)
-    config = SyncModelConfig(
-        crop_channels=(8, 8, 8, 8, 8, 8),
-        crop_features=16,
-        lip_features=16,
-        frame_features=32,
-        audio_channels=(16, 16, 16),
-        temporal_channels=32,
-        embedding=16,
-    )
-    model = SyncNetLite(config).eval()
+    model = SyncNetLite(NARROW_SYNC).eval()
     return LearnedSync(
         embed=torch_embed(model), backend="torch (test net)", model=model, genuine_confidence=0.5
     )
