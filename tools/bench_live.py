@@ -229,6 +229,11 @@ def main() -> int:
         print(json.dumps(asyncio.run(run_publishers(args))))
         return 0
     print(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    # The server here is `dfmon serve`'s, memory settings included (before any thread).
+    from monitor.config import load_config
+    from monitor.live.memory import limit_arenas
+
+    limit_arenas(load_config().live.malloc_arena_max)
     if args.mode == "align":
         print(json.dumps(asyncio.run(measure_alignment(args.runs, args.participants)), indent=2))
         return 0
