@@ -15,12 +15,15 @@ import pytest
 
 from monitor.config import FaceConfig, MonitorConfig
 from monitor.detectors.temporal import TemporalDetector, cues, geometry
+from monitor.detectors.temporal import calibration as calibration_module
 from monitor.detectors.temporal.calibration import (
     DEFAULT_PATH,
     Calibration,
     CueCalibration,
     Stats,
+    calibration_for,
     load_calibration,
+    variant_path,
 )
 from monitor.errors import DetectorError
 from monitor.features.face import (
@@ -488,6 +491,41 @@ def test_tracking_other_than_the_calibrations_is_named_at_start_up(
         TemporalDetector(MonitorConfig(face=every_second), calibration=calibration)
     assert len(caplog.records) == 1  # once per process, not per session
     assert "landmark_interval 2 (calibrated at 1)" in caplog.records[0].getMessage()
+
+
+def test_both_landmark_intervals_have_a_committed_calibration(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    every_second = FaceConfig(landmark_interval=2)
+    calibration = calibration_for(every_second)
+    assert calibration.meta["tracking"] == {"landmark_interval": 2, "face_crop_size": 256}
+    assert set(calibration.cues) == set(cues.CUE_NAMES)
+    assert any(cue.weight > 0 for cue in calibration.cues.values())
+    with caplog.at_level("WARNING", logger="monitor.detectors.temporal.detector"):
+        detector = TemporalDetector(MonitorConfig(face=every_second))
+    assert detector.calibration.meta["tracking"]["landmark_interval"] == 2
+    assert not caplog.records
+
+
+def test_the_calibration_measured_under_the_sessions_tracking_is_the_one_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    committed = json.loads(DEFAULT_PATH.read_text())
+    default = tmp_path / DEFAULT_PATH.name
+    default.write_text(json.dumps(committed))
+    monkeypatch.setattr(calibration_module, "DEFAULT_PATH", default)
+    every_second = FaceConfig(landmark_interval=2)
+    beside = variant_path(every_second)
+    assert beside == tmp_path / "temporal_calibration_landmark_interval_2.json"
+    assert variant_path(FaceConfig()) == default
+    assert calibration_for(every_second).meta["tracking"]["landmark_interval"] == 1  # none yet
+    tracking = {"landmark_interval": 2, "face_crop_size": 256}
+    beside.write_text(json.dumps({**committed, "tracking": tracking, "created": "beside"}))
+    assert calibration_for(every_second).meta["created"] == "beside"
+    assert calibration_for(FaceConfig()).meta["created"] == committed["created"]
+    third = calibration_for(FaceConfig(landmark_interval=3))  # never measured: the default
+    assert third.meta["created"] == committed["created"]
+    assert third.tracking_mismatch(FaceConfig(landmark_interval=3)) is not None
 
 
 def test_bad_calibration_files_raise_detector_error(tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ threshold is fitted to them. A cue is fused when (1) its per-clip AUC, fake agai
 --min-auc in one direction, and (2) where the pool has fakes PAIRED with their own real input,
 at least --min-pair-agreement of those pairs move the cue the same way. The pairs matter most:
 they show what the manipulation does to one person, free of who the person is. The result,
-with the clip list and the date, goes to monitor/detectors/temporal_calibration.json.
+with the clip list and the date, goes to monitor/detectors/temporal_calibration.json; with
+``--landmark-interval 2`` (landmarks on every second frame) to the file beside it that the
+detector reads under that setting, temporal_calibration_landmark_interval_2.json.
 
 A call does not deliver the camera's pixels: it scales and compresses them, harder when the
 network is poor. So every real clip is measured twice, as recorded and re-encoded the way a
@@ -43,6 +45,7 @@ from monitor.detectors.temporal.calibration import (
     Calibration,
     CueCalibration,
     Stats,
+    variant_path,
 )
 from monitor.detectors.temporal.cues import CUE_NAMES
 from monitor.detectors.temporal.detector import TemporalDetector
@@ -230,7 +233,12 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("/tmp/dfmon_temporal_cache"),
         help="cache of tracked faces and call copies (default %(default)s)",
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_PATH, help="calibration JSON to write")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="calibration JSON to write (default: the committed file for the tracking settings, "
+        f"{DEFAULT_PATH.name} for the product's)",
+    )
     parser.add_argument("--min-auc", type=float, default=0.6, help="fuse cues at least this good")
     parser.add_argument(
         "--min-pair-agreement",
@@ -250,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data / "MANIFEST.tsv").exists():
         parser.error(f"{args.data} has no MANIFEST.tsv")
     config = load_config(face={"landmark_interval": args.landmark_interval})
+    out = args.out or variant_path(config.face)
     rows = [r for r in manifest_rows(args.data) if not is_duplicate_row(r)]
     clips = [
         clip
@@ -281,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "real_windows": sum(len(c.windows) for c in clips if c.label == "real"),
     }
-    args.out.write_text(json.dumps(calibration.to_json(), indent=1) + "\n")
+    out.write_text(json.dumps(calibration.to_json(), indent=1) + "\n")
     for name in CUE_NAMES:
         cue = calibration.cues[name]
         stats = cue.stats["window"]
@@ -291,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             f"pairs agree {evidence[name]['pair_agreement']:.2f} direction {cue.direction:+d} "
             f"weight {cue.weight:g} window {stats.mean:.3f}+-{stats.std:.3f}"
         )
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0
 
 

@@ -153,3 +153,30 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
     return Calibration.from_json(
         read_calibration_json(path, "temporal", "run tools/calibrate_temporal.py")
     )
+
+
+def calibration_for(face: FaceConfig) -> Calibration:
+    """The committed calibration measured under ``face``'s tracking settings: the default
+    file, or one beside it for other settings (``temporal_calibration_<setting>_<value>
+    .json``); the default when none was measured so (the detector then says so)."""
+    default = load_calibration()
+    if default.tracking_mismatch(face) is None:
+        return default
+    for path in sorted(DEFAULT_PATH.parent.glob(f"{DEFAULT_PATH.stem}_*.json")):
+        other = load_calibration(path)
+        if other.tracking_mismatch(face) is None:
+            return other
+    return default
+
+
+def variant_path(face: FaceConfig) -> Path:
+    """Where tools/calibrate_temporal.py writes the calibration for ``face``'s tracking:
+    the default file for the product's settings, else one named by what differs."""
+    differing = [
+        f"{key}_{getattr(face, key)}"
+        for key in TRACKING_KEYS
+        if getattr(face, key) != getattr(FaceConfig, key)
+    ]
+    if not differing:
+        return DEFAULT_PATH
+    return DEFAULT_PATH.with_name(f"{DEFAULT_PATH.stem}_{'_'.join(differing)}.json")

@@ -17,7 +17,7 @@ import numpy as np
 
 from monitor.config import MonitorConfig
 from monitor.detectors.base import Evidence, format_span, merge_spans
-from monitor.detectors.temporal.calibration import Calibration, load_calibration
+from monitor.detectors.temporal.calibration import Calibration, calibration_for
 from monitor.detectors.temporal.cues import CUE_LABELS, FrameMeasure, measure_frame, window_cues
 from monitor.features.store import FrameStore
 from monitor.features.types import FrameFeatures
@@ -64,7 +64,7 @@ class TemporalDetector:
 
     def __init__(self, config: MonitorConfig, calibration: Calibration | None = None) -> None:
         self.window_config = config.window
-        self.calibration = calibration if calibration is not None else load_calibration()
+        self.calibration = calibration if calibration is not None else calibration_for(config.face)
         mismatch = self.calibration.tracking_mismatch(config.face)
         if mismatch is not None and mismatch not in _warned:
             _warned.add(mismatch)
