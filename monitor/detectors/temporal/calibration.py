@@ -156,17 +156,11 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
 
 
 def calibration_for(face: FaceConfig) -> Calibration:
-    """The committed calibration measured under ``face``'s tracking settings: the default
-    file, or one beside it for other settings (``temporal_calibration_<setting>_<value>
-    .json``); the default when none was measured so (the detector then says so)."""
-    default = load_calibration()
-    if default.tracking_mismatch(face) is None:
-        return default
-    for path in sorted(DEFAULT_PATH.parent.glob(f"{DEFAULT_PATH.stem}_*.json")):
-        other = load_calibration(path)
-        if other.tracking_mismatch(face) is None:
-            return other
-    return default
+    """The committed calibration measured under ``face``'s tracking settings (the file
+    :func:`variant_path` names); the default one when none was measured so (the detector
+    then says so)."""
+    path = variant_path(face)
+    return load_calibration(path if path.exists() else None)
 
 
 def variant_path(face: FaceConfig) -> Path:
