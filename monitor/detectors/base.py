@@ -79,6 +79,19 @@ class DetectorSpec:
 GENUINE_OFFSET_MS = 120.0
 
 
+# Windows scoring at least this are listed as spans in a session summary.
+SPAN_SCORE = 0.5
+# Fewer scored windows than this: a session summary is insufficient evidence.
+MIN_SESSION_WINDOWS = 2
+
+
+def too_few_windows(detector: str, scored_windows: int) -> Evidence | None:
+    """The insufficient-evidence summary of a session with too few scored windows, else None."""
+    if scored_windows >= MIN_SESSION_WINDOWS:
+        return None
+    return Evidence(detector, None, f"insufficient evidence: only {scored_windows} scored window")
+
+
 def format_media_time(t: float) -> str:
     """00:41.5 style media time for rationales."""
     t = max(0.0, t)

@@ -34,7 +34,13 @@ from monitor.detectors.artifact.evidence import (
     describe_region,
     face_geometry,
 )
-from monitor.detectors.base import Evidence, format_span, merge_spans
+from monitor.detectors.base import (
+    SPAN_SCORE,
+    Evidence,
+    format_span,
+    merge_spans,
+    too_few_windows,
+)
 from monitor.features.store import FrameStore
 from monitor.features.types import FrameFeatures
 from monitor.windows import AnalysisWindow
@@ -47,9 +53,6 @@ SCORED_PER_SECOND = 12.5
 MIN_SCORED_FRAMES = 6
 # The rationale names the seam from this many sigma above genuine video.
 NOTABLE_Z = 2.0
-# Windows scoring at least this are listed as spans in the session summary.
-SPAN_SCORE = 0.5
-MIN_SESSION_WINDOWS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,10 +172,8 @@ class ArtifactDetector:
         """Session evidence: the mean window value against genuine sessions."""
         if not self._windows:
             return None
-        if len(self._windows) < MIN_SESSION_WINDOWS:
-            return Evidence(
-                self.name, None, f"insufficient evidence: only {len(self._windows)} scored window"
-            )
+        if short := too_few_windows(self.name, len(self._windows)):
+            return short
         values = np.array([w[2] for w in self._windows])
         value = float(values.mean())
         z = self.calibration.session.z(value)

@@ -16,7 +16,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from monitor.config import MonitorConfig
-from monitor.detectors.base import Evidence, format_span, merge_spans
+from monitor.detectors.base import (
+    SPAN_SCORE,
+    Evidence,
+    format_span,
+    merge_spans,
+    too_few_windows,
+)
 from monitor.detectors.temporal.calibration import Calibration, calibration_for
 from monitor.detectors.temporal.cues import CUE_LABELS, FrameMeasure, measure_frame, window_cues
 from monitor.features.store import FrameStore
@@ -30,10 +36,6 @@ _warned: set[str] = set()  # tracking mismatches already logged by this process
 MIN_FACE_FRAMES = 8
 # A cue is named in the rationale from this many sigma in its suspicious direction.
 NOTABLE_Z = 2.0
-# Windows scoring at least this are reported as spans in the session summary.
-SPAN_SCORE = 0.5
-# Fewer scored windows than this: the session summary is insufficient evidence.
-MIN_SESSION_WINDOWS = 2
 
 
 def describe_cues(z_scores: dict[str, float], calibration: Calibration, span: str) -> list[str]:
@@ -148,10 +150,8 @@ class TemporalDetector:
         """Session evidence: each cue's median over the scored windows, against genuine sessions."""
         if not self._windows:
             return None
-        if len(self._windows) < MIN_SESSION_WINDOWS:
-            return Evidence(
-                self.name, None, f"insufficient evidence: only {len(self._windows)} scored window"
-            )
+        if short := too_few_windows(self.name, len(self._windows)):
+            return short
         medians = {}
         for name in self.calibration.cues:
             values = np.array([cues.get(name, math.nan) for _, _, cues, _ in self._windows])
