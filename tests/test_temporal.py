@@ -21,6 +21,7 @@ from monitor.detectors.temporal.calibration import (
     Calibration,
     CueCalibration,
     Stats,
+    calibration_file,
     calibration_for,
     load_calibration,
     variant_path,
@@ -584,3 +585,14 @@ def test_tracked_faces_are_cached_per_tracking_configuration(tmp_path: Path) -> 
     every, alternate = (cache_path(tmp_path, clip, FaceConfig(landmark_interval=n)) for n in (1, 2))
     assert every != alternate
     assert cache_path(tmp_path, clip) == cache_path(tmp_path, clip, FaceConfig())
+
+
+def test_the_decision_calibration_leaves_out_what_the_sessions_temporal_calibration_used() -> None:
+    from monitor.evaluation.calibration_run import detector_training_files
+
+    for face in (FaceConfig(), FaceConfig(landmark_interval=2)):
+        record = json.loads(calibration_file(face).read_text())
+        listed = {f"train/{name}" for name in record["real_clips"] + record["fake_clips"]}
+        assert listed <= detector_training_files(face)
+    assert calibration_file(FaceConfig()) == DEFAULT_PATH
+    assert calibration_file(FaceConfig(landmark_interval=3)) == DEFAULT_PATH  # never measured

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from monitor.config import MonitorConfig, load_config
+from monitor.config import FaceConfig, MonitorConfig, load_config
 from monitor.decision import (
     CALIBRATION_PATH,
     LEVEL_RANK,
@@ -28,6 +28,7 @@ from monitor.decision import (
     ScoreCalibration,
     SequentialDecision,
 )
+from monitor.detectors.temporal.calibration import calibration_file
 from monitor.evaluation import calibrate, decide
 from monitor.evaluation.corpus import CorpusClip, collect_records, pick_donor, read_pool
 from monitor.evaluation.sessions import (
@@ -51,12 +52,12 @@ THRESHOLD_GRID = tuple(round(0.25 * i, 2) for i in range(4, 121))
 CHAIN_ORDERS = 8
 
 
-def detector_training_files() -> set[str]:
+def detector_training_files(face: FaceConfig) -> set[str]:
     """Clips (``pool/real/x.mp4``) that the default detectors were trained or calibrated on:
-    the temporal calibration's list and every training record's ``train_files``
-    (``monitor/models/*.training.json``)."""
+    the list of the temporal calibration read under ``face``'s tracking and every training
+    record's ``train_files`` (``monitor/models/*.training.json``)."""
     files: set[str] = set()
-    temporal = PACKAGE / "detectors" / "temporal_calibration.json"
+    temporal = calibration_file(face)
     if temporal.exists():
         data = json.loads(temporal.read_text())
         files.update(f"train/{name}" for name in data.get("real_clips", []))
@@ -75,12 +76,12 @@ def clip_file(clip: CorpusClip, data_root: Path) -> str:
     return str(Path(clip.path).relative_to(data_root))
 
 
-def calibration_clips(data_root: Path) -> list[CorpusClip]:
+def calibration_clips(data_root: Path, face: FaceConfig) -> list[CorpusClip]:
     """The sync model's held-out real clips (``DECISION_HELDOUT`` in its training split) and
     the pool's fakes that no detector trained or was calibrated on."""
     from monitor.training.sync_data import DECISION_HELDOUT
 
-    used = detector_training_files()
+    used = detector_training_files(face)
     clips = read_pool(data_root, "train")
     reals = [c for c in clips if c.label == "real" and c.group in DECISION_HELDOUT]
     fakes = [c for c in clips if c.label == "fake" and clip_file(c, data_root) not in used]
@@ -159,7 +160,7 @@ def run(
     log_path: Path | None = None,
 ) -> CalibrationResult:
     config = load_config(config_path)
-    clips = calibration_clips(data_root)
+    clips = calibration_clips(data_root, config.face)
     by_key = {c.key: c for c in clips}
     reals = [c for c in clips if c.label == "real"]
     fakes = [c for c in clips if c.label == "fake"]
@@ -289,7 +290,7 @@ def run(
         "pool": "train",
         "clips": {"real": len(reals), "fake": len(fakes)},
         "folds": folds,
-        "excluded_training_files": len(detector_training_files()),
+        "excluded_training_files": len(detector_training_files(config.face)),
         "calls_per_clip": calls_per_clip,
         "max_seconds": max_seconds,
     }

@@ -41,7 +41,7 @@ def evaluate(
     calibration = load_calibration(config.decision)
     machine = describe_machine()
     clips = [c for pool in pools for c in read_pool(data_root, pool) if c.label == "real"]
-    trained = detector_training_files()
+    trained = detector_training_files(config.face)
     held_out_dev = [c for c in clips if c.pool == "dev" and clip_file(c, data_root) not in trained]
     attacked = {c.key for c in held_out_dev} if attacks else set()
 

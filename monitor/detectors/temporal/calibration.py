@@ -159,8 +159,13 @@ def calibration_for(face: FaceConfig) -> Calibration:
     """The committed calibration measured under ``face``'s tracking settings (the file
     :func:`variant_path` names); the default one when none was measured so (the detector
     then says so)."""
+    return load_calibration(calibration_file(face))
+
+
+def calibration_file(face: FaceConfig) -> Path:
+    """The committed file :func:`calibration_for` reads under ``face``'s tracking."""
     path = variant_path(face)
-    return load_calibration(path if path.exists() else None)
+    return path if path.exists() else DEFAULT_PATH
 
 
 def variant_path(face: FaceConfig) -> Path:
