@@ -188,6 +188,13 @@ class SessionAnalyzer:
             )
         )
 
+    def add(self, item: VideoFrame | AudioChunk) -> None:
+        """A decoded item of a source, whichever kind it is."""
+        if isinstance(item, VideoFrame):
+            self.add_video(item)
+        else:
+            self.add_audio(item)
+
     def add_video(self, frame: VideoFrame) -> None:
         started = time.perf_counter()
         track_faces = getattr(self.face_tracker, "track_faces", None)

@@ -80,14 +80,10 @@ def window_from_signals(
 
 def feed_file(analyzer, path, reason: str = "end of file") -> dict:  # noqa: ANN001
     """Decode ``path`` into a SessionAnalyzer as replay does (no pacing); its summary."""
-    from monitor.media import VideoFrame
     from monitor.sources.file import FileSource
 
     with FileSource(path) as source:
         analyzer.start(source.info)
         for item in source:
-            if isinstance(item, VideoFrame):
-                analyzer.add_video(item)
-            else:
-                analyzer.add_audio(item)
+            analyzer.add(item)
     return analyzer.finish(reason)

@@ -197,7 +197,6 @@ def evaluate(job: tuple[DevClip, str, str, str]) -> Result:
     clip, condition, data, cache_dir = job
     from monitor.config import load_config
     from monitor.detectors.artifact.detector import ArtifactDetector
-    from monitor.media import AudioChunk, VideoFrame
     from monitor.pipeline import SessionAnalyzer
     from monitor.sources.file import FileSource
     from monitor.training.faces import CachedFaceTracker, clip_frames, iter_windows
@@ -242,10 +241,7 @@ def evaluate(job: tuple[DevClip, str, str, str]) -> Result:
         )
         analyzer.start(info)
         for item in source:
-            if isinstance(item, VideoFrame):
-                analyzer.add_video(item)
-            elif isinstance(item, AudioChunk):
-                analyzer.add_audio(item)
+            analyzer.add(item)
         fused = analyzer.finish(reason="end of input")
     # Schema 2: the verdict is the highest level reached, final_level where it ended.
     result.fused_risk = fused["risk"] if fused["verdict"] != "unknown" else None

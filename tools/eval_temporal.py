@@ -35,7 +35,6 @@ from monitor.detectors.temporal.detector import TemporalDetector
 from monitor.evaluation.dataset import is_duplicate_row, is_lipsync_fake, manifest_rows
 from monitor.evaluation.metrics import auc_or_nan as auc
 from monitor.features.types import FrameFeatures
-from monitor.media import AudioChunk, VideoFrame
 from monitor.training.faces import (
     CachedFaceTracker,
     clip_frames,
@@ -100,10 +99,7 @@ def score_fused(
         )
         analyzer.start(source.info)
         for item in source:
-            if isinstance(item, VideoFrame):
-                analyzer.add_video(item)
-            elif isinstance(item, AudioChunk):
-                analyzer.add_audio(item)
+            analyzer.add(item)
         summary = analyzer.finish(reason="end of input")
     result.fused_risk = summary["risk"] if summary["verdict"] != "unknown" else None
     result.fused_level = summary["verdict"]

@@ -126,29 +126,35 @@ def explain_example(
     units = {"time": time_units(example), "region": region_units(example)}
     explanation = Explanation(example=example, target=target, score=float("nan"), units=units)
 
-    if white_box is not None:
-        started = time.perf_counter()
-        maps = integrated_gradients(white_box, example, steps=ig_steps)
-        ig_units = {family: maps.unit_totals(units[family]) for family in FAMILIES}
-        deletion = {
+    def deletions(
+        attributions: dict[str, np.ndarray], score: float | None = None
+    ) -> dict[str, DeletionResult]:
+        """Every deletion test of DELETIONS on one method's unit attributions."""
+        return {
             key: deletion_test(
                 score_fn,
                 example,
                 units[family],
-                ig_units[family],
+                attributions[family],
                 family=family,
                 n_random=n_random,
                 seed=seed,
+                score=score,
                 operator=operator,
             )
             for key, family, operator in DELETIONS
         }
+
+    if white_box is not None:
+        started = time.perf_counter()
+        maps = integrated_gradients(white_box, example, steps=ig_steps)
+        ig_units = {family: maps.unit_totals(units[family]) for family in FAMILIES}
         explanation.methods.append(
             MethodResult(
                 name=f"integrated gradients ({ig_steps} steps)",
                 kind="white-box",
                 units=ig_units,
-                deletion=deletion,
+                deletion=deletions(ig_units),
                 seconds=time.perf_counter() - started,
                 maps=maps,
             )
@@ -159,26 +165,12 @@ def explain_example(
     score = float("nan")
     for family in FAMILIES:
         occ_units[family], score = occlusion(score_fn, example, units[family])
-    deletion = {
-        key: deletion_test(
-            score_fn,
-            example,
-            units[family],
-            occ_units[family],
-            family=family,
-            n_random=n_random,
-            seed=seed,
-            score=score,
-            operator=operator,
-        )
-        for key, family, operator in DELETIONS
-    }
     explanation.methods.append(
         MethodResult(
             name="occlusion",
             kind="black-box",
             units=occ_units,
-            deletion=deletion,
+            deletion=deletions(occ_units, score),
             seconds=time.perf_counter() - started,
         )
     )
