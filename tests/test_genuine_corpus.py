@@ -212,6 +212,31 @@ def test_genuine_figures_and_long_calls_from_records() -> None:
     assert row["auc"] == 1.0 and row["alarmed"] == 1 and row["genuine_n"] == 1
 
 
+def test_offset_error_is_also_read_from_each_clips_own_offset() -> None:
+    """A recording whose audio reads 80 ms early, shifted by +400 ms, reads +320 ms: 80 ms
+    off the shift, and exactly the shift from the clip's own reading."""
+    config = load_config()
+    calibration = EvidenceCalibration(
+        {"lip_sync": ScoreCalibration(1.0, 0.0, -4.0, 4.0)}, {"lip_sync": "learned-1"}
+    )
+    lags_ms = np.arange(-15, 16) * 40.0
+
+    def reading(clip: str, offset_ms: float, manipulated: bool) -> SessionRecord:
+        record = _record(clip, [0.9 if manipulated else 0.1] * 6, manipulated)
+        curve = list(np.abs(lags_ms - offset_ms) / 40.0)
+        for window in record.windows:
+            window["evidence"]["lip_sync"]["lag_curve"] = curve
+        return record
+
+    records = [reading("early", -80.0, False), reading("early", 320.0, True)]
+    assert genuine_calls.session_offset_ms(records[0]) == pytest.approx(-80.0)
+    row = genuine_calls.attack_figures(records, config, calibration, "sequential")[RECORDED][
+        "shift+400ms"
+    ]
+    assert row["offset_error_median_ms"] == pytest.approx(80.0)
+    assert row["relative_offset_error_median_ms"] == pytest.approx(0.0)
+
+
 def test_excursion_peaks_and_their_exponential_tail() -> None:
     path = [1.0, 1.0, -5.0, 0.5, None, -1.0, 2.0, 1.5]
     assert calibrate.excursion_peaks([path]) == [2.0, 0.5, 3.5]

@@ -110,7 +110,7 @@ def long_calls(
     }
 
 
-def _round(value: float, digits: int = 3) -> float | None:
+def _round(value: float | None, digits: int = 3) -> float | None:
     return None if value is None or math.isnan(value) else round(float(value), digits)
 
 
@@ -153,7 +153,8 @@ def attack_figures(
     rule: str,
 ) -> dict[str, Any]:
     """Per condition and manipulation: AUC against the condition's genuine sessions (with
-    counts), share alarmed, median time to the first alarm, offset error (shifts)."""
+    counts), share alarmed, median time to the first alarm, offset error (shifts): against
+    the shift, and against the shift from the clip's own unshifted reading."""
     traces = session_traces(records, config, calibration, rule)
     out: dict[str, Any] = {}
     conditions = sorted({r.condition for r in records})
@@ -164,6 +165,11 @@ def attack_figures(
             if condition in ("all", r.condition)
         ]
         negatives = [session_score(t, config) for r, t in chosen if not r.manipulated]
+        # Each clip's own offset as read unshifted: a recording whose audio runs 100 ms early
+        # reads a +200 ms shift as +100, which is the model right and the recording off.
+        own_offset = {
+            (r.clip, r.condition): session_offset_ms(r) for r, _ in chosen if not r.manipulated
+        }
         by_variant: dict[str, list[tuple[SessionRecord, decide.DecisionTrace]]] = {}
         for r, t in chosen:
             if r.manipulated:
@@ -179,7 +185,7 @@ def attack_figures(
                 "auc": _round(metrics.roc_auc(negatives, positives)) if negatives else None,
                 "alarmed": len(alarmed),
                 "reached_alert": sum(1 for _, t in members if t.peak_level == "alert"),
-                "median_time_to_alarm_s": _round(metrics.median(alarmed) or math.nan, 2),
+                "median_time_to_alarm_s": _round(metrics.median(alarmed), 2),
             }
             if variant.startswith("shift"):
                 truth = float(variant[len("shift") : -len("ms")])
@@ -188,8 +194,18 @@ def attack_figures(
                     for offset in (session_offset_ms(r) for r, _ in members)
                     if offset is not None
                 ]
-                row["offset_error_median_ms"] = _round(metrics.median(errors) or math.nan, 1)
-                row["offset_error_p90_ms"] = _round(metrics.percentile(errors, 90) or math.nan, 1)
+                row["offset_error_median_ms"] = _round(metrics.median(errors), 1)
+                row["offset_error_p90_ms"] = _round(metrics.percentile(errors, 90), 1)
+                relative = [
+                    abs(offset - own - truth)
+                    for offset, own in (
+                        (session_offset_ms(r), own_offset.get((r.clip, r.condition)))
+                        for r, _ in members
+                    )
+                    if offset is not None and own is not None
+                ]
+                row["relative_offset_error_median_ms"] = _round(metrics.median(relative), 1)
+                row["relative_offset_error_p90_ms"] = _round(metrics.percentile(relative, 90), 1)
             table[variant] = row
         out[condition] = table
     return out
