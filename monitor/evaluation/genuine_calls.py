@@ -189,19 +189,16 @@ def attack_figures(
             }
             if variant.startswith("shift"):
                 truth = float(variant[len("shift") : -len("ms")])
-                errors = [
-                    abs(offset - truth)
-                    for offset in (session_offset_ms(r) for r, _ in members)
-                    if offset is not None
+                read = [
+                    (session_offset_ms(r), own_offset.get((r.clip, r.condition)))
+                    for r, _ in members
                 ]
+                errors = [abs(offset - truth) for offset, _ in read if offset is not None]
                 row["offset_error_median_ms"] = _round(metrics.median(errors), 1)
                 row["offset_error_p90_ms"] = _round(metrics.percentile(errors, 90), 1)
                 relative = [
                     abs(offset - own - truth)
-                    for offset, own in (
-                        (session_offset_ms(r), own_offset.get((r.clip, r.condition)))
-                        for r, _ in members
-                    )
+                    for offset, own in read
                     if offset is not None and own is not None
                 ]
                 row["relative_offset_error_median_ms"] = _round(metrics.median(relative), 1)
