@@ -276,6 +276,12 @@ class SessionAnalyzer:
         for window in self._windower.windows():
             self.stats.stage_seconds["audio_features"] = self._windower.audio_feature_seconds
             self._analyze(window)
+            if not any(
+                getattr(d, "reads_window_face_crops", True) for d in self.detectors.values()
+            ):
+                # Every detector has measured this window's frames: later windows holding
+                # them read the stores, so the frames need not keep their face crops.
+                self._windower.frames.release_face_crops(window.t_end)
 
     def _runner(self, name: str) -> DetectorRunner:
         runner = self._runners.get(name)

@@ -267,6 +267,8 @@ class FrameBuffer:
         self.interval = DEFAULT_FRAME_INTERVAL_S
         self.announced_interval: float | None = None  # from the stream's frame rate
         self._first_intervals: list[float] = []
+        self._released = 0  # the first frames, whose face crops were released
+        self.face_crops_released = 0
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -295,6 +297,22 @@ class FrameBuffer:
     def trim_before(self, t: float) -> None:
         while self._frames and self._frames[0].t < t:
             self._frames.popleft()
+            self._released = max(0, self._released - 1)
+
+    def release_face_crops(self, before: float) -> None:
+        """Keep frames before ``before`` without their face crop (the largest array a
+        frame holds), where the frame has one face: windows still to come read what
+        their detectors measured on it. Frames with several faces keep theirs, since a
+        later window may choose another face to score."""
+        while self._released < len(self._frames):
+            frame = self._frames[self._released]
+            if frame.t >= before:
+                return
+            if frame.face is not None and frame.face.face_crop is not None and not frame.faces:
+                face = dataclasses.replace(frame.face, face_crop=None)
+                self._frames[self._released] = dataclasses.replace(frame, face=face)
+                self.face_crops_released += 1
+            self._released += 1
 
 
 class Windower:

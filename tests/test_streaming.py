@@ -17,7 +17,7 @@ from monitor.config import MonitorConfig
 from monitor.detectors.base import Evidence
 from monitor.detectors.temporal import cues
 from monitor.features.store import FrameStore
-from monitor.features.types import FrameFeatures
+from monitor.features.types import FaceObservation, FrameFeatures
 from monitor.sync.backends import BatchingRunner, OnnxBackend
 from monitor.sync.checkpoint import ONNX_PATH, STREAM_PATHS, WEIGHTS_PATH, weights_digest
 
@@ -308,3 +308,107 @@ def test_session_hands_every_frame_to_observe_before_its_windows(
     summary = feed_file(analyzer, synthetic_calls["short"])
     assert observer.observed == list(range(summary["video_frames"]))
     assert observer.late == []
+
+
+def _face(track_id: int = 0) -> FaceObservation:
+    return FaceObservation(
+        face_box=(0.0, 0.0, 10.0, 10.0),
+        landmarks=np.zeros((478, 2), np.float32),
+        lip_landmarks=np.zeros((40, 2), np.float32),
+        mouth_crop=np.zeros((48, 96, 3), np.uint8),
+        face_crop=np.zeros((256, 256, 3), np.uint8),
+        aperture=0.0,
+        mouth_width=0.0,
+        track_id=track_id,
+    )
+
+
+def test_frame_buffer_releases_the_face_crops_of_one_face_frames_before_a_time() -> None:
+    from monitor.windows import FrameBuffer
+
+    buffer = FrameBuffer()
+    two = (_face(1), _face(2))
+    for i in range(10):
+        faces = two if i == 3 else ()
+        buffer.add(FrameFeatures(i * 0.04, i, (10, 10), faces[0] if faces else _face(), faces))
+    buffer.add(FrameFeatures(0.4, 10, (10, 10), None))
+    buffer.release_face_crops(0.2)  # frames 0-4
+    kept = [f.index for f in buffer.select(0.0, 1.0) if f.face and f.face.face_crop is not None]
+    assert kept == [3, 5, 6, 7, 8, 9]  # frame 3 has two faces: a later window may pick either
+    assert buffer.face_crops_released == 4
+    buffer.trim_before(0.1)  # frames 0-2 go
+    buffer.release_face_crops(0.3)  # frames 5-7, each once
+    buffer.release_face_crops(0.3)
+    assert buffer.face_crops_released == 7
+    kept = [f.index for f in buffer.select(0.0, 1.0) if f.face and f.face.face_crop is not None]
+    assert kept == [3, 8, 9]
+
+
+def _score_events(
+    path: Path, monkeypatch: pytest.MonkeyPatch, *, release: bool
+) -> tuple[list[dict], int]:
+    from monitor.pipeline import SessionAnalyzer
+    from monitor.windows import FrameBuffer
+    from tests.windows_factory import feed_file
+
+    events: list[dict] = []
+    with monkeypatch.context() as patch:
+        if not release:
+            patch.setattr(FrameBuffer, "release_face_crops", lambda self, before: None)
+        analyzer = SessionAnalyzer(
+            MonitorConfig(), session="s", participant="p", emit=events.append
+        )
+        feed_file(analyzer, path)
+    released = analyzer._windower.frames.face_crops_released
+    scores = [
+        {k: v for k, v in e.items() if k not in ("ts", "inference_ms")}
+        for e in events
+        if e["type"] == "score"
+    ]
+    return scores, released
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("call", ["sync", "plus300"])
+def test_sessions_that_release_face_crops_score_every_window_the_same(
+    synthetic_calls: dict[str, Path], monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    """The default detectors measure each face crop once, in ``observe``; windows after the
+    first holding a frame read their stores, so dropping the crop changes no score."""
+    released, count = _score_events(synthetic_calls[call], monkeypatch, release=True)
+    kept, none = _score_events(synthetic_calls[call], monkeypatch, release=False)
+    assert none == 0 and count > 100
+    assert len(released) == len(kept) >= 10
+    scored = {item["detector"] for e in kept for item in e["evidence"] if item["score"] is not None}
+    assert scored == {"lip_sync", "temporal", "artifact"}
+    for got, want in zip(released, kept, strict=True):
+        assert got == want
+
+
+def test_a_detector_that_reads_window_face_crops_keeps_them_for_the_session(
+    synthetic_calls: dict[str, Path],
+) -> None:
+    from monitor.pipeline import SessionAnalyzer
+    from tests.windows_factory import feed_file
+
+    class CropReader:
+        name, version = "crop_reader", "0"  # says nothing about face crops: they stay
+
+        def __init__(self) -> None:
+            self.frames_without_crop = 0
+            self.face_frames = 0
+
+        def analyze(self, window):  # noqa: ANN001, ANN202
+            for frame in window.face_frames:
+                self.face_frames += 1
+                self.frames_without_crop += frame.face.face_crop is None
+            return Evidence(self.name, None, "looked")
+
+    reader = CropReader()
+    analyzer = SessionAnalyzer(
+        MonitorConfig(), session="s", participant="p", emit=lambda e: None,
+        detectors={"crop_reader": reader},
+    )  # fmt: skip
+    feed_file(analyzer, synthetic_calls["sync"])
+    assert reader.face_frames > 300 and reader.frames_without_crop == 0  # in 4 windows each
+    assert analyzer._windower.frames.face_crops_released == 0

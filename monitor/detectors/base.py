@@ -9,6 +9,11 @@ Optional, for streaming: ``observe(frame: FrameFeatures) -> None`` is called wit
 frame as it arrives, before any window holding it is analysed (on the detector's own
 thread, in order). A detector computes there what depends on that frame alone and keeps
 it in a :class:`~monitor.features.store.FrameStore` for the overlapping windows to read.
+
+``reads_window_face_crops: ClassVar[bool]`` (True when absent): whether ``analyze`` reads
+``face_crop`` of frames an earlier window held. When no detector of a session does, the
+session lets a frame drop its face crop once the first window holding it is analysed
+(about 190 KiB a frame, 7 MiB a session); such a frame's ``face.face_crop`` is None.
 """
 
 from __future__ import annotations

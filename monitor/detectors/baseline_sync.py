@@ -73,6 +73,7 @@ class BaselineSyncDetector:
 
     name: ClassVar[str] = "lip_sync"
     version: ClassVar[str] = "baseline-1"
+    reads_window_face_crops: ClassVar[bool] = False  # mouth crops only
 
     def __init__(self, config: MonitorConfig) -> None:
         self.window_config = config.window

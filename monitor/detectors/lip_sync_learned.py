@@ -74,6 +74,7 @@ class LearnedSyncDetector:
 
     name: ClassVar[str] = "lip_sync"
     version: ClassVar[str] = "learned-2"
+    reads_window_face_crops: ClassVar[bool] = False  # mouth crops only
 
     def __init__(self, config: MonitorConfig, runner: BatchingRunner | None = None) -> None:
         self.window_config = config.window

@@ -22,6 +22,11 @@ T = TypeVar("T")
 DEFAULT_MAX_FRAMES = 1800
 
 
+def has_face_crop(frame: FrameFeatures) -> bool:
+    """The frame's face still holds its crop (a session releases it once measured)."""
+    return frame.face is not None and frame.face.face_crop is not None
+
+
 def frame_key(frame: FrameFeatures) -> tuple[int, int]:
     """A frame's face is (frame index, face track): with several faces in view, the face
     a window scores decides what the frame contributes."""
@@ -56,6 +61,12 @@ class FrameStore(Generic[T]):
     def add(self, frames: Sequence[FrameFeatures]) -> None:
         """Compute and keep the frames not stored yet (the arrival of new frames)."""
         self._add(self._missing(frames))
+
+    def obtainable(
+        self, frames: Sequence[FrameFeatures], computable: Callable[[FrameFeatures], bool]
+    ) -> list[FrameFeatures]:
+        """``frames`` whose value is stored or can still be computed from what they hold."""
+        return [f for f in frames if f in self or computable(f)]
 
     def get(self, frames: Sequence[FrameFeatures]) -> list[T]:
         """The values of ``frames``, computing those not stored yet."""

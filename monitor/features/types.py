@@ -15,7 +15,9 @@ class FaceObservation:
     landmarks: np.ndarray  # (N, 2) float32, the tracker's full mesh (478 for FaceMesh)
     lip_landmarks: np.ndarray  # (40, 2) float32
     mouth_crop: np.ndarray  # (48, 96, 3) uint8 RGB, lower face, size-normalized
-    face_crop: np.ndarray  # (256, 256, 3) uint8 RGB, whole face, size-normalized
+    # (256, 256, 3) uint8 RGB, whole face, size-normalized. None once a session has
+    # measured it and no later window reads it (Windower.release_face_crops).
+    face_crop: np.ndarray | None
     aperture: float  # inner-lip gap / face height
     mouth_width: float  # mouth corner distance / face width
     track_id: int = 0  # which of the session's face tracks this is (0: not tracked)

@@ -41,7 +41,7 @@ from monitor.detectors.base import (
     merge_spans,
     too_few_windows,
 )
-from monitor.features.store import FrameStore
+from monitor.features.store import FrameStore, has_face_crop
 from monitor.features.types import FrameFeatures
 from monitor.windows import AnalysisWindow
 
@@ -89,6 +89,7 @@ class ArtifactDetector:
 
     name: ClassVar[str] = "artifact"
     version: ClassVar[str] = "1"
+    reads_window_face_crops: ClassVar[bool] = False  # scored in observe
 
     def __init__(
         self,
@@ -117,7 +118,8 @@ class ArtifactDetector:
         """The window's scored frames, scoring only those not scored before."""
         self._stride = frame_stride(window.fps)
         chosen = [f for f in window.face_frames if f.index % self._stride == 0]
-        scores = self._scores.get(chosen)
+        # A frame scored before keeps no crop; one never scored needs its crop.
+        scores = self._scores.get(self._scores.obtainable(chosen, has_face_crop))
         # Windows move forward: frames before this one's start are not needed again.
         self._scores.forget_before(window.t_start)
         return scores

@@ -25,7 +25,7 @@ from monitor.detectors.base import (
 )
 from monitor.detectors.temporal.calibration import Calibration, calibration_for
 from monitor.detectors.temporal.cues import CUE_LABELS, FrameMeasure, measure_frame, window_cues
-from monitor.features.store import FrameStore
+from monitor.features.store import FrameStore, has_face_crop
 from monitor.features.types import FrameFeatures
 from monitor.windows import AnalysisWindow
 
@@ -63,6 +63,7 @@ class TemporalDetector:
 
     name: ClassVar[str] = "temporal"
     version: ClassVar[str] = "2"
+    reads_window_face_crops: ClassVar[bool] = False  # measured in observe
 
     def __init__(self, config: MonitorConfig, calibration: Calibration | None = None) -> None:
         self.window_config = config.window
@@ -89,7 +90,9 @@ class TemporalDetector:
             self._measures.add([frame])
 
     def _frame_measures(self, window: AnalysisWindow) -> list[FrameMeasure]:
-        measures = self._measures.get(window.face_frames)
+        # A frame measured before keeps no crop; one never measured needs its crop.
+        frames = self._measures.obtainable(window.face_frames, has_face_crop)
+        measures = self._measures.get(frames)
         # Windows move forward: frames before this one's start are not needed again.
         self._measures.forget_before(window.t_start)
         return measures
