@@ -3,6 +3,7 @@ stored per-frame results equal the windows computed from scratch."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import shutil
@@ -311,16 +312,9 @@ def test_session_hands_every_frame_to_observe_before_its_windows(
 
 
 def _face(track_id: int = 0) -> FaceObservation:
-    return FaceObservation(
-        face_box=(0.0, 0.0, 10.0, 10.0),
-        landmarks=np.zeros((478, 2), np.float32),
-        lip_landmarks=np.zeros((40, 2), np.float32),
-        mouth_crop=np.zeros((48, 96, 3), np.uint8),
-        face_crop=np.zeros((256, 256, 3), np.uint8),
-        aperture=0.0,
-        mouth_width=0.0,
-        track_id=track_id,
-    )
+    from tests.windows_factory import face_with_aperture
+
+    return dataclasses.replace(face_with_aperture(0.0), track_id=track_id)
 
 
 def test_frame_buffer_releases_the_face_crops_of_one_face_frames_before_a_time() -> None:
