@@ -280,10 +280,19 @@ def test_runner_runs_submitted_calls_in_order_and_reports_their_failure() -> Non
         runner.close()
 
 
+def _session_with(detector):  # noqa: ANN001, ANN202
+    """A session whose only detector is ``detector``, its events discarded."""
+    from monitor.pipeline import SessionAnalyzer
+
+    return SessionAnalyzer(
+        MonitorConfig(), session="s", participant="p", emit=lambda e: None,
+        detectors={detector.name: detector},
+    )  # fmt: skip
+
+
 def test_session_hands_every_frame_to_observe_before_its_windows(
     synthetic_calls: dict[str, Path],
 ) -> None:
-    from monitor.pipeline import SessionAnalyzer
     from tests.windows_factory import feed_file
 
     class Observer:
@@ -302,10 +311,7 @@ def test_session_hands_every_frame_to_observe_before_its_windows(
             return Evidence(self.name, None, "watched")
 
     observer = Observer()
-    analyzer = SessionAnalyzer(
-        MonitorConfig(), session="s", participant="p", emit=lambda e: None,
-        detectors={"observer": observer},
-    )  # fmt: skip
+    analyzer = _session_with(observer)
     summary = feed_file(analyzer, synthetic_calls["short"])
     assert observer.observed == list(range(summary["video_frames"]))
     assert observer.late == []
@@ -382,7 +388,6 @@ def test_sessions_that_release_face_crops_score_every_window_the_same(
 def test_a_detector_that_reads_window_face_crops_keeps_them_for_the_session(
     synthetic_calls: dict[str, Path],
 ) -> None:
-    from monitor.pipeline import SessionAnalyzer
     from tests.windows_factory import feed_file
 
     class CropReader:
@@ -399,10 +404,7 @@ def test_a_detector_that_reads_window_face_crops_keeps_them_for_the_session(
             return Evidence(self.name, None, "looked")
 
     reader = CropReader()
-    analyzer = SessionAnalyzer(
-        MonitorConfig(), session="s", participant="p", emit=lambda e: None,
-        detectors={"crop_reader": reader},
-    )  # fmt: skip
+    analyzer = _session_with(reader)
     feed_file(analyzer, synthetic_calls["sync"])
     assert reader.face_frames > 300 and reader.frames_without_crop == 0  # in 4 windows each
     assert analyzer._windower.frames.face_crops_released == 0
