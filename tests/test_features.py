@@ -3,6 +3,7 @@ tones, noise, silence and synthetic speech (espeak-ng)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from monitor.features.audio import (
     NoiseFloorTracker,
     compute_audio_features,
 )
-from monitor.features.face import LIP_INDICES, FaceTracker, create_face_tracker
+from monitor.features.face import LIP_INDICES, FaceModels, FaceTracker, create_face_tracker
 from monitor.media import AUDIO_RATE, VideoFrame
 
 RATE = AUDIO_RATE
@@ -185,6 +186,41 @@ def test_two_faces_get_two_tracks_and_a_returning_face_its_old_id(astronaut: np.
     # Back within the next search for faces (a quarter second while a face is missing).
     assert all(s == {False: left, True: right} for s in seen[27:])
     assert primary is not None and primary.track_id == min(left, right)  # the oldest track
+
+
+def test_sessions_on_parallel_threads_share_one_full_range_detector(
+    astronaut: np.ndarray,
+) -> None:
+    """Landmark and short-range graphs: up to one per core; the full-range detector (the
+    once-a-second search for further faces): one in all, whatever the concurrency."""
+    import threading
+
+    models = FaceModels(FaceConfig().min_detection_confidence)
+    small = np.ascontiguousarray(astronaut[::2, ::2])  # 256 px, the face about 60 px
+    found: list[int] = []
+    start = threading.Barrier(4)
+
+    def session() -> None:
+        start.wait()
+        for _ in range(5):
+            found.append(len(models.detect(small, full_range=True)))
+            faces = models.detect(small)
+            if faces:
+                assert models.landmarks(small, faces[0]) is not None
+
+    threads = [threading.Thread(target=session) for _ in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        models.close()
+    assert found == [1] * 20
+    cores = len(os.sched_getaffinity(0))
+    assert models.graphs_made("full_range") == 1
+    assert 1 <= models.graphs_made("landmarks") <= min(cores, 4)
+    assert 1 <= models.graphs_made("detection") <= min(cores, 4)
 
 
 def test_flow_between_landmark_frames_follows_a_moving_face(astronaut: np.ndarray) -> None:

@@ -13,8 +13,9 @@ the same whole frame at the same scale); beyond that:
   one face (it also finds a small speaker beside a large face);
 - **a face that leaves and comes back** gets its old track id back when it reappears
   where it was last seen (within :data:`REACQUIRE_S`);
-- **one copy of the models per core**, shared by every session of the process
-  (:class:`FaceModels`), instead of a FaceMesh graph per session;
+- **one copy of the models per core** (of the rarely called full-range detector, one in
+  all), shared by every session of the process (:class:`FaceModels`), instead of a
+  FaceMesh graph per session;
 - **landmarks on every n-th frame** (``FaceConfig.landmark_interval``, default 1): the
   frames in between carry each track's landmarks by pyramidal Lucas-Kanade optical flow
   (the lips by their own flow, the rest of the mesh by a similarity fitted on stable
@@ -133,6 +134,9 @@ node { calculator: "EndLoopNormalizedRectCalculator" input_stream: "ITEM:roi"
        input_stream: "BATCH_END:end" output_stream: "ITERABLE:rois" }
 """
 
+
+# Graphs called so rarely that sessions share one copy (FaceModels' docstring says why).
+SINGLE_COPY_GRAPHS = frozenset({"full_range"})
 
 _GRAPHS = {
     "landmarks": _LANDMARK_GRAPH,
@@ -556,23 +560,31 @@ def _set_options(config: Any, min_score: dict[str, float]) -> None:
 class FaceModels:
     """MediaPipe's face detector and landmark model, shared by every session of a process.
 
-    A graph serves one call at a time; the pool holds up to one of each per core, so
-    sessions on different threads run in parallel without each loading its own copy
-    (about 28 MiB per FaceMesh instance).
+    A graph serves one call at a time; the pool holds up to one landmark and one
+    short-range graph per core, so sessions on different threads run in parallel without
+    each loading its own copy (about 28 MiB per FaceMesh instance). The full-range
+    detector runs only on the periodic search for further faces (once a second per
+    session, a few ms), so one copy serves every session: each more cost 16 MiB.
     """
 
     def __init__(self, min_detection_confidence: float, min_presence: float = 0.5) -> None:
         import_mediapipe_runtime()
         self._min_score = {"detection": min_detection_confidence, "presence": min_presence}
-        self._size = max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
+        self._size = {kind: 1 if kind in SINGLE_COPY_GRAPHS else cores for kind in _GRAPHS}
         self._free: dict[str, list[_Graph]] = {kind: [] for kind in _GRAPHS}
         self._made = dict.fromkeys(_GRAPHS, 0)
         self._lock = threading.Condition()
 
+    def graphs_made(self, kind: str) -> int:
+        """How many graphs of ``kind`` the pool holds (free or in use)."""
+        with self._lock:
+            return self._made[kind]
+
     @contextmanager
     def _graph(self, kind: str) -> Iterator[_Graph]:
         with self._lock:
-            while not self._free[kind] and self._made[kind] >= self._size:
+            while not self._free[kind] and self._made[kind] >= self._size[kind]:
                 self._lock.wait()
             graph = self._free[kind].pop() if self._free[kind] else None
             if graph is None:
@@ -607,6 +619,8 @@ class FaceModels:
         short-range model (128x128 input) finds faces that fill a good part of the frame,
         as FaceMesh does; ``full_range`` (192x192, a few times the cost) also finds smaller
         ones, such as a speaker beside a large second face."""
+        # rect_pb2 registers NormalizedRect, which get_proto_list looks up by name.
+        from mediapipe.framework.formats import rect_pb2  # noqa: F401
         from mediapipe.python import packet_getter
 
         height, width = frame_size or image.shape[:2]
