@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -15,6 +16,37 @@ from tests.windows_factory import face_with_aperture
 def test_memory_per_session_is_the_slope_of_peak_rss() -> None:
     assert bench._slope([(1, 400.0), (2, 430.0), (3, 460.0), (4, 490.0)]) == 30.0
     assert bench._slope([(1, 400.0)]) is None
+
+
+def test_capacity_sweep_separates_sessions_that_fell_behind_and_says_when_it_ended_early(
+    tmp_path: Path,
+) -> None:
+    """A stand-in for a tree's tools/bench_live.py (a real process): its server grows by
+    50 MiB a session while it keeps up, then by far more (the backlog of sessions that
+    drop frames), and it dies before the last count."""
+    (tmp_path / "tools").mkdir()
+    script = """
+import json, sys, time
+hold = []
+for n, drops in ((1, 0.0), (2, 0.0), (3, 0.0), (4, 0.05)):
+    hold.append(bytearray((50 if drops == 0 else 150) << 20))  # touched: resident
+    time.sleep(0.6)
+    row = {"participants": n, "drop_fraction": drops, "server_cpu_cores": 0.4 * n,
+           "latency_median_s": 0.7, "latency_p95_s": 0.8}
+    print(json.dumps(row), flush=True)
+sys.stderr.write("killed at 5 sessions")
+sys.exit(3)
+"""
+    (tmp_path / "tools" / "bench_live.py").write_text(script)
+    result = bench.bench_capacity(tmp_path, "1,2,3,4,5", 1.0)
+    assert [r["participants"] for r in result["sweep"]] == [1, 2, 3, 4]
+    assert result["max_sessions_without_drops"] == 3
+    assert 45 <= result["mib_per_session_without_drops"] <= 55
+    assert result["mib_per_session"] > 70
+    assert "exited 3 after 4 counts" in result["ended_early"]
+    assert "killed at 5 sessions" in result["ended_early"]
+    section = "\n".join(bench._capacity_section({"current": result}))
+    assert "exited 3 after 4 counts" in section and "| 4 |" in section
 
 
 def test_replay_summary_and_table_set_current_against_baseline() -> None:

@@ -305,16 +305,24 @@ def bench_capacity(tree: Path, counts: str, seconds: float) -> dict[str, Any]:
         if row["drop_fraction"] > MAX_DROP_FRACTION:
             break
         held = row["participants"]
+    ended_early = (
+        {"ended_early": f"bench_live.py exited {process.returncode} after {len(rows)} "
+         f"counts: {stderr[-500:]}"}
+        if process.returncode != 0
+        else {}
+    )  # fmt: skip
+    measured = [(r["participants"], r["server_peak_rss_mib"], r["drop_fraction"]) for r in rows]
+    measured = [m for m in measured if m[1]]
     return {
+        **ended_early,
         "seconds": seconds,
         "sweep": rows,
         "max_sessions_without_drops": held,
-        "mib_per_session": _slope(
-            [
-                (r["participants"], r["server_peak_rss_mib"])
-                for r in rows
-                if r["server_peak_rss_mib"]
-            ]
+        "mib_per_session": _slope([(n, mib) for n, mib, _ in measured]),
+        # Sessions that fall behind also hold their backlog of frames (up to
+        # live.max_frame_age_s of video): this slope is what a session costs when served.
+        "mib_per_session_without_drops": _slope(
+            [(n, mib) for n, mib, drops in measured if drops <= MAX_DROP_FRACTION]
         ),
     }
 
@@ -440,6 +448,8 @@ def _capacity_section(capacity: dict[str, Any]) -> list[str]:
     for tree, result in capacity.items():
         if "error" in result:
             lines.append(f"{tree}: not measured: {result['error']}")
+        elif "ended_early" in result:
+            lines.append(f"{tree}: {result['ended_early']}")
     trees = [t for t, r in capacity.items() if "error" not in r]
     if not trees:
         return lines
@@ -477,7 +487,9 @@ def _capacity_section(capacity: dict[str, Any]) -> list[str]:
         lines.append(
             f"- {tree}: up to **{result['max_sessions_without_drops']}** sessions without a "
             f"dropped frame; {result['mib_per_session']} MiB of server RSS per extra session "
-            f"(slope of peak RSS over the counts), {result['seconds']:.0f} s of media per count."
+            f"(slope of peak RSS over the counts; over the counts without drops "
+            f"{result.get('mib_per_session_without_drops')}), {result['seconds']:.0f} s of "
+            "media per count."
         )
     return lines
 
