@@ -101,3 +101,24 @@ def test_tracking_comparison_skips_frames_the_model_ran_on() -> None:
     assert row is not None and row["frames_compared"] == 1
     assert abs(row["aperture_error_median"] - 0.02) < 1e-6
     assert abs(row["lip_error_pct_median"] - 100 * np.hypot(2.4, 2.4) / 240.0) < 1e-3
+
+
+def test_live_capacity_without_analysis_serves_the_media_alone() -> None:
+    """`bench_live.py capacity --analysis none`: real publishers and server on loopback,
+    every frame taken, none analysed (what the WebRTC side costs on its own)."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    command = [
+        sys.executable, str(root / "tools" / "bench_live.py"), "capacity",
+        "--counts", "2", "--seconds", "3", "--analysis", "none",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert row["participants"] == 2 and row["windows"] == 0
+    assert row["frames_in"]["video"] >= 2 * 3 * 25 * 0.8 and row["drop_fraction"] == 0
+    assert row["levels"] == ["unknown", "unknown"]
+    assert row["server_peak_rss_mib"] > 30

@@ -2,7 +2,7 @@
 """Measure the live path on loopback: alert latency, capacity, and A/V alignment error.
 
     python tools/bench_live.py latency  [--participants 1] [--seconds 30]
-    python tools/bench_live.py capacity [--counts 1,2,3,4,6,8] [--seconds 20]
+    python tools/bench_live.py capacity [--counts 1,2,3,4,6,8] [--seconds 20] [--analysis none]
     python tools/bench_live.py align    [--runs 5] [--participants 1]
 
 ``latency`` and ``capacity`` run ``dfmon serve``'s parts (LiveServer, AlertServer, the
@@ -13,6 +13,9 @@ costs them almost no CPU: on a 2-core machine every cycle they spare is the serv
 
 Latency of a window = its delivery time on the /alerts websocket (the publisher
 process's listener) - the wall time at which the publisher sent media time ``t_end``.
+
+``capacity --analysis none`` serves the same sessions with an analyzer that takes the
+frames and does nothing with them: what the WebRTC side alone costs (CPU, memory).
 
 ``align`` publishes a flash/beep probe clip (monitor/live/probe.py) through the full
 encode/decode path and reports where audio lands relative to video.
@@ -112,15 +115,55 @@ async def run_publishers(args: argparse.Namespace) -> dict[str, Any]:
 # ----- server side (this process) ----------------------------------------------------------
 
 
-async def serve_and_publish(n: int, seconds: float, clip: Path) -> dict[str, Any]:
+class MediaOnlyAnalyzer:
+    """Takes a session's media and analyses none of it (``--analysis none``); emits the
+    lifecycle events the publishers wait for."""
+
+    def __init__(self, config: Any, *, session: str, participant: str, emit: Any) -> None:
+        from monitor.events import EventFactory
+
+        self.events, self.emit, self.frames = EventFactory(session, participant), emit, 0
+
+    def start(self, info: Any) -> None:
+        self.emit(self.events.make("session_started", **info.as_event_fields()))
+
+    def add_video(self, frame: Any) -> None:
+        self.frames += 1
+
+    def add_audio(self, chunk: Any) -> None:
+        pass
+
+    def note_lost(self, item: Any) -> None:
+        pass
+
+    def finish(self, reason: str | None = None) -> dict:
+        summary = self.events.make(
+            "summary", verdict="unknown", risk=0.0, peak=None, final_level="unknown",
+            windows_scored=0, windows_insufficient=0, frames_dropped=0,
+        )  # fmt: skip
+        self.emit(summary)
+        return summary
+
+
+async def serve_and_publish(
+    n: int, seconds: float, clip: Path, analysis: bool = True
+) -> dict[str, Any]:
     from monitor.config import load_config
+    from monitor.live.memory import rss_mib
+    from monitor.live.session import default_analyzer_factory
     from monitor.live.whip import LiveServer
     from monitor.sinks.websocket import AlertServer
 
     config = load_config()
     alerts = AlertServer("127.0.0.1", 0, token=TOKEN, config=config.alerts)
     await alerts.start()
-    server = LiveServer(config, token=TOKEN, sinks=[alerts.publish], alerts_port=alerts.port)
+    server = LiveServer(
+        config,
+        token=TOKEN,
+        sinks=[alerts.publish],
+        alerts_port=alerts.port,
+        analyzer_factory=default_analyzer_factory if analysis else MediaOnlyAnalyzer,
+    )
     await server.start("127.0.0.1", 0)
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     wall_before = time.monotonic()
@@ -131,7 +174,16 @@ async def serve_and_publish(n: int, seconds: float, clip: Path) -> dict[str, Any
     child = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
     )
+    peak_rss = [rss_mib()]
+
+    async def sample_rss() -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            peak_rss.append(rss_mib())
+
+    sampler = asyncio.create_task(sample_rss())
     out, _ = await child.communicate()
+    sampler.cancel()
     wall = time.monotonic() - wall_before
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
@@ -161,6 +213,7 @@ async def serve_and_publish(n: int, seconds: float, clip: Path) -> dict[str, Any
         "latency_p95_s": round(percentile(latencies, 0.95), 3) if latencies else None,
         "lag_growth_s": round(max(growth), 3) if growth else None,
         "levels": [p["level"] for p in publishers.values()],
+        "server_peak_rss_mib": round(max(peak_rss), 1),
     }
 
 
@@ -215,6 +268,10 @@ def main() -> int:
     capacity = sub.add_parser("capacity")
     capacity.add_argument("--counts", default="1,2,3,4,6")
     capacity.add_argument("--seconds", type=float, default=20.0)
+    capacity.add_argument(
+        "--analysis", choices=("full", "none"), default="full",
+        help="none: frames taken and not analysed (the WebRTC side alone)",
+    )  # fmt: skip
     align = sub.add_parser("align")
     align.add_argument("--runs", type=int, default=5)
     align.add_argument("--participants", type=int, default=1)
@@ -242,7 +299,8 @@ def main() -> int:
         [args.participants] if args.mode == "latency" else [int(c) for c in args.counts.split(",")]
     )
     for n in counts:
-        result = asyncio.run(serve_and_publish(n, args.seconds, clip))
+        analysis = getattr(args, "analysis", "full") == "full"
+        result = asyncio.run(serve_and_publish(n, args.seconds, clip, analysis))
         print(json.dumps(result), flush=True)
     return 0
 
