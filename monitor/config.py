@@ -185,7 +185,7 @@ class LiveConfig:
     # publisher, so each has its own quota).
     publisher_tokens: list[str] = field(default_factory=list)
     # Memory: a new session is refused (503) when the server's RSS plus one session's
-    # (measured ~75 MiB at 640x360) would pass max_memory_mb (0: no limit).
+    # (measured 55-70 MiB at 640x480, docs/LIVE.md) would pass max_memory_mb (0: no limit).
     max_memory_mb: float = 0.0
     session_memory_mb: float = 100.0
     # glibc malloc arenas (0: glibc's default of 8 per core); fewer arenas let freed

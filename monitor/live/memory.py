@@ -1,8 +1,9 @@
 """Giving memory back to the system after live sessions end (glibc only).
 
 Measured with four 640x360 sessions at a time (tools/soak.py, docs/LIVE.md): each
-session's analysis holds about 75 MiB while it runs (frames in flight, face-tracker
-graph, detector state), and when it ends that memory is free in the process but stays
+session holds tens of MiB while it runs (frames in flight, its WebRTC connection,
+detector state; docs/LIVE.md has the figures), and when it ends that memory is free in
+the process but stays
 in its RSS: glibc keeps freed blocks in per-thread arenas, and every session brings new
 threads. ``malloc_trim(0)`` returns the free pages of every arena, and capping the
 number of arenas (``mallopt(M_ARENA_MAX)``) keeps sessions' threads from spreading
