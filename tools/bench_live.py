@@ -122,7 +122,8 @@ class MediaOnlyAnalyzer:
     def __init__(self, config: Any, *, session: str, participant: str, emit: Any) -> None:
         from monitor.events import EventFactory
 
-        self.events, self.emit, self.frames = EventFactory(session, participant), emit, 0
+        self.events, self.emit = EventFactory(session, participant), emit
+        self.frames = self.dropped = 0
 
     def start(self, info: Any) -> None:
         self.emit(self.events.make("session_started", **info.as_event_fields()))
@@ -134,12 +135,13 @@ class MediaOnlyAnalyzer:
         pass
 
     def note_lost(self, item: Any) -> None:
-        pass
+        if item.reason == "dropped":
+            self.dropped += item.count
 
     def finish(self, reason: str | None = None) -> dict:
         summary = self.events.make(
             "summary", verdict="unknown", risk=0.0, peak=None, final_level="unknown",
-            windows_scored=0, windows_insufficient=0, frames_dropped=0,
+            windows_scored=0, windows_insufficient=0, frames_dropped=self.dropped,
         )  # fmt: skip
         self.emit(summary)
         return summary

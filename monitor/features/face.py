@@ -564,7 +564,7 @@ class FaceModels:
     short-range graph per core, so sessions on different threads run in parallel without
     each loading its own copy (about 28 MiB per FaceMesh instance). The full-range
     detector runs only on the periodic search for further faces (once a second per
-    session, a few ms), so one copy serves every session: each more cost 16 MiB.
+    session, a few ms), so one copy serves every session (each further one cost 16 MiB).
     """
 
     def __init__(self, min_detection_confidence: float, min_presence: float = 0.5) -> None:

@@ -3,12 +3,12 @@
 Measured with four 640x360 sessions at a time (tools/soak.py, docs/LIVE.md): each
 session holds tens of MiB while it runs (frames in flight, its WebRTC connection,
 detector state; docs/LIVE.md has the figures), and when it ends that memory is free in
-the process but stays
-in its RSS: glibc keeps freed blocks in per-thread arenas, and every session brings new
-threads. ``malloc_trim(0)`` returns the free pages of every arena, and capping the
-number of arenas (``mallopt(M_ARENA_MAX)``) keeps sessions' threads from spreading
-their blocks over many of them. Together they bring RSS back to within ~50 MiB of the
-warmed-up idle figure after every round of sessions, where it stayed +300 MiB without.
+the process but stays in its RSS: glibc keeps freed blocks in per-thread arenas, and
+every session brings new threads. ``malloc_trim(0)`` returns the free pages of every
+arena, and capping the number of arenas (``mallopt(M_ARENA_MAX)``) keeps sessions'
+threads from spreading their blocks over many of them. Together they bring RSS back to
+within ~50 MiB of the warmed-up idle figure after every round of sessions, where it
+stayed +300 MiB without.
 
 On other C libraries both calls do nothing.
 """
