@@ -17,14 +17,15 @@ from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 from websockets.asyncio.client import connect
 
 from monitor.config import MonitorConfig, load_config
-from monitor.events import EventFactory, validate_event
+from monitor.events import validate_event
 from monitor.live.ice import host_candidates_on
+from monitor.live.session import MediaOnlyAnalyzer
 from monitor.live.whip import LiveServer
-from monitor.media import AudioChunk, LostMedia, StreamInfo, VideoFrame
+from monitor.media import AudioChunk, VideoFrame
 from monitor.sinks.websocket import AlertServer
 
 
-class RecordingAnalyzer:
+class RecordingAnalyzer(MediaOnlyAnalyzer):
     """Stands in for SessionAnalyzer where a test checks the media, not the detectors.
 
     It keeps every frame time and chunk, and emits the same lifecycle events
@@ -36,44 +37,17 @@ class RecordingAnalyzer:
     def __init__(
         self, config: MonitorConfig, *, session: str, participant: str, emit: Callable
     ) -> None:
-        self.events = EventFactory(session, participant)
-        self.emit = emit
-        self.info: StreamInfo | None = None
+        super().__init__(config, session=session, participant=participant, emit=emit)
         self.video: list[VideoFrame] = []
         self.audio: list[AudioChunk] = []
-        self.dropped: dict[str, int] = {}
         self.thread = threading.current_thread().name
         RecordingAnalyzer.instances.append(self)
-
-    def start(self, info: StreamInfo) -> None:
-        self.info = info
-        self.emit(self.events.make("session_started", **info.as_event_fields()))
 
     def add_video(self, frame: VideoFrame) -> None:
         self.video.append(frame)
 
     def add_audio(self, chunk: AudioChunk) -> None:
         self.audio.append(chunk)
-
-    def note_lost(self, item: LostMedia) -> None:
-        if item.reason == "dropped":
-            self.dropped[item.kind] = self.dropped.get(item.kind, 0) + item.count
-
-    def finish(self, reason: str | None = None) -> dict:
-        if reason is not None:
-            self.emit(self.events.make("session_ended", reason=reason))
-        summary = self.events.make(
-            "summary",
-            verdict="unknown",
-            risk=0.0,
-            peak=None,
-            final_level="unknown",
-            windows_scored=0,
-            windows_insufficient=0,
-            frames_dropped=sum(self.dropped.values()),
-        )
-        self.emit(summary)
-        return summary
 
 
 @dataclass

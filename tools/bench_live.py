@@ -115,44 +115,12 @@ async def run_publishers(args: argparse.Namespace) -> dict[str, Any]:
 # ----- server side (this process) ----------------------------------------------------------
 
 
-class MediaOnlyAnalyzer:
-    """Takes a session's media and analyses none of it (``--analysis none``); emits the
-    lifecycle events the publishers wait for."""
-
-    def __init__(self, config: Any, *, session: str, participant: str, emit: Any) -> None:
-        from monitor.events import EventFactory
-
-        self.events, self.emit = EventFactory(session, participant), emit
-        self.frames = self.dropped = 0
-
-    def start(self, info: Any) -> None:
-        self.emit(self.events.make("session_started", **info.as_event_fields()))
-
-    def add_video(self, frame: Any) -> None:
-        self.frames += 1
-
-    def add_audio(self, chunk: Any) -> None:
-        pass
-
-    def note_lost(self, item: Any) -> None:
-        if item.reason == "dropped":
-            self.dropped += item.count
-
-    def finish(self, reason: str | None = None) -> dict:
-        summary = self.events.make(
-            "summary", verdict="unknown", risk=0.0, peak=None, final_level="unknown",
-            windows_scored=0, windows_insufficient=0, frames_dropped=self.dropped,
-        )  # fmt: skip
-        self.emit(summary)
-        return summary
-
-
 async def serve_and_publish(
     n: int, seconds: float, clip: Path, analysis: bool = True
 ) -> dict[str, Any]:
     from monitor.config import load_config
     from monitor.live.memory import rss_mib
-    from monitor.live.session import default_analyzer_factory
+    from monitor.live.session import MediaOnlyAnalyzer, default_analyzer_factory
     from monitor.live.whip import LiveServer
     from monitor.sinks.websocket import AlertServer
 

@@ -72,6 +72,51 @@ def default_analyzer_factory(
     return SessionAnalyzer(config, session=session, participant=participant, emit=emit, live=True)
 
 
+class MediaOnlyAnalyzer:
+    """Takes a session's media and analyses none of it, emitting the lifecycle events
+    (session_started, session_ended, summary) that clients wait for: what the live path
+    costs without analysis (``tools/bench_live.py capacity --analysis none``), and the
+    base of the tests' recording analyzer."""
+
+    def __init__(
+        self, config: MonitorConfig, *, session: str, participant: str, emit: EventSink
+    ) -> None:
+        self.events = EventFactory(session, participant)
+        self.emit = emit
+        self.info: StreamInfo | None = None
+        self.dropped: dict[str, int] = {}  # frames dropped before analysis, by kind
+
+    def start(self, info: StreamInfo) -> None:
+        self.info = info
+        self.emit(self.events.make("session_started", **info.as_event_fields()))
+
+    def add_video(self, frame: Any) -> None:
+        pass
+
+    def add_audio(self, chunk: AudioChunk) -> None:
+        pass
+
+    def note_lost(self, item: LostMedia) -> None:
+        if item.reason == "dropped":
+            self.dropped[item.kind] = self.dropped.get(item.kind, 0) + item.count
+
+    def finish(self, reason: str | None = None) -> dict:
+        if reason is not None:
+            self.emit(self.events.make("session_ended", reason=reason))
+        summary = self.events.make(
+            "summary",
+            verdict="unknown",
+            risk=0.0,
+            peak=None,
+            final_level="unknown",
+            windows_scored=0,
+            windows_insufficient=0,
+            frames_dropped=sum(self.dropped.values()),
+        )
+        self.emit(summary)
+        return summary
+
+
 @dataclass(slots=True)
 class Arrival:
     """A decoded frame as it came off a track, before conversion."""
