@@ -119,7 +119,7 @@ async def serve_and_publish(
     n: int, seconds: float, clip: Path, analysis: bool = True
 ) -> dict[str, Any]:
     from monitor.config import load_config
-    from monitor.live.memory import rss_mib
+    from monitor.evaluation.bench import RssSampler
     from monitor.live.session import MediaOnlyAnalyzer, default_analyzer_factory
     from monitor.live.whip import LiveServer
     from monitor.sinks.websocket import AlertServer
@@ -144,16 +144,10 @@ async def serve_and_publish(
     child = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
     )
-    peak_rss = [rss_mib()]
-
-    async def sample_rss() -> None:
-        while True:
-            await asyncio.sleep(0.2)
-            peak_rss.append(rss_mib())
-
-    sampler = asyncio.create_task(sample_rss())
+    sampler = RssSampler(os.getpid())
+    sampler.start()
     out, _ = await child.communicate()
-    sampler.cancel()
+    sampler.stop()
     wall = time.monotonic() - wall_before
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
@@ -183,7 +177,9 @@ async def serve_and_publish(
         "latency_p95_s": round(percentile(latencies, 0.95), 3) if latencies else None,
         "lag_growth_s": round(max(growth), 3) if growth else None,
         "levels": [p["level"] for p in publishers.values()],
-        "server_peak_rss_mib": round(max(peak_rss), 1),
+        "server_peak_rss_mib": (
+            round(max(mib for _, mib in sampler.samples), 1) if sampler.samples else None
+        ),
     }
 
 
@@ -268,8 +264,8 @@ def main() -> int:
     counts = (
         [args.participants] if args.mode == "latency" else [int(c) for c in args.counts.split(",")]
     )
+    analysis = getattr(args, "analysis", "full") == "full"  # latency mode has no flag
     for n in counts:
-        analysis = getattr(args, "analysis", "full") == "full"
         result = asyncio.run(serve_and_publish(n, args.seconds, clip, analysis))
         print(json.dumps(result), flush=True)
     return 0

@@ -247,7 +247,7 @@ def bench_replay(
 # ----- live sweep ------------------------------------------------------------------------------
 
 
-class _RssSampler(threading.Thread):
+class RssSampler(threading.Thread):
     """Samples a process's resident set size (MiB) until stopped."""
 
     def __init__(self, pid: int, period_s: float = 0.2) -> None:
@@ -282,7 +282,7 @@ def bench_capacity(tree: Path, counts: str, seconds: float) -> dict[str, Any]:
         command, cwd=tree, env=_tree_env(tree), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
-    sampler = _RssSampler(process.pid)
+    sampler = RssSampler(process.pid)
     sampler.start()
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
