@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -309,3 +311,22 @@ async def test_connections_are_logged(caplog: pytest.LogCaptureFixture) -> None:
     messages = [r.getMessage() for r in caplog.records if r.name == "monitor.sinks.websocket"]
     assert any("connected" in m for m in messages)
     assert any("disconnected" in m for m in messages)
+
+
+_SINKS_WITHOUT_HTTP = """
+import sys
+from monitor.config import MonitorConfig
+from monitor.sinks.build import build_delivery
+assert build_delivery(MonitorConfig()) is None
+print("aiohttp" in sys.modules)
+"""
+
+
+def test_sinks_load_aiohttp_only_to_post() -> None:
+    """A replay or server without HTTP sinks never pays aiohttp's import (about 0.1 s of
+    every start-up); the HTTP sinks import it on their first POST."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SINKS_WITHOUT_HTTP],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert done.stdout.split() == ["False"]

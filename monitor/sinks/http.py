@@ -3,16 +3,21 @@
 2xx is delivered; 408, 425, 429 and 5xx, a refused or reset connection and a timeout
 are worth retrying (``Retry-After`` honoured); any other answer, redirects included
 (a signed body is never re-sent to wherever a 3xx points), is final.
+
+aiohttp is imported on the first POST: a replay or a server without HTTP sinks never
+pays its import (about 0.1 s of start-up).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from monitor import __version__
 from monitor.sinks.delivery import Outcome, parse_retry_after
+
+if TYPE_CHECKING:
+    import aiohttp
 
 RETRY_STATUSES = frozenset({408, 425, 429})
 USER_AGENT = f"dfmon/{__version__}"
@@ -35,6 +40,8 @@ class HttpPoster:
         self._session: aiohttp.ClientSession | None = None
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Outcome:
+        import aiohttp
+
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
