@@ -107,6 +107,14 @@ class DecisionConfig:
     uncalibrated_llr_limit: float = 1.0
     # None: the packaged monitor/models/decision_calibration.json.
     calibration_file: str | None = None
+    # How a window's detectors combine. "joint": their log-likelihood ratios add up, as if
+    # every attack showed in every detector. "either": a window is explained by one of two
+    # attacks, equally likely: audio that does not belong to the lips (the detectors in
+    # audio_attack_detectors) or a forged face in sync with its audio (the others), so an
+    # in-sync forgery's genuine-looking sync cannot cancel what the face shows
+    # (docs/LIP_TIMING.md).
+    attack_model: str = "joint"
+    audio_attack_detectors: list[str] = field(default_factory=lambda: ["lip_sync"])
 
 
 @dataclass
@@ -116,7 +124,12 @@ class DetectorsConfig:
     # Multipliers of each detector's log-likelihood ratio (0 leaves it out of the decision).
     # The calibration already weighs a detector by how much its scores tell: keep 1.
     weights: dict[str, float] = field(
-        default_factory=lambda: {"lip_sync": 1.0, "temporal": 1.0, "artifact": 1.0}
+        default_factory=lambda: {
+            "lip_sync": 1.0,
+            "lip_timing": 1.0,
+            "temporal": 1.0,
+            "artifact": 1.0,
+        }
     )
     # A detector that takes longer than this for one window is disabled for the session.
     time_budget_s: float = 2.0
@@ -126,6 +139,8 @@ class DetectorsConfig:
 # Inference backends of the learned sync model (monitor/sync/backends.py); "auto" picks
 # the first that works.
 BACKEND_NAMES = ("auto", "tensorrt", "torch-cuda", "torch", "onnx")
+# How the decision combines a window's detectors (DecisionConfig.attack_model).
+ATTACK_MODELS = ("joint", "either")
 # "learned" (the trained model) or "baseline" (training-free cross-correlation).
 LIP_SYNC_MODELS = ("learned", "baseline")
 
@@ -296,6 +311,8 @@ class MonitorConfig:
             )
         if not (0 <= d.hysteresis_nats < d.suspicious_nats - d.floor_nats):
             raise ConfigError("decision hysteresis_nats must be in [0, suspicious_nats - floor)")
+        if d.attack_model not in ATTACK_MODELS:
+            raise ConfigError(f"decision attack_model must be one of {ATTACK_MODELS}")
         if d.clear_nats < 0 or d.uncalibrated_llr_limit < 0:
             raise ConfigError("decision clear_nats and uncalibrated_llr_limit must be >= 0")
         if d.target_false_alerts_per_hour <= 0 or d.target_false_suspicious_per_hour <= 0:

@@ -42,6 +42,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from monitor.config import DecisionConfig, MonitorConfig
 from monitor.detectors.base import Evidence
 from monitor.levels import ALARM_LEVELS, LEVEL_RANK, UNKNOWN
@@ -205,7 +207,7 @@ class WindowDecision:
     """What one window contributed and where the session stands after it."""
 
     contributions: dict[str, float]  # detector -> weighted log-likelihood ratio (nats)
-    llr: float | None  # the window's log-likelihood ratio, sum of contributions; None: no evidence
+    llr: float | None  # the window's log-likelihood ratio (combine(contributions)); None: none
     evidence_nats: float  # accumulated evidence for manipulation after this window
     support_nats: float  # accumulated evidence for a genuine call (what clearing needs)
     level: str
@@ -339,6 +341,18 @@ class SequentialDecision:
         fresh = end - max(start, self._counted_until)
         return min(1.0, max(self.window_weight, fresh / (end - start)))
 
+    def combine(self, contributions: Mapping[str, float]) -> float:
+        """The window's log-likelihood ratio from its detectors' (``attack_model``)."""
+        if self.config.attack_model == "joint":
+            return sum(contributions.values())
+        audio_names = set(self.config.audio_attack_detectors)
+        audio = [llr for name, llr in contributions.items() if name in audio_names]
+        face = [llr for name, llr in contributions.items() if name not in audio_names]
+        if not audio or not face:
+            return sum(audio) + sum(face)
+        # log(0.5 * LR_audio + 0.5 * LR_face): either attack, equal priors.
+        return float(np.logaddexp(sum(audio), sum(face)) - math.log(2.0))
+
     def update(
         self,
         evidence: Sequence[Evidence],
@@ -368,7 +382,7 @@ class SequentialDecision:
         if not contributions:
             return self._step(previous, contributions, None, None, uncalibrated)
         self.windows_with_evidence += 1
-        llr = sum(contributions.values())
+        llr = self.combine(contributions)
         self.total_llr += llr
         weight = self.media_weight(span)
         weighted = weight * llr

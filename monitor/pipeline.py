@@ -171,7 +171,11 @@ class SessionAnalyzer:
     # ----- input --------------------------------------------------------------------------
 
     def _versions(self) -> dict[str, str]:
-        return {name: getattr(det, "version", "?") for name, det in self.detectors.items()}
+        versions = {}
+        for name, detector in self.detectors.items():
+            versions[name] = getattr(detector, "version", "?")
+            versions.update(getattr(detector, "companion_versions", {}))
+        return versions
 
     def start(self, info: StreamInfo) -> None:
         self._windower.has_audio = info.has_audio
@@ -342,7 +346,7 @@ class SessionAnalyzer:
                 why = f"took {took} for one window (budget {budget:.2f} s)"
                 self._disable(name, why, window)
                 continue
-            evidence.append(item)
+            evidence += [item, *item.companions]
         return evidence
 
     def _choose_speaker(
@@ -502,7 +506,7 @@ class SessionAnalyzer:
                 self._error(f"detector {name} failed to summarize: {exc}", detector=name)
                 continue
             if item is not None:
-                session_evidence.append(item)
+                session_evidence += [item, *item.companions]
         decision = self.decision
         verdict = decision.verdict
         if verdict == "clear" and self.unavailable:

@@ -14,7 +14,12 @@ def test_toml_overrides_and_unknown_keys(tmp_path) -> None:
     path.write_text("[window]\nhop_s = 1.0\n[detectors.weights]\ntemporal = 0.25\n")
     config = load_config(path)
     assert config.window.hop_s == 1.0
-    assert config.detectors.weights == {"lip_sync": 1.0, "temporal": 0.25, "artifact": 1.0}
+    assert config.detectors.weights == {
+        "lip_sync": 1.0,
+        "lip_timing": 1.0,
+        "temporal": 0.25,
+        "artifact": 1.0,
+    }
     path.write_text("[window]\nbogus = 1\n")
     with pytest.raises(ConfigError, match="window.bogus"):
         load_config(path)

@@ -380,7 +380,7 @@ def test_sessions_that_release_face_crops_score_every_window_the_same(
     assert none == 0 and count > 100
     assert len(released) == len(kept) >= 10
     scored = {item["detector"] for e in kept for item in e["evidence"] if item["score"] is not None}
-    assert scored == {"lip_sync", "temporal", "artifact"}
+    assert scored == {"lip_sync", "lip_timing", "temporal", "artifact"}
     for got, want in zip(released, kept, strict=True):
         assert got == want
 

@@ -10,6 +10,10 @@ frame as it arrives, before any window holding it is analysed (on the detector's
 thread, in order). A detector computes there what depends on that frame alone and keeps
 it in a :class:`~monitor.features.store.FrameStore` for the overlapping windows to read.
 
+``companion_versions: ClassVar[dict[str, str]]``: the names and versions of the evidence a
+detector also returns in :attr:`Evidence.companions` (read from the same measurement, so
+nothing is computed twice); each is decided and reported as a detector of its own.
+
 ``reads_window_face_crops: ClassVar[bool]`` (True when absent): whether ``analyze`` reads
 ``face_crop`` of frames an earlier window held. When no detector of a session does, the
 session lets a frame drop its face crop once the first window holding it is analysed
@@ -38,6 +42,9 @@ class Evidence:
     rationale: str
     spans: list[tuple[float, float]] = field(default_factory=list)  # media seconds
     fields: dict[str, Any] = field(default_factory=dict)  # detector-specific numbers
+    # Evidence of other names read from the same measurement (the lip-sync detector's
+    # lip_timing): the session files each as its own detector's; never in this one's JSON.
+    companions: list[Evidence] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.score is not None:

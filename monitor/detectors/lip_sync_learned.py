@@ -22,8 +22,9 @@ from typing import ClassVar
 import numpy as np
 
 from monitor.config import MonitorConfig
+from monitor.detectors import lip_timing
 from monitor.detectors.base import Evidence, describe_offset, format_span
-from monitor.errors import BackendUnavailableError
+from monitor.errors import BackendUnavailableError, DetectorError
 from monitor.features.speaker import TrackScorer
 from monitor.features.store import FrameStore
 from monitor.features.types import FrameFeatures
@@ -75,12 +76,18 @@ class LearnedSyncDetector:
     name: ClassVar[str] = "lip_sync"
     version: ClassVar[str] = "learned-2"
     reads_window_face_crops: ClassVar[bool] = False  # mouth crops only
+    companion_versions: ClassVar[dict[str, str]] = {lip_timing.NAME: lip_timing.VERSION}
 
     def __init__(self, config: MonitorConfig, runner: BatchingRunner | None = None) -> None:
         self.window_config = config.window
         self.runner = runner if runner is not None else shared_runner(config.lip_sync.backend)
         # The model file the backend runs says its own calibration (no torch needed).
         self.calibration = getattr(self.runner, "calibration", None) or load_calibration()
+        try:
+            self.timing: lip_timing.TimingCalibration | None = lip_timing.load_timing_calibration()
+        except DetectorError as exc:
+            log.warning("%s; lip_timing evidence left out", exc)
+            self.timing = None
         self._frame_embeddings: FrameStore[np.ndarray] | None = (
             FrameStore(self._embed_frames) if getattr(self.runner, "streaming", False) else None
         )
@@ -151,8 +158,9 @@ class LearnedSyncDetector:
             return None
         curve = self._curve_sum / self._curve_windows
         evidence = self._evidence(curve, self._lags, format_span(*self._span), self._span, None)
-        evidence.rationale = f"over {self._curve_windows} windows: {evidence.rationale}"
-        evidence.fields["windows"] = self._curve_windows
+        for item in (evidence, *evidence.companions):
+            item.rationale = f"over {self._curve_windows} windows: {item.rationale}"
+            item.fields["windows"] = self._curve_windows
         return evidence
 
     # -----------------------------------------------------------------------------------
@@ -242,12 +250,16 @@ class LearnedSyncDetector:
         }
         if stacks is not None:
             fields["scored_frames"] = stacks
+        companions = []
+        if self.timing is not None:
+            companions.append(lip_timing.timing_evidence(curve, span, span_s, self.timing))
         return Evidence(
             self.name,
             1.0 - probability,
             self._rationale(summary, probability, span),
             spans=[span_s],
             fields=fields,
+            companions=companions,
         )
 
     def _rationale(self, summary: CurveSummary, probability: float, span: str) -> str:

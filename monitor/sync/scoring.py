@@ -75,3 +75,25 @@ def curve_features(curve: np.ndarray, lags: np.ndarray) -> np.ndarray:
             float(min(abs(summary.offset_frames), OFFSET_CAP_FRAMES)),
         ]
     )
+
+
+# The dip's sides are read this many lags (80 ms) either side of the minimum.
+DIP_SIDE_FRAMES = 2
+
+
+def dip_sharpness(curve: np.ndarray) -> float:
+    """How sharply the best alignment stands out: the mean distance DIP_SIDE_FRAMES either
+    side of the minimum above the minimum, in units of the curve's spread.
+
+    Genuine lips are timed by the articulators and meet the speech at one lag; generated
+    heads move their lips as a smoothed function of the audio, so every lag near the best
+    fits almost as well (docs/LIP_TIMING.md)."""
+    curve = np.asarray(curve, dtype=np.float64)
+    best = int(np.argmin(curve))
+    sides = [
+        curve[i] for i in (best - DIP_SIDE_FRAMES, best + DIP_SIDE_FRAMES) if 0 <= i < len(curve)
+    ]
+    spread = float(curve.std())
+    if not sides or spread <= 0:
+        return 0.0
+    return (float(np.mean(sides)) - float(curve[best])) / spread
