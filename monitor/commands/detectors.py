@@ -25,4 +25,16 @@ def run(args: argparse.Namespace) -> int:
         state = "yes" if name in enabled else "no"
         source = spec.source if spec.error is None else f"{spec.source} BROKEN: {spec.error}"
         print(f"{name:<16} {spec.version:<14} {state:<8} {weight:<7g} {source}")
+        for companion, version in _companions(name, config).items():
+            weight = config.detectors.weights.get(companion, 1.0)
+            print(f"{companion:<16} {version:<14} {state:<8} {weight:<7g} with {name}")
     return 0
+
+
+def _companions(name: str, config: Any) -> dict[str, str]:
+    """The evidence a built-in detector returns beside its own (name -> version)."""
+    if name != "lip_sync" or config.lip_sync.model != "learned":
+        return {}
+    from monitor.detectors.lip_sync_learned import LearnedSyncDetector
+
+    return dict(LearnedSyncDetector.companion_versions)
