@@ -95,3 +95,13 @@ def test_replay_reports_lip_timing_beside_lip_sync(synthetic_calls: dict[str, Pa
     summary = events[-2] if events[-1]["type"] == "session_ended" else events[-1]
     (session,) = [ev for ev in summary["evidence"] if ev["detector"] == "lip_timing"]
     assert session["rationale"].startswith("over ")
+
+
+def test_dfmon_detectors_lists_lip_timing_with_the_lip_sync_detector(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from monitor.cli import main as cli_main
+
+    assert cli_main(["detectors"]) == 0
+    (line,) = [row for row in capsys.readouterr().out.splitlines() if row.startswith("lip_timing")]
+    assert line.split()[1:3] == ["1", "yes"] and line.endswith("with lip_sync")
