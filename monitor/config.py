@@ -107,13 +107,13 @@ class DecisionConfig:
     uncalibrated_llr_limit: float = 1.0
     # None: the packaged monitor/models/decision_calibration.json.
     calibration_file: str | None = None
-    # How a window's detectors combine. "joint": their log-likelihood ratios add up, as if
-    # every attack showed in every detector. "either": a window is explained by one of two
+    # How a window's detectors combine. "either": a window is explained by one of two
     # attacks, equally likely: audio that does not belong to the lips (the detectors in
     # audio_attack_detectors) or a forged face in sync with its audio (the others), so an
     # in-sync forgery's genuine-looking sync cannot cancel what the face shows
-    # (docs/LIP_TIMING.md).
-    attack_model: str = "joint"
+    # (docs/LIP_TIMING.md). "joint" (before 2026-12-03): their log-likelihood ratios add
+    # up, as if every attack showed in every detector.
+    attack_model: str = "either"
     audio_attack_detectors: list[str] = field(default_factory=lambda: ["lip_sync"])
 
 

@@ -37,7 +37,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -214,6 +214,8 @@ class WindowDecision:
     previous_level: str
     uncalibrated: tuple[str, ...] = ()  # detectors read without a calibration map
     weight: float | None = None  # the overlap weight applied (media_weight); None: no evidence
+    # (audio side, face side) nats that attack_model "either" combined; None: one side only
+    sides: tuple[float, float] | None = None
 
     @property
     def weighted_llr(self) -> float | None:
@@ -341,17 +343,23 @@ class SequentialDecision:
         fresh = end - max(start, self._counted_until)
         return min(1.0, max(self.window_weight, fresh / (end - start)))
 
-    def combine(self, contributions: Mapping[str, float]) -> float:
-        """The window's log-likelihood ratio from its detectors' (``attack_model``)."""
+    def sides(self, contributions: Mapping[str, float]) -> tuple[float, float] | None:
+        """(audio-attack nats, forged-face nats) when ``attack_model`` is "either" and the
+        window has evidence of both kinds; None otherwise."""
         if self.config.attack_model == "joint":
-            return sum(contributions.values())
+            return None
         audio_names = set(self.config.audio_attack_detectors)
         audio = [llr for name, llr in contributions.items() if name in audio_names]
         face = [llr for name, llr in contributions.items() if name not in audio_names]
-        if not audio or not face:
-            return sum(audio) + sum(face)
+        return (sum(audio), sum(face)) if audio and face else None
+
+    def combine(self, contributions: Mapping[str, float]) -> float:
+        """The window's log-likelihood ratio from its detectors' (``attack_model``)."""
+        sides = self.sides(contributions)
+        if sides is None:
+            return sum(contributions.values())
         # log(0.5 * LR_audio + 0.5 * LR_face): either attack, equal priors.
-        return float(np.logaddexp(sum(audio), sum(face)) - math.log(2.0))
+        return float(np.logaddexp(*sides) - math.log(2.0))
 
     def update(
         self,
@@ -398,7 +406,8 @@ class SequentialDecision:
         if self.evidence_nats > self.peak_evidence_nats or self.peak_window is None:
             self.peak_evidence_nats = self.evidence_nats
             self.peak_window = self.windows - 1
-        return self._step(previous, contributions, llr, weight, uncalibrated)
+        step = self._step(previous, contributions, llr, weight, uncalibrated)
+        return replace(step, sides=self.sides(contributions))
 
     def _set_level(self) -> None:
         config = self.config

@@ -125,8 +125,18 @@ class EventFactory:
             because = "; ".join([*caveats, *reasons]) or "no detector ran"
             rationale = f"insufficient evidence over {span}: {because}"
         else:
+            either = (
+                ""
+                if step.sides is None
+                else f" (either attack: audio off the lips {step.sides[0]:+.1f}, "
+                f"a forged face {step.sides[1]:+.1f})"
+            )
             rationale = "; ".join(
-                [f"{step.llr:+.1f} nats over {span}: " + window_rationale(evidence, step), *caveats]
+                [
+                    f"{step.llr:+.1f} nats over {span}{either}: "
+                    + window_rationale(evidence, step),
+                    *caveats,
+                ]
             )
             if speaker is not None:
                 rationale = f"{speaker.reason}; {rationale}"

@@ -55,10 +55,10 @@ def test_the_rationale_names_the_sharpness_against_genuine_speech() -> None:
 
 def test_either_attack_keeps_genuine_looking_sync_from_cancelling_a_forged_face() -> None:
     contributions = {"lip_sync": -2.9, "artifact": 1.0, "lip_timing": 1.0}
-    joint = SequentialDecision(DecisionConfig(), EvidenceCalibration(), window_weight=0.25)
-    either = SequentialDecision(
-        DecisionConfig(attack_model="either"), EvidenceCalibration(), window_weight=0.25
+    joint = SequentialDecision(
+        DecisionConfig(attack_model="joint"), EvidenceCalibration(), window_weight=0.25
     )
+    either = SequentialDecision(DecisionConfig(), EvidenceCalibration(), window_weight=0.25)
     assert joint.combine(contributions) == pytest.approx(-0.9)
     assert either.combine(contributions) == pytest.approx(
         math.log(0.5 * math.exp(-2.9) + 0.5 * math.exp(2.0))
@@ -105,3 +105,11 @@ def test_dfmon_detectors_lists_lip_timing_with_the_lip_sync_detector(
     assert cli_main(["detectors"]) == 0
     (line,) = [row for row in capsys.readouterr().out.splitlines() if row.startswith("lip_timing")]
     assert line.split()[1:3] == ["1", "yes"] and line.endswith("with lip_sync")
+
+
+def test_the_window_rationale_names_both_readings_of_either_attack(
+    synthetic_calls: dict[str, Path],
+) -> None:
+    events = replay_events(synthetic_calls["sync"])
+    texts = [e["rationale"] for e in events if e["type"] == "score" and e["window_llr"] is not None]
+    assert any("either attack: audio off the lips" in text for text in texts)
