@@ -37,7 +37,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -353,9 +353,12 @@ class SequentialDecision:
         face = [llr for name, llr in contributions.items() if name not in audio_names]
         return (sum(audio), sum(face)) if audio and face else None
 
-    def combine(self, contributions: Mapping[str, float]) -> float:
-        """The window's log-likelihood ratio from its detectors' (``attack_model``)."""
-        sides = self.sides(contributions)
+    def combine(
+        self, contributions: Mapping[str, float], sides: tuple[float, float] | None = None
+    ) -> float:
+        """The window's log-likelihood ratio from its detectors' (``attack_model``);
+        ``sides``: :meth:`sides` of the same contributions, when already known."""
+        sides = sides if sides is not None else self.sides(contributions)
         if sides is None:
             return sum(contributions.values())
         # log(0.5 * LR_audio + 0.5 * LR_face): either attack, equal priors.
@@ -390,7 +393,8 @@ class SequentialDecision:
         if not contributions:
             return self._step(previous, contributions, None, None, uncalibrated)
         self.windows_with_evidence += 1
-        llr = self.combine(contributions)
+        sides = self.sides(contributions)
+        llr = self.combine(contributions, sides)
         self.total_llr += llr
         weight = self.media_weight(span)
         weighted = weight * llr
@@ -406,8 +410,7 @@ class SequentialDecision:
         if self.evidence_nats > self.peak_evidence_nats or self.peak_window is None:
             self.peak_evidence_nats = self.evidence_nats
             self.peak_window = self.windows - 1
-        step = self._step(previous, contributions, llr, weight, uncalibrated)
-        return replace(step, sides=self.sides(contributions))
+        return self._step(previous, contributions, llr, weight, uncalibrated, sides)
 
     def _set_level(self) -> None:
         config = self.config
@@ -437,6 +440,7 @@ class SequentialDecision:
         llr: float | None,
         weight: float | None,
         uncalibrated: list[str],
+        sides: tuple[float, float] | None = None,
     ) -> WindowDecision:
         if LEVEL_RANK[self.level] > LEVEL_RANK[self.peak_level]:
             self.peak_level = self.level
@@ -449,6 +453,7 @@ class SequentialDecision:
             previous_level=previous,
             uncalibrated=tuple(uncalibrated),
             weight=weight,
+            sides=sides,
         )
 
     # ----- session ----------------------------------------------------------------------

@@ -29,6 +29,7 @@ import numpy as np
 
 from monitor.detectors.base import Evidence
 from monitor.errors import DetectorError
+from monitor.sync.features import GRID_STEP_S
 from monitor.sync.scoring import DIP_SIDE_FRAMES, dip_sharpness
 
 NAME = "lip_timing"
@@ -93,7 +94,7 @@ def timing_evidence(
     if blunter >= LOOSE_SIGMA:
         rationale = (
             f"lips meet the speech loosely: the best alignment stands out {sharpness:.1f} "
-            f"from lags {DIP_SIDE_FRAMES * 40} ms either side where {genuine} "
+            f"from lags {DIP_SIDE_FRAMES * GRID_STEP_S * 1000:.0f} ms either side where {genuine} "
             f"({blunter:.1f} sigma blunter) over {span}"
         )
     else:
