@@ -113,3 +113,25 @@ def test_the_window_rationale_names_both_readings_of_either_attack(
     events = replay_events(synthetic_calls["sync"])
     texts = [e["rationale"] for e in events if e["type"] == "score" and e["window_llr"] is not None]
     assert any("either attack: audio off the lips" in text for text in texts)
+
+
+def test_without_its_calibration_a_session_lists_no_lip_timing(
+    synthetic_calls: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing or broken calibration leaves lip_timing out, and says so: the session's
+    start lists only what will come."""
+    import monitor.detectors.lip_sync_learned as learned
+    from monitor.errors import DetectorError
+
+    def unusable() -> TimingCalibration:
+        raise DetectorError("lip-timing calibration unusable: test")
+
+    monkeypatch.setattr(learned.lip_timing, "load_timing_calibration", unusable)
+    events = replay_events(synthetic_calls["short"])
+    assert "lip_timing" not in events[0]["config"]["detectors"]
+    assert all(
+        ev["detector"] != "lip_timing"
+        for e in events
+        if e["type"] == "score"
+        for ev in e["evidence"]
+    )

@@ -37,4 +37,4 @@ def _companions(name: str, config: Any) -> dict[str, str]:
         return {}
     from monitor.detectors.lip_sync_learned import LearnedSyncDetector
 
-    return dict(LearnedSyncDetector.companion_versions)
+    return dict(LearnedSyncDetector.COMPANIONS)

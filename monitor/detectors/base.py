@@ -10,9 +10,10 @@ frame as it arrives, before any window holding it is analysed (on the detector's
 thread, in order). A detector computes there what depends on that frame alone and keeps
 it in a :class:`~monitor.features.store.FrameStore` for the overlapping windows to read.
 
-``companion_versions: ClassVar[dict[str, str]]``: the names and versions of the evidence a
-detector also returns in :attr:`Evidence.companions` (read from the same measurement, so
-nothing is computed twice); each is decided and reported as a detector of its own.
+``companion_versions: dict[str, str]`` (an attribute or property): the names and versions
+of the evidence a detector also returns in :attr:`Evidence.companions` (read from the same
+measurement, so nothing is computed twice); each is decided and reported as a detector of
+its own.
 
 ``reads_window_face_crops: ClassVar[bool]`` (True when absent): whether ``analyze`` reads
 ``face_crop`` of frames an earlier window held. When no detector of a session does, the

@@ -76,7 +76,8 @@ class LearnedSyncDetector:
     name: ClassVar[str] = "lip_sync"
     version: ClassVar[str] = "learned-2"
     reads_window_face_crops: ClassVar[bool] = False  # mouth crops only
-    companion_versions: ClassVar[dict[str, str]] = {lip_timing.NAME: lip_timing.VERSION}
+    # The evidence it returns beside its own, when lip_timing's calibration loads.
+    COMPANIONS: ClassVar[dict[str, str]] = {lip_timing.NAME: lip_timing.VERSION}
 
     def __init__(self, config: MonitorConfig, runner: BatchingRunner | None = None) -> None:
         self.window_config = config.window
@@ -98,6 +99,12 @@ class LearnedSyncDetector:
         self._lags: np.ndarray | None = None
         self._curve_windows = 0
         self._span: tuple[float, float] | None = None
+
+    @property
+    def companion_versions(self) -> dict[str, str]:
+        """What this session's detector returns beside its own (none without lip_timing's
+        calibration: a session must not list evidence that never comes)."""
+        return dict(self.COMPANIONS) if self.timing is not None else {}
 
     @property
     def backend(self) -> str:
