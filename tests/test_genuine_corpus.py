@@ -252,15 +252,27 @@ def test_excursion_peaks_and_their_exponential_tail() -> None:
 
 
 def test_maps_fitted_by_a_detectors_own_tool_are_carried_over_for_its_version() -> None:
-    """calibrate_decision does not refit the artifact map (the network trained on the pool's
-    fakes): the packaged one is carried over, and only for the version it was fitted on."""
+    """calibrate_decision refits neither the artifact map (the network trained on the pool's
+    fakes) nor lip_timing's (its own tool's identity map and cap): the packaged ones are
+    carried over, and only for the version they were fitted on. Every packaged map is
+    either refitted or carried, so a refit loses none."""
     from monitor.decision import CALIBRATION_PATH
     from monitor.evaluation.calibration_run import FITTED_ELSEWHERE, TARGETS, _carried_maps
 
-    assert "artifact" in FITTED_ELSEWHERE and "artifact" not in TARGETS
     packaged = EvidenceCalibration.load(CALIBRATION_PATH)
+    assert set(packaged.detectors) == set(TARGETS) | set(FITTED_ELSEWHERE)
+    assert not set(TARGETS) & set(FITTED_ELSEWHERE)
     version = packaged.versions["artifact"]
-    carried = _carried_maps(packaged, {"artifact": version, "lip_sync": "learned-2"})
-    assert carried == {"artifact": packaged.detectors["artifact"]}
+    running = {
+        "artifact": version,
+        "lip_timing": packaged.versions["lip_timing"],
+        "lip_sync": "learned-2",
+    }
+    carried = _carried_maps(packaged, running)
+    assert carried == {
+        "artifact": packaged.detectors["artifact"],
+        "lip_timing": packaged.detectors["lip_timing"],
+    }
+    assert carried["lip_timing"].llr_max == 0.5
     assert _carried_maps(packaged, {"artifact": version + "-other"}) == {}
     assert _carried_maps(None, {"artifact": version}) == {}

@@ -41,10 +41,16 @@ from monitor.evaluation.sessions import (
 PACKAGE = Path(__file__).resolve().parents[1]
 # What each default detector is calibrated against (see calibrate.window_rows).
 TARGETS = {"lip_sync": "audio", "temporal": "video"}
-# Detectors whose map is fitted by their own training tool and carried over unchanged: the
-# artifact network trained on this pool's fakes, so its scores on them say nothing about
-# fakes it never saw (tools/train_artifact.py fits a conservative map on held-out sources).
-FITTED_ELSEWHERE = {"artifact": "tools/train_artifact.py"}
+# Detectors whose map is fitted by their own tool and carried over unchanged: the artifact
+# network trained on this pool's fakes, so its scores on them say nothing about fakes it
+# never saw (tools/train_artifact.py fits a conservative map on held-out sources);
+# lip_timing's score is already the logistic of its log-likelihood ratio, its map the
+# identity with a cap chosen on the genuine-call corpus (docs/LIP_TIMING.md). Left out,
+# either would be read as uncalibrated (clipped to uncalibrated_llr_limit).
+FITTED_ELSEWHERE = {
+    "artifact": "tools/train_artifact.py",
+    "lip_timing": "tools/calibrate_lip_timing.py",
+}
 CALIBRATION_SHIFTS_MS = (200, 400)
 # Thresholds are searched on this grid (nats).
 THRESHOLD_GRID = tuple(round(0.25 * i, 2) for i in range(4, 121))
