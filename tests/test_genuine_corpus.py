@@ -276,3 +276,26 @@ def test_maps_fitted_by_a_detectors_own_tool_are_carried_over_for_its_version() 
     assert carried["lip_timing"].llr_max == 0.5
     assert _carried_maps(packaged, {"artifact": version + "-other"}) == {}
     assert _carried_maps(None, {"artifact": version}) == {}
+
+
+def test_cached_evidence_is_keyed_by_every_calibration_that_shapes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A changed artifact or lip_timing calibration changes every window's score: cached
+    evidence from before must not be reused. The decision's calibration does not shape
+    evidence (decisions are replayed on it), so changing it keeps the cache."""
+    from monitor.config import MonitorConfig
+    from monitor.evaluation import sessions
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (tmp_path / "detectors").mkdir()
+    for name in ("sync.onnx", "lip_timing_calibration.json", "decision_calibration.json"):
+        (models / name).write_text("1")
+    monkeypatch.setattr(sessions, "_PACKAGE", tmp_path)
+    config = MonitorConfig()
+    before = sessions.evidence_fingerprint(config)
+    (models / "decision_calibration.json").write_text("2")
+    assert sessions.evidence_fingerprint(config) == before
+    (models / "lip_timing_calibration.json").write_text("2")
+    assert sessions.evidence_fingerprint(config) != before

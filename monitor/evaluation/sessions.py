@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from monitor.decision import CALIBRATION_PATH as DECISION_CALIBRATION_PATH
 from monitor.media import AUDIO_RATE, AudioChunk, VideoFrame, contiguous_samples
 
 log = logging.getLogger(__name__)
@@ -319,7 +320,9 @@ def run_sessions(
 
 
 def evidence_fingerprint(config: Any) -> str:
-    """A digest of what shapes window evidence: config, model weights, detector calibrations."""
+    """A digest of what shapes window evidence: config, model weights, detector calibrations
+    (the artifact's and lip_timing's beside the models; the temporal detector's in its
+    package). The decision's calibration is left out: decisions are replayed, not cached."""
     digest = hashlib.sha1()
     digest.update(f"format {FORMAT_VERSION}".encode())
     shaping = {
@@ -327,8 +330,13 @@ def evidence_fingerprint(config: Any) -> str:
         for k in ("window", "audio", "face", "detectors", "lip_sync")
     }
     digest.update(json.dumps(shaping, sort_keys=True, default=str).encode())
+    models = _PACKAGE / "models"
     files = sorted(
-        [*(_PACKAGE / "models").glob("*.pt"), *(_PACKAGE / "models").glob("*.onnx")]
+        [
+            *models.glob("*.pt"),
+            *models.glob("*.onnx"),
+            *(p for p in models.glob("*.json") if p.name != DECISION_CALIBRATION_PATH.name),
+        ]
     ) + sorted((_PACKAGE / "detectors").glob("*.json"))
     for path in files:
         digest.update(path.name.encode())
