@@ -6,8 +6,9 @@ the sync model's distance has one clear dip at the lag where lips and speech mee
 generated from one photo (audio-driven diffusion and its kin) move the lips as a smoothed
 function of the audio, so lags either side of the best fit almost as well and the dip is
 blunt, while the offset stays in sync and the sync detector reads the call as genuine.
-On the training pool the dip is 2.30 +- 0.90 (in units of the curve's spread) on genuine
-windows and 1.64 +- 0.61 on generated heads (docs/LIP_TIMING.md).
+On the training pool the dip is 2.24 +- 0.90 (in units of the curve's spread) on genuine
+windows, recorded and as calls, and 1.64 +- 0.61 on generated heads
+(``tools/calibrate_lip_timing.py``, docs/LIP_TIMING.md).
 
 The window's log-likelihood ratio is that of the two Gaussians (generated head against
 genuine), clipped to the calibration's range; the score is its logistic, so the
