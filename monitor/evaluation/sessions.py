@@ -319,10 +319,11 @@ def run_sessions(
 # ----- cached tasks -------------------------------------------------------------------------
 
 
-def evidence_fingerprint(config: Any) -> str:
+def evidence_fingerprint(config: Any, leave_out: Sequence[str] = ()) -> str:
     """A digest of what shapes window evidence: config, model weights, detector calibrations
     (the artifact's and lip_timing's beside the models; the temporal detector's in its
-    package). The decision's calibration is left out: decisions are replayed, not cached."""
+    package). The decision's calibration is left out: decisions are replayed, not cached.
+    ``leave_out``: further file names not to digest (a tool's own output)."""
     digest = hashlib.sha1()
     digest.update(f"format {FORMAT_VERSION}".encode())
     shaping = {
@@ -335,9 +336,11 @@ def evidence_fingerprint(config: Any) -> str:
         [
             *models.glob("*.pt"),
             *models.glob("*.onnx"),
-            *(p for p in models.glob("*.json") if p.name != DECISION_CALIBRATION_PATH.name),
+            *models.glob("*.json"),
         ]
     ) + sorted((_PACKAGE / "detectors").glob("*.json"))
+    skipped = {DECISION_CALIBRATION_PATH.name, *leave_out}
+    files = [path for path in files if path.name not in skipped]
     for path in files:
         digest.update(path.name.encode())
         digest.update(hashlib.sha1(path.read_bytes()).digest())
