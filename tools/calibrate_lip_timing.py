@@ -25,7 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from monitor.config import MonitorConfig  # noqa: E402
 from monitor.detectors.lip_timing import CALIBRATION_PATH  # noqa: E402
+from monitor.evaluation.sessions import evidence_fingerprint  # noqa: E402
 from monitor.training.artifact_data import read_pool  # noqa: E402
 
 LLR_RANGE = (-1.0, 1.0)  # nats a window may give either way
@@ -40,18 +42,18 @@ def _variant(condition: str, seed: int):  # noqa: ANN202
     return CallVariant.random(seed, condition)
 
 
-def window_sharpness(job: tuple[str, str, int, str]) -> tuple[str, str, list[float], str]:
-    """(clip, condition, the dip sharpness of every scored window, error or '')."""
-    path, condition, seed, cache = job
+def window_sharpness(job: tuple[str, str, int, str, str]) -> tuple[str, str, list[float], str]:
+    """(clip, condition, the dip sharpness of every scored window, error or ''). ``evidence``:
+    the fingerprint of what shapes the values (models, config), which keys their cache."""
+    path, condition, seed, cache, evidence = job
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from monitor.config import MonitorConfig
     from monitor.replay import replay_file
     from monitor.sync.scoring import dip_sharpness
     from monitor.training.call_variants import reencode_call
 
     source = Path(path)
     media = source
-    out = Path(cache) / condition / f"{source.stem}.json"
+    out = Path(cache) / condition / evidence / f"{source.stem}.json"
     if out.exists():
         return source.stem, condition, json.loads(out.read_text()), ""
     try:
@@ -85,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.data.resolve().name == "dev":
         parser.error("../shared/data/dev is for measuring only")
     clips = read_pool(args.data)
+    # The values depend on the sync model and the config, not on the file this tool writes.
+    evidence = evidence_fingerprint(MonitorConfig(), leave_out=(CALIBRATION_PATH.name,))
     jobs = [
-        (str(c.path), condition, seed, str(args.cache))
+        (str(c.path), condition, seed, str(args.cache), evidence)
         for seed, c in enumerate(clips)
         for condition in (CONDITIONS if c.kind == "real" else ("recorded",))
         if c.kind in ("real", "talking_head")
@@ -104,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
             if values:
                 clip_counts[side].add(stem)
     g, h = np.asarray(genuine), np.asarray(generated)
+    if min(len(g), len(h)) < 2:
+        print(
+            f"too few scored windows to fit: {len(g)} genuine, {len(h)} generated; "
+            f"{args.out} left as it was",
+            file=sys.stderr,
+        )
+        return 1
     calibration = {
         "format": 1,
         "detector": "lip_timing",
