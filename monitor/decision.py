@@ -353,12 +353,13 @@ class SequentialDecision:
         face = [llr for name, llr in contributions.items() if name not in audio_names]
         return (sum(audio), sum(face)) if audio and face else None
 
-    def combine(
-        self, contributions: Mapping[str, float], sides: tuple[float, float] | None = None
-    ) -> float:
-        """The window's log-likelihood ratio from its detectors' (``attack_model``);
-        ``sides``: :meth:`sides` of the same contributions, when already known."""
-        sides = sides if sides is not None else self.sides(contributions)
+    def combine(self, contributions: Mapping[str, float]) -> float:
+        """The window's log-likelihood ratio from its detectors' (``attack_model``)."""
+        return self._combined(contributions, self.sides(contributions))
+
+    @staticmethod
+    def _combined(contributions: Mapping[str, float], sides: tuple[float, float] | None) -> float:
+        """:meth:`combine` with the window's :meth:`sides` already worked out."""
         if sides is None:
             return sum(contributions.values())
         # log(0.5 * LR_audio + 0.5 * LR_face): either attack, equal priors.
@@ -394,7 +395,7 @@ class SequentialDecision:
             return self._step(previous, contributions, None, None, uncalibrated)
         self.windows_with_evidence += 1
         sides = self.sides(contributions)
-        llr = self.combine(contributions, sides)
+        llr = self._combined(contributions, sides)
         self.total_llr += llr
         weight = self.media_weight(span)
         weighted = weight * llr
