@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
+import pytest
 
 from monitor.evaluation import bench
 from monitor.evaluation.speaker import CompositeResult, score_composite, table
 from monitor.evaluation.tracking import compare
 from tests.windows_factory import face_with_aperture
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_memory_per_session_is_the_slope_of_peak_rss() -> None:
@@ -58,6 +65,7 @@ def test_replay_summary_and_table_set_current_against_baseline() -> None:
             "marks": {"imported": 0.5, "first_frame": 1.2},
             "stage_seconds": {"decode": 0.6, "landmarks": 1.8, "detectors": 1.2},
             "detector_seconds": {"lip_sync": 0.45}, "peak_rss_mib": 300.0,
+            "thread_cpu_seconds": {"main": process_s / 10, "mediapipe": 1.2, "gone": 0.001},
         }  # fmt: skip
 
     base = bench.summarize_replay([run(12.0), run(10.0), run(11.0)])
@@ -71,6 +79,15 @@ def test_replay_summary_and_table_set_current_against_baseline() -> None:
         f"| {current['x_realtime']:.2f} | 2.20x | {current['x_realtime_cpu']:.2f} | 2.20x |" in row
     )
     assert current["x_realtime_cpu"] == round(24 / 2.5, 2)
+    # CPU per frame by thread kind: medians of the runs, the largest kind first.
+    assert current["cpu_ms_per_frame"] == {
+        "mediapipe": 2.0,
+        "main": round(500 / 600, 2),
+        "gone": 0.0,
+    }
+    table = lines[lines.index("| clip | tree | mediapipe | main | total |") :]
+    assert "| clip | baseline | 2.00 | 1.83 | 3.83 |" in table[2:]
+    assert "| clip | current | 2.00 | 0.83 | 2.83 |" in table[2:]
 
 
 def test_speaker_composite_scoring_reads_the_score_events() -> None:
@@ -122,3 +139,33 @@ def test_live_capacity_without_analysis_serves_the_media_alone() -> None:
     assert row["frames_in"]["video"] >= 2 * 3 * 25 * 0.8 and row["drop_fraction"] == 0
     assert row["levels"] == ["unknown", "unknown"]
     assert row["server_peak_rss_mib"] > 30
+
+
+def _bench_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_tool", ROOT / "tools" / "bench.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_replay_worker_counts_cpu_of_threads_that_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    tool = _bench_tool()
+    monkeypatch.setattr(threading.Thread, "run", threading.Thread.run)  # undone after
+    thread_cpu = tool.ThreadCpu()
+    thread_cpu.start()
+
+    def busy() -> None:
+        started = time.thread_time()
+        while time.thread_time() - started < 0.2:
+            pass
+
+    worker = threading.Thread(target=busy, name="dfmon-detector-busy")
+    worker.start()
+    worker.join()
+    seconds = thread_cpu.read()
+    assert seconds["detector-busy"] >= 0.2
+    assert seconds["main"] > 0
+    assert tool.thread_kind("mediapipe/4521") == "mediapipe"
+    assert tool.thread_kind("dfmon-session-3f2a") == "session"

@@ -17,7 +17,10 @@ current / baseline.
   share the machine). The same run
   also gives the replay loop alone, the time from spawn to the first analysed frame
   (the first frame through the face tracker), milliseconds per frame per stage from
-  the session's stats, and peak RSS. Clips (made once, cached in /tmp/dfmon-bench):
+  the session's stats (wall time), the CPU milliseconds per frame of each kind of thread
+  during the replay loop (main, MediaPipe's, each detector's, the sync model's; each
+  thread's own CPU time, so a stage's figure no longer holds the turns other threads
+  took on the core while it waited), and peak RSS. Clips (made once, cached in /tmp/dfmon-bench):
   ``talking-head-512`` (24 s, 512x512, 25 fps: the three HDTF dev clips back to back,
   H.264 crf 23, AAC), ``real-720p`` (the HyperLips dev clip, 1278x720 H.264, 10.9 s,
   as it is), ``synthetic-720p`` (a 1280x720 synthetic call) and ``synthetic-480p``
@@ -40,19 +43,84 @@ import json
 import os
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 
+def thread_kind(name: str) -> str:
+    """What a thread of a replay does, from its name: one kind per detector, the sync
+    model's inference thread, the session's main thread, MediaPipe's own (native) threads."""
+    if name.startswith("mediapipe/"):
+        return "mediapipe"
+    if name.startswith("dfmon-session-"):
+        return "session"
+    return "main" if name == "MainThread" else name.removeprefix("dfmon-")
+
+
+class ThreadCpu:
+    """CPU seconds of this process's threads by :func:`thread_kind` (Linux /proc).
+
+    A thread that ends (each detector's runner ends with its session) takes its CPU time
+    with it, so every Python thread started after :meth:`start` adds its own
+    ``time.thread_time()`` when it ends; threads alive at a reading are read from
+    /proc/self/task, Python's by ``native_id`` (the OS knows them by the process name),
+    native ones (MediaPipe's calculator threads) by the name they gave themselves (those
+    that gave none, such as the video decoder's: "other native").
+    """
+
+    def __init__(self) -> None:
+        self.ended: dict[str, float] = {}
+        # A thread past its run() is no longer Python's but may still be the OS's for a
+        # moment: its id keeps /proc from counting it a second time, as a native thread.
+        self._ended_ids: set[int] = set()
+        self._ticks = os.sysconf("SC_CLK_TCK")
+
+    def start(self) -> None:
+        run, ended, ended_ids = threading.Thread.run, self.ended, self._ended_ids
+
+        def counted_run(thread: threading.Thread) -> None:
+            try:
+                run(thread)
+            finally:
+                kind = thread_kind(thread.name)
+                ended[kind] = ended.get(kind, 0.0) + time.thread_time()
+                ended_ids.add(threading.get_native_id())
+
+        threading.Thread.run = counted_run  # type: ignore[method-assign]
+
+    def read(self) -> dict[str, float]:
+        seconds = dict(self.ended)
+        python_names = {t.native_id: t.name for t in threading.enumerate()}
+        process_name = Path("/proc/self/comm").read_text().strip()
+        for task in Path("/proc/self/task").iterdir():
+            if task.name.isdigit() and int(task.name) in self._ended_ids:
+                continue
+            try:
+                name = python_names.get(int(task.name)) or (task / "comm").read_text().strip()
+                if name == process_name:  # a native thread that did not name itself
+                    name = "other native"
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, ValueError):
+                continue  # ended while read
+            kind, cpu_s = thread_kind(name), (int(fields[11]) + int(fields[12])) / self._ticks
+            seconds[kind] = seconds.get(kind, 0.0) + cpu_s
+        return seconds
+
+
 def worker_replay(clip: str, spawned: float, out: str) -> int:
-    """``dfmon replay CLIP`` in the tree on ``PYTHONPATH``; write its stats, when the first
-    frame was analysed and the peak RSS to ``out``. Imports only what every tree has."""
+    """``dfmon replay CLIP`` in the tree on ``PYTHONPATH``; write its stats, the CPU time of
+    each kind of thread during the replay loop, when the first frame was analysed and the
+    peak RSS to ``out``. Imports only what every tree has."""
+    thread_cpu = ThreadCpu()
+    thread_cpu.start()
     import monitor.pipeline
     import monitor.replay
 
     marks: dict[str, float] = {"imported": time.time() - spawned}
     results: list[Any] = []
+    loop_cpu: dict[str, float] = {}
     add_video = monitor.pipeline.SessionAnalyzer.add_video
 
     def timed_add_video(self: Any, frame: Any) -> None:
@@ -62,8 +130,11 @@ def worker_replay(clip: str, spawned: float, out: str) -> int:
     replay_file = monitor.replay.replay_file
 
     def kept_replay_file(*args: Any, **kwargs: Any) -> Any:
+        before = thread_cpu.read()
         result = replay_file(*args, **kwargs)
+        after = thread_cpu.read()
         results.append(result)
+        loop_cpu.update({k: v - before.get(k, 0.0) for k, v in after.items()})
         return result
 
     monitor.pipeline.SessionAnalyzer.add_video = timed_add_video  # type: ignore[method-assign]
@@ -83,6 +154,7 @@ def worker_replay(clip: str, spawned: float, out: str) -> int:
         "level": result.summary.get("verdict", result.summary.get("level")),
         "stage_seconds": {"decode": result.decode_seconds, **stats.stage_seconds},
         "detector_seconds": stats.detector_seconds,
+        "thread_cpu_seconds": loop_cpu,
         "marks": marks,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }

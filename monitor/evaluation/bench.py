@@ -220,6 +220,7 @@ def summarize_replay(runs: list[dict[str, Any]]) -> dict[str, Any]:
             )
             for stage in STAGES
         },
+        "cpu_ms_per_frame": _cpu_ms_per_frame(runs, frames),
         "detector_ms_per_window": {
             name: round(
                 _median([1000 * r["detector_seconds"].get(name, 0.0) / windows for r in runs]), 1
@@ -228,6 +229,20 @@ def summarize_replay(runs: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "peak_rss_mib": round(_median([r["peak_rss_mib"] for r in runs]), 1),
     }
+
+
+def _cpu_ms_per_frame(runs: list[dict[str, Any]], frames: int) -> dict[str, float]:
+    """Median CPU milliseconds per video frame of each kind of thread during the replay
+    loop, largest first (runs of a worker that did not measure them give nothing)."""
+    kinds = {kind for r in runs for kind in r.get("thread_cpu_seconds", {})}
+    medians = {
+        kind: round(
+            _median([1000 * r.get("thread_cpu_seconds", {}).get(kind, 0.0) / frames for r in runs]),
+            2,
+        )
+        for kind in kinds
+    }
+    return dict(sorted(medians.items(), key=lambda item: -item[1]))
 
 
 def bench_replay(
@@ -438,8 +453,36 @@ def _replay_section(replay: dict[str, Any], runs: int) -> list[str]:
         "imports and model loading included); 'x real time of CPU time' = media seconds / the "
         "process's CPU seconds (user + system, start-up included: what a core of its own would "
         "give where other jobs share it); 'replay loop only' leaves start-up out. Stages are "
-        "the session's own timers (detectors: the wall time the session waited for them).",
+        "the session's own timers (detectors: the wall time the session waited for them), "
+        "wall time on one shared core: a stage's figure holds whatever other threads ran "
+        "while it waited. The CPU table below does not.",
+        *_thread_cpu_table(replay),
     ]
+    return lines
+
+
+def _thread_cpu_table(replay: dict[str, Any]) -> list[str]:
+    rows = [(clip, tree, r["cpu_ms_per_frame"]) for clip, trees in replay.items()
+            for tree, r in trees.items() if r.get("cpu_ms_per_frame")]  # fmt: skip
+    if not rows:
+        return []
+    totals: dict[str, float] = {}
+    for _, _, cpu in rows:
+        for kind, ms in cpu.items():
+            totals[kind] = totals.get(kind, 0.0) + ms
+    kinds = sorted((k for k in totals if totals[k] >= 0.01), key=lambda kind: -totals[kind])
+    lines = [
+        "",
+        "CPU milliseconds per video frame during the replay loop, by thread (each thread's "
+        "own CPU time; main: decoding, the tracker's Python side and the crops, windows, "
+        "fusion; mediapipe: the landmark and face detection models, on MediaPipe's threads):",
+        "",
+        "| clip | tree | " + " | ".join(kinds) + " | total |",
+        "|---|---|" + "---:|" * (len(kinds) + 1),
+    ]
+    for clip, tree, cpu in rows:
+        cells = " | ".join(f"{cpu.get(kind, 0.0):.2f}" for kind in kinds)
+        lines.append(f"| {clip} | {tree} | {cells} | {sum(cpu.values()):.2f} |")
     return lines
 
 
