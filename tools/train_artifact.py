@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from monitor.detectors.artifact.detector import ArtifactDetector
 from monitor.training import artifact as training
 from monitor.training.artifact_data import DATA_VERSION, read_pool
 
@@ -151,8 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_calibration:
         mark = time.monotonic()
         # Out of fold: the network's own training clips would read more genuine than a
-        # stranger does, so genuine video is measured on the held-out sources only.
-        scored_clips = [c for c in clips if not held_groups or c.group in held_groups]
+        # stranger does, so genuine video is measured on the held-out sources only; the
+        # pool's fakes are all out of fold when none was trained on.
+        unseen_fakes = args.real_fakes == 0
+        scored_clips = [
+            c for c in clips
+            if not held_groups or c.group in held_groups or (unseen_fakes and c.label == "fake")
+        ]  # fmt: skip
         reals = [c for c in scored_clips if c.label == "real"]
         values = training.score_pool(reals, ["recorded", training.CALL_CONDITION], onnx,
                                      args.cache, args.jobs)  # fmt: skip
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         timings["calibrate_s"] = round(time.monotonic() - mark, 1)
         calibration.meta = {
             "detector": "artifact",
-            "detector_version": "1",
+            "detector_version": ArtifactDetector.version,
             "created": record["created"],
             "data": record["data"],
             "conditions": {
@@ -185,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         decision_file = args.decision_calibration
         decision = EvidenceCalibration.load(decision_file)
         decision.detectors["artifact"] = ScoreCalibration.from_dict(fitted)
-        decision.versions["artifact"] = "1"
+        decision.versions["artifact"] = ArtifactDetector.version
         decision.info.setdefault("detectors", {})["artifact"] = {
             "map": {k: fitted[k] for k in ("slope", "intercept", "llr_min", "llr_max")},
             "fitted_by": "tools/train_artifact.py (held-out sources, conservative)",
