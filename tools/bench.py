@@ -20,7 +20,8 @@ current / baseline.
   the session's stats (wall time), the CPU milliseconds per frame of each kind of thread
   during the replay loop (main, MediaPipe's, each detector's, the sync model's; each
   thread's own CPU time, so a stage's figure no longer holds the turns other threads
-  took on the core while it waited), and peak RSS. Clips (made once, cached in /tmp/dfmon-bench):
+  took on the core while it waited), and peak RSS. Clips (made once, cached in
+  /tmp/dfmon-bench):
   ``talking-head-512`` (24 s, 512x512, 25 fps: the three HDTF dev clips back to back,
   H.264 crf 23, AAC), ``real-720p`` (the HyperLips dev clip, 1278x720 H.264, 10.9 s,
   as it is), ``synthetic-720p`` (a 1280x720 synthetic call) and ``synthetic-480p``
