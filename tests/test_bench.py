@@ -171,4 +171,4 @@ def test_replay_worker_counts_cpu_of_threads_that_ended(monkeypatch: pytest.Monk
     assert seconds.get("other native", 0.0) - before.get("other native", 0.0) < 0.1
     assert seconds["main"] > 0
     assert tool.thread_kind("mediapipe/4521") == "mediapipe"
-    assert tool.thread_kind("dfmon-session-3f2a") == "session"
+    assert tool.thread_kind("dfmon-detector-temporal") == "detector-temporal"

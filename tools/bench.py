@@ -52,11 +52,9 @@ from typing import Any
 
 def thread_kind(name: str) -> str:
     """What a thread of a replay does, from its name: one kind per detector, the sync
-    model's inference thread, the session's main thread, MediaPipe's own (native) threads."""
+    model's inference thread, the main thread, MediaPipe's own (native) threads."""
     if name.startswith("mediapipe/"):
         return "mediapipe"
-    if name.startswith("dfmon-session-"):
-        return "session"
     return "main" if name == "MainThread" else name.removeprefix("dfmon-")
 
 
