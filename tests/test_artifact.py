@@ -407,3 +407,18 @@ def test_committed_model_files_load_agree_and_stay_small() -> None:
     evidence = ArtifactDetector(MonitorConfig()).analyze(window)
     assert evidence.score is not None and np.isfinite(evidence.fields["z"])
     assert len(evidence.fields["boundary_map"]["cells"]) == GRID
+
+
+def test_out_of_fold_clips_are_held_out_groups_and_untrained_fakes() -> None:
+    from monitor.training.artifact import out_of_fold
+    from monitor.training.artifact_data import PoolClip
+
+    real_held = PoolClip(Path("a.mp4"), "real", "held", "real")
+    real_trained = PoolClip(Path("b.mp4"), "real", "other", "real")
+    fake = PoolClip(Path("c.mp4"), "fake", "other", "lipsync")
+    held = {"held"}
+    assert out_of_fold(real_held, held, train_on_fakes=True)
+    assert not out_of_fold(real_trained, held, train_on_fakes=True)
+    assert not out_of_fold(fake, held, train_on_fakes=True)  # trained on as a positive
+    assert out_of_fold(fake, held, train_on_fakes=False)  # no pool fake was trained on
+    assert not out_of_fold(real_trained, held, train_on_fakes=False)

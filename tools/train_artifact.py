@@ -153,11 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         mark = time.monotonic()
         # Out of fold: the network's own training clips would read more genuine than a
         # stranger does, so genuine video is measured on the held-out sources only; the
-        # pool's fakes are all out of fold when none was trained on.
-        unseen_fakes = args.real_fakes == 0
+        # pool's fakes are all out of fold when none was trained on (as the weights record,
+        # also under --calibrate-only).
+        train_on_fakes = record["settings"]["real_fakes_per_batch"] > 0
         scored_clips = [
             c for c in clips
-            if not held_groups or c.group in held_groups or (unseen_fakes and c.label == "fake")
+            if not held_groups or training.out_of_fold(c, held_groups, train_on_fakes)
         ]  # fmt: skip
         reals = [c for c in scored_clips if c.label == "real"]
         values = training.score_pool(reals, ["recorded", training.CALL_CONDITION], onnx,

@@ -159,6 +159,12 @@ def heldout_groups(clips: Sequence[PoolClip], share: float, seed: int, label: st
     return set(groups[: max(1, int(round(share * len(groups))))])
 
 
+def out_of_fold(clip: PoolClip, held: set[str], train_on_fakes: bool) -> bool:
+    """Whether training never saw ``clip``: its group was held out, or it is one of the
+    pool's fakes and none of those was trained on."""
+    return clip.group in held or (clip.label == "fake" and not train_on_fakes)
+
+
 def split_heldout(
     samples: SampleSet, share: float, seed: int, train_on_fakes: bool
 ) -> tuple[SampleSet, SampleSet, set[str]]:
@@ -167,13 +173,7 @@ def split_heldout(
     held = heldout_groups(samples.clips, share, seed, "real")
     if train_on_fakes:
         held |= heldout_groups(samples.clips, share, seed, "fake")
-    out = np.array(
-        [
-            samples.clips[c].group in held
-            or (samples.clips[c].label == "fake" and not train_on_fakes)
-            for c in samples.clip
-        ]
-    )
+    out = np.array([out_of_fold(samples.clips[c], held, train_on_fakes) for c in samples.clip])
     return samples.subset(~out), samples.subset(out), held
 
 
