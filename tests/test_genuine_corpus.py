@@ -278,6 +278,33 @@ def test_maps_fitted_by_a_detectors_own_tool_are_carried_over_for_its_version() 
     assert _carried_maps(None, {"artifact": version}) == {}
 
 
+def test_the_calibration_report_shows_every_carried_map() -> None:
+    """lip_timing's packaged entry records only how its cap was chosen; the report still
+    shows the map it carries (the markdown writer failed on a refit without it)."""
+    from monitor.decision import CALIBRATION_PATH
+    from monitor.evaluation.calibration_run import _carried_maps, carried_report, markdown
+
+    packaged = EvidenceCalibration.load(CALIBRATION_PATH)
+    carried = _carried_maps(packaged, dict(packaged.versions))
+    entries = carried_report(packaged, carried)
+    assert set(entries) == {"artifact", "lip_timing"}
+    assert entries["lip_timing"]["map"]["llr_max"] == 0.5
+    assert "fitted_by" in entries["lip_timing"]
+    report = {
+        "clips": {"real": 1, "fake": 1},
+        "folds": 5,
+        "calls_per_clip": 1,
+        "detectors": entries,
+        "genuine_sessions": 2,
+        "genuine_hours": 0.01,
+        "thresholds": {},
+        "attacks": {},
+    }
+    text = markdown(report)
+    assert "| lip_timing | carried over from tools/calibrate_lip_timing.py" in text
+    assert "1.00, 0.00, [-1.00, 0.50]" in text
+
+
 def test_cached_evidence_is_keyed_by_every_calibration_that_shapes_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

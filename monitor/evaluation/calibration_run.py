@@ -300,10 +300,8 @@ def run(
         "calls_per_clip": calls_per_clip,
         "max_seconds": max_seconds,
     }
-    for detector in carried:
-        final_maps[detector] = carried[detector]
-        previous = packaged.info.get("detectors", {}).get(detector) if packaged else None
-        detectors_report[detector] = previous or {"fitted_by": FITTED_ELSEWHERE[detector]}
+    final_maps.update(carried)
+    detectors_report.update(carried_report(packaged, carried))
     calibration = EvidenceCalibration(
         final_maps, {k: versions[k] for k in final_maps}, {**info, "detectors": detectors_report}
     )
@@ -369,6 +367,21 @@ def _attack_figures(
             "median_time_to_first_alarm_s": round(float(np.median(times)), 2) if times else None,
         }
     return out
+
+
+def carried_report(
+    packaged: EvidenceCalibration | None, carried: dict[str, ScoreCalibration]
+) -> dict[str, dict[str, Any]]:
+    """The report entries of the maps carried over: what their own tool recorded, and the
+    map itself (lip_timing's packaged entry records only how its cap was chosen)."""
+    report = {}
+    for detector, score_map in carried.items():
+        previous = packaged.info.get("detectors", {}).get(detector) if packaged else None
+        report[detector] = {
+            **(previous or {"fitted_by": FITTED_ELSEWHERE[detector]}),
+            "map": score_map.to_dict(),
+        }
+    return report
 
 
 def markdown(report: dict[str, Any]) -> str:
