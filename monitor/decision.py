@@ -216,11 +216,14 @@ class WindowDecision:
     weight: float | None = None  # the overlap weight applied (media_weight); None: no evidence
     # (audio side, face side) nats that attack_model "either" combined; None: one side only
     sides: tuple[float, float] | None = None
+    allowance_nats: float = 0.0  # the config's drift_allowance_nats, taken off llr
 
     @property
     def weighted_llr(self) -> float | None:
-        """After the overlap weight: what was added to the session."""
-        return None if self.llr is None or self.weight is None else self.weight * self.llr
+        """After the drift allowance and the overlap weight: what was added to the session."""
+        if self.llr is None or self.weight is None:
+            return None
+        return self.weight * (self.llr - self.allowance_nats)
 
     @property
     def changed(self) -> bool:
@@ -398,15 +401,15 @@ class SequentialDecision:
         llr = self._combined(contributions, sides)
         self.total_llr += llr
         weight = self.media_weight(span)
-        weighted = weight * llr
         if span is not None:
             self._counted_until = span[1]
         config = self.config
+        added = weight * (llr - config.drift_allowance_nats)
         self.evidence_nats = min(
-            config.ceiling_nats, max(config.floor_nats, self.evidence_nats + weighted)
+            config.ceiling_nats, max(config.floor_nats, self.evidence_nats + added)
         )
         if clearing:
-            self.support_nats = min(config.clear_nats, max(0.0, self.support_nats - weighted))
+            self.support_nats = min(config.clear_nats, max(0.0, self.support_nats - weight * llr))
         self._set_level()
         if self.evidence_nats > self.peak_evidence_nats or self.peak_window is None:
             self.peak_evidence_nats = self.evidence_nats
@@ -455,6 +458,7 @@ class SequentialDecision:
             uncalibrated=tuple(uncalibrated),
             weight=weight,
             sides=sides,
+            allowance_nats=self.config.drift_allowance_nats,
         )
 
     # ----- session ----------------------------------------------------------------------

@@ -92,6 +92,9 @@ class EventFactory:
                     "suspicious_nats": decision.suspicious_nats,
                     "alert_nats": decision.alert_nats,
                     "target_false_alerts_per_hour": decision.target_false_alerts_per_hour,
+                    # Each window adds window_weight * (window_llr - drift_allowance_nats).
+                    "drift_allowance_nats": decision.drift_allowance_nats,
+                    "attack_model": decision.attack_model,
                     "calibrated": sorted(calibrated),
                 },
                 "detectors": dict(detector_versions),

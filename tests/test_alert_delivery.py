@@ -191,10 +191,11 @@ async def test_replay_of_a_desynced_call_delivers_throttled_signed_alerts(
     hole = await BlackHole().start()
     dead = tmp_path / "dead-letter.jsonl"
     config = tmp_path / "dfmon.toml"
-    # The decision before 2026-12-03 (the joint rule, no lip_timing) makes this desync flap
-    # between levels often enough to exercise the throttle; what is tested is the delivery.
+    # The decision before 2026-12-03 (the joint rule, no lip_timing, no drift allowance)
+    # makes this desync flap between levels often enough to exercise the throttle; what is
+    # tested is the delivery.
     config.write_text(
-        '[decision]\nceiling_nats = 6.5\nattack_model = "joint"\n'
+        '[decision]\nceiling_nats = 6.5\nattack_model = "joint"\ndrift_allowance_nats = 0.0\n'
         "[detectors.weights]\nlip_timing = 0.0\n"
         "[sinks]\nthrottle_s = 4\ntimeout_s = 1\nmax_attempts = 2\ndrain_s = 2\n"
         f'dead_letter = "{dead}"\n'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -18,8 +19,15 @@ from monitor.decision import (
 from monitor.detectors.base import Evidence
 from monitor.errors import ConfigError
 
+# No drift allowance, so the arithmetic of the tests below is the bare sum (the allowance
+# has a test of its own).
 CONFIG = DecisionConfig(
-    suspicious_nats=3.0, alert_nats=6.0, hysteresis_nats=1.0, clear_nats=0.5, ceiling_nats=9.0
+    suspicious_nats=3.0,
+    alert_nats=6.0,
+    hysteresis_nats=1.0,
+    clear_nats=0.5,
+    ceiling_nats=9.0,
+    drift_allowance_nats=0.0,
 )
 # llr = logit(score): a score of 0.9 gives +2.2 nats, 0.1 gives -2.2, clamped to +-4.
 IDENTITY = ScoreCalibration(slope=1.0, intercept=0.0, llr_min=-4.0, llr_max=4.0)
@@ -91,6 +99,28 @@ def test_old_innocence_cannot_hide_a_new_attack() -> None:
     assert windows_to(veteran, "alert", window(0.95)) == at_start
     # 0.95 is +2.94 nats, half of it per window: 6 nats after 5 windows.
     assert at_start == math.ceil(CONFIG.alert_nats / (0.5 * logit(0.95)))
+
+
+def test_the_drift_allowance_keeps_a_steady_slight_reading_at_the_floor() -> None:
+    """A genuine caller whose every window reads a little manipulated (+0.4 nats) climbs to
+    alert over a long call without an allowance; with one above that reading the evidence
+    stays at the floor, while a real attack still alarms, a little later."""
+    slight = window(1 / (1 + math.exp(-0.4)))  # +0.4 nats a window
+    drifting = session()
+    assert windows_to(drifting, "alert", slight) == math.ceil(CONFIG.alert_nats / (0.5 * 0.4))
+    allowed = SequentialDecision(
+        dataclasses.replace(CONFIG, drift_allowance_nats=0.5),
+        CALIBRATION,
+        window_weight=0.5,
+        versions=VERSIONS,
+    )
+    for _ in range(2000):
+        assert allowed.update(slight).level != "alert"
+    assert allowed.evidence_nats == CONFIG.floor_nats
+    attack = window(0.95)  # +2.94 nats a window
+    assert windows_to(allowed, "alert", attack) == math.ceil(
+        CONFIG.alert_nats / (0.5 * (logit(0.95) - 0.5))
+    )
 
 
 def test_each_stretch_of_media_counts_once() -> None:
@@ -206,6 +236,7 @@ def test_evidence_risk_keeps_the_level_thresholds() -> None:
         {"alert_nats": 10.0, "ceiling_nats": 9.0},
         {"hysteresis_nats": 5.0},
         {"target_false_alerts_per_hour": 0.0},
+        {"drift_allowance_nats": -0.5},
     ],
 )
 def test_config_rejects_inconsistent_thresholds(decision: dict[str, float]) -> None:

@@ -212,6 +212,67 @@ def test_genuine_figures_and_long_calls_from_records() -> None:
     assert row["auc"] == 1.0 and row["alarmed"] == 1 and row["genuine_n"] == 1
 
 
+def test_same_speaker_calls_loop_a_session_without_counting_its_start_again() -> None:
+    """A speaker whose windows read slightly manipulated (+0.2 nats) never alarms in a short
+    clip, nor in mixed long calls beside a clearly genuine speaker, but does in a long call
+    of their own; a clearly genuine speaker does not. The loop is continuous: every window
+    after the call's first adds a quarter of its evidence, the repetitions' starts too. An
+    allowance above the reading keeps that call clear."""
+    thresholds = {"suspicious_nats": 2.0, "alert_nats": 4.0, "ceiling_nats": 6.0}
+    config = load_config(decision={**thresholds, "drift_allowance_nats": 0.0})
+    calibration = EvidenceCalibration(
+        {"lip_sync": ScoreCalibration(1.0, 0.0, -4.0, 4.0)}, {"lip_sync": "learned-1"}
+    )
+    slight = 1 / (1 + math.exp(-0.2))
+    drifting = _record("drifting", [slight] * 12)
+    quiet = _record("quiet", [0.1] * 12)
+    windows = genuine_calls.looped_windows(drifting, 60.0, hop_s=0.5)
+    starts = [w[0] for w in windows]
+    assert np.allclose(np.diff(starts), 0.5) and starts[-1] >= 60.0 - 7.5
+    trace = genuine_calls.session_traces([drifting], config, calibration, "sequential")[0]
+    assert trace.peak_level != "suspicious" and trace.peak_level != "alert"
+    mixed = genuine_calls.long_calls(
+        [drifting, quiet], config, calibration, "sequential", call_minutes=5.0, calls=2
+    )
+    assert mixed["calls_reaching_suspicious"] == 0
+    same = genuine_calls.same_speaker_calls(
+        [drifting, quiet], config, calibration, "sequential", call_minutes=5.0
+    )
+    # first window whole (0.2 nats), then 0.05 a window: 4 nats after 77 windows (38.5 s)
+    assert same["calls"] == 2 and same["calls_reaching_alert"] == 1
+    assert same["alerting"] == [f"drifting ({RECORDED})"]
+    assert same["hours"] == pytest.approx(2 * 5.0 / 60, abs=0.01)
+    allowed = load_config(decision={**thresholds, "drift_allowance_nats": 0.25})
+    same = genuine_calls.same_speaker_calls(
+        [drifting, quiet], allowed, calibration, "sequential", call_minutes=5.0
+    )
+    assert same["calls_reaching_suspicious"] == 0
+    # Choosing the allowance leaves apart a session whose lip-sync evidence reads its audio
+    # off the lips (most windows above 0): that is what the product is for.
+    choice = genuine_calls.choose_drift_allowance(
+        [drifting, quiet], config, calibration, "sequential", call_minutes=5.0
+    )
+    assert choice["chosen_nats"] == 0.0 and choice["sessions"] == 1
+    assert choice["lip_sync_off_sessions"] == [f"drifting ({RECORDED})"]
+    face = _record("face", [0.4] * 12)  # lip sync reads genuine (-0.4 nats a window) ...
+    for w in face.windows:  # ... and the face a little forged (+0.6): +0.2 nats together
+        w["evidence"]["temporal"] = {"score": 1 / (1 + math.exp(-(0.2 + math.log(1.5))))}
+    face.detectors["temporal"] = "2"
+    both = EvidenceCalibration(
+        {
+            "lip_sync": ScoreCalibration(1.0, 0.0, -4.0, 4.0),
+            "temporal": ScoreCalibration(1.0, 0.0, -4.0, 4.0),
+        },
+        {"lip_sync": "learned-1", "temporal": "2"},
+    )
+    joint = load_config(decision={**thresholds, "attack_model": "joint"})
+    choice = genuine_calls.choose_drift_allowance(
+        [face, quiet], joint, both, "sequential", call_minutes=5.0
+    )
+    assert choice["chosen_nats"] == 0.25 and choice["sessions"] == 2
+    assert [t["allowance_nats"] for t in choice["tried"]] == [0.0, 0.25]
+
+
 def test_offset_error_is_also_read_from_each_clips_own_offset() -> None:
     """A recording whose audio reads 80 ms early, shifted by +400 ms, reads +320 ms: 80 ms
     off the shift, and exactly the shift from the clip's own reading."""

@@ -58,7 +58,9 @@ def test_either_attack_keeps_genuine_looking_sync_from_cancelling_a_forged_face(
     joint = SequentialDecision(
         DecisionConfig(attack_model="joint"), EvidenceCalibration(), window_weight=0.25
     )
-    either = SequentialDecision(DecisionConfig(), EvidenceCalibration(), window_weight=0.25)
+    either = SequentialDecision(
+        DecisionConfig(attack_model="either"), EvidenceCalibration(), window_weight=0.25
+    )
     assert joint.combine(contributions) == pytest.approx(-0.9)
     assert either.combine(contributions) == pytest.approx(
         math.log(0.5 * math.exp(-2.9) + 0.5 * math.exp(2.0))
@@ -110,7 +112,7 @@ def test_dfmon_detectors_lists_lip_timing_with_the_lip_sync_detector(
 def test_the_window_rationale_names_both_readings_of_either_attack(
     synthetic_calls: dict[str, Path],
 ) -> None:
-    events = replay_events(synthetic_calls["sync"])
+    events = replay_events(synthetic_calls["sync"], decision={"attack_model": "either"})
     texts = [e["rationale"] for e in events if e["type"] == "score" and e["window_llr"] is not None]
     assert any("either attack: audio off the lips" in text for text in texts)
 

@@ -124,11 +124,15 @@ def test_summary_agrees_with_the_score_events(synthetic_calls: dict[str, Path], 
 def test_score_events_let_a_reader_redo_the_sum(
     synthetic_calls: dict[str, Path], name: str
 ) -> None:
-    """evidence_nats follows from the score events alone: the previous sum plus window_weight
-    times window_llr, within the floor and ceiling; the first window with evidence counts
-    whole, the ones after it a quarter (2 s windows every 0.5 s)."""
+    """evidence_nats follows from the events alone: the previous sum plus window_weight
+    times window_llr less the drift allowance the session started with, within the floor
+    and ceiling; the first window with evidence counts whole, the ones after it a quarter
+    (2 s windows every 0.5 s)."""
     decision = load_config().decision
-    scores = [e for e in replay_events(synthetic_calls[name]) if e["type"] == "score"]
+    events = replay_events(synthetic_calls[name])
+    allowance = events[0]["config"]["decision"]["drift_allowance_nats"]
+    assert allowance == decision.drift_allowance_nats > 0
+    scores = [e for e in events if e["type"] == "score"]
     total = decision.floor_nats
     weights = []
     for event in scores:
@@ -138,7 +142,10 @@ def test_score_events_let_a_reader_redo_the_sum(
             weights.append(event["window_weight"])
             total = min(
                 decision.ceiling_nats,
-                max(decision.floor_nats, total + event["window_weight"] * event["window_llr"]),
+                max(
+                    decision.floor_nats,
+                    total + event["window_weight"] * (event["window_llr"] - allowance),
+                ),
             )
         assert event["evidence_nats"] == pytest.approx(total, abs=0.01)
     assert weights[0] == 1.0 and weights[1:] == [0.25] * (len(weights) - 1)

@@ -29,7 +29,7 @@ from monitor.decision import (
     SequentialDecision,
 )
 from monitor.detectors.temporal.calibration import calibration_file
-from monitor.evaluation import calibrate, decide
+from monitor.evaluation import calibrate, decide, genuine_calls
 from monitor.evaluation.corpus import CorpusClip, collect_records, pick_donor, read_pool
 from monitor.evaluation.sessions import (
     GENUINE,
@@ -239,12 +239,14 @@ def run(
     genuine_paths = _paths(genuine, calibration_of_clip, config, versions)
     hours = sum(r.media_seconds for r in genuine) / 3600.0
     d = config.decision
-    # Persistently manipulated-looking genuine sessions (most windows point to
-    # manipulation): no noise excursion that a threshold controls.
+    # Genuine sessions whose lip-sync evidence reads the audio off the lips in most windows
+    # (a recording whose audio really runs ahead): no noise excursion that a threshold
+    # controls. Read on lip-sync alone: a face side that reads a little forged window after
+    # window is what the drift allowance is for, and must stay in the fit.
     persistent = [
         i
-        for i, path in enumerate(genuine_paths)
-        if np.median([x for x in path if x is not None] or [0.0]) > 0
+        for i, record in enumerate(genuine)
+        if genuine_calls.lip_sync_reads_off(record, config, calibration_of_clip[record.clip])
     ]
     noise_paths = [p for i, p in enumerate(genuine_paths) if i not in persistent]
     tail = calibrate.fit_tail(calibrate.excursion_peaks(noise_paths, d.floor_nats), hours)

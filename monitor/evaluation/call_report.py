@@ -79,6 +79,8 @@ def evaluate(
         "decision": {
             "suspicious_nats": config.decision.suspicious_nats,
             "alert_nats": config.decision.alert_nats,
+            "drift_allowance_nats": config.decision.drift_allowance_nats,
+            "attack_model": config.decision.attack_model,
             "calibrated": sorted(calibration.detectors),
         },
         "detectors": sorted({f"{k} {v}" for r in records for k, v in r.detectors.items()}),
@@ -138,6 +140,18 @@ def evaluate(
                 calls=calls,
             ),
         }
+        if rule != "before":
+            results["rules"][rule]["same_speaker_calls"] = genuine_calls.same_speaker_calls(
+                sessions, config, calibration, rule, call_minutes=call_minutes
+            )
+        if rule == "sequential" and "train" in pools:
+            results["rules"][rule]["drift_allowance"] = genuine_calls.choose_drift_allowance(
+                [r for r in sessions if by_key[r.clip].pool == "train"],
+                config,
+                calibration,
+                rule,
+                call_minutes=call_minutes,
+            )
         if attacks and rule != "before":
             attacked_records = [r for r in records if r.clip in attacked]
             results["rules"][rule]["attacks"] = genuine_calls.attack_figures(
@@ -195,6 +209,31 @@ def markdown(results: dict[str, Any]) -> str:
             f"{rule}: dev sessions ending in alert: "
             f"{', '.join(data['dev_sessions_ending_in_alert']) or 'none'}.",
         ]
+        same = data.get("same_speaker_calls")
+        if same:
+            lines += [
+                "",
+                f"{rule}: each genuine session looped into one call of {same['call_minutes']:g} "
+                f"min ({same['calls']} calls, {same['hours']} h): "
+                f"{same['calls_reaching_suspicious']} reach suspicious, "
+                f"{same['calls_reaching_alert']} alert, {same['false_alerts_per_hour']} false "
+                f"alerts per hour; alerting: {', '.join(same['alerting']) or 'none'}.",
+            ]
+        allowance = data.get("drift_allowance")
+        if allowance:
+            tried = "; ".join(
+                f"{t['allowance_nats']:g}: {t['calls_reaching_suspicious']} reach suspicious"
+                for t in allowance["tried"]
+            )
+            lines += [
+                "",
+                f"{rule}: drift allowance for same-speaker calls of the train pool "
+                f"({allowance['sessions']} sessions; left apart, their lip-sync evidence "
+                f"reading the audio off the lips: "
+                f"{', '.join(allowance['lip_sync_off_sessions']) or 'none'}): {tried}; "
+                f"smallest that keeps them all below suspicious: {allowance['chosen_nats']} "
+                f"(configured {results['decision']['drift_allowance_nats']}).",
+            ]
         if "attacks" in data:
             lines += [
                 "",

@@ -18,6 +18,7 @@ Both decision rules are replayed on the same records: ``legacy`` (before) and
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from monitor.config import MonitorConfig
-from monitor.decision import LEVEL_RANK, EvidenceCalibration, evidence_risk
+from monitor.decision import LEVEL_RANK, EvidenceCalibration, SequentialDecision, evidence_risk
 from monitor.evaluation import decide, metrics
 from monitor.evaluation.sessions import SessionRecord, detector_versions
 from monitor.sync.features import GRID_STEP_S
@@ -107,6 +108,110 @@ def long_calls(
         "false_alerts_per_hour": _round(metrics.per_hour(alerts, seconds)),
         "false_suspicious": suspicious,
         "false_suspicious_per_hour": _round(metrics.per_hour(suspicious, seconds)),
+    }
+
+
+def looped_windows(
+    record: SessionRecord, seconds: float, hop_s: float
+) -> list[decide.RecordedWindow]:
+    """The session's windows repeated for about ``seconds`` of media, each repetition's
+    first window one hop after the last one's, as in one continuous call (so a repetition's
+    start does not count whole as a call's first window does)."""
+    first = decide.record_windows(record)
+    if not first:
+        return first
+    windows: list[decide.RecordedWindow] = []
+    offset = 0.0
+    while offset < seconds:
+        windows += decide.record_windows(record, offset)
+        offset = windows[-1][0] + hop_s - first[0][0]
+    return windows
+
+
+def same_speaker_calls(
+    records: Sequence[SessionRecord],
+    config: MonitorConfig,
+    calibration: EvidenceCalibration,
+    rule: str,
+    *,
+    call_minutes: float,
+) -> dict[str, Any]:
+    """Each genuine session looped into one call of ``call_minutes``: one speaker, one
+    camera and one connection for the whole call. A caller whose windows read a little
+    manipulated window after window climbs to a level over a long call; the mixed long
+    calls hide that, since the next clip's genuine evidence pulls the sum back down. The
+    same content repeated is a harsh case (a real call's words change): an upper bound."""
+    versions = detector_versions(records)
+    rows = []
+    seconds = 0.0
+    for record in records:
+        windows = looped_windows(record, call_minutes * 60, config.window.hop_s)
+        if not windows:
+            continue
+        trace = decide.trace(rule, windows, config, calibration, versions)
+        seconds += windows[-1][1] - windows[0][0]
+        rows.append((record, trace))
+    alerts = sum(len(t.alerts) for _, t in rows)
+    return {
+        "calls": len(rows),
+        "call_minutes": call_minutes,
+        "hours": round(seconds / 3600.0, 2),
+        "calls_reaching_suspicious": sum(1 for _, t in rows if LEVEL_RANK[t.peak_level] >= 1),
+        "calls_reaching_alert": sum(1 for _, t in rows if t.peak_level == "alert"),
+        "false_alerts_per_hour": _round(metrics.per_hour(alerts, seconds)),
+        "alerting": sorted(f"{r.clip} ({r.condition})" for r, t in rows if t.peak_level == "alert"),
+    }
+
+
+# Drift allowances tried (nats a window), for DecisionConfig.drift_allowance_nats.
+ALLOWANCE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+
+
+def lip_sync_reads_off(
+    record: SessionRecord, config: MonitorConfig, calibration: EvidenceCalibration
+) -> bool:
+    """Whether most of the session's lip-sync windows point to manipulation: a recording
+    whose audio really is off the lips (SyncNet's demo clip), which no allowance should hide."""
+    decision = SequentialDecision.for_session(config, detector_versions([record]), calibration)
+    readings = [
+        decision.contributions(evidence)[0].get("lip_sync")
+        for _, _, evidence in decide.record_windows(record)
+    ]
+    readings = [x for x in readings if x is not None]
+    return bool(readings) and float(np.median(readings)) > 0
+
+
+def choose_drift_allowance(
+    records: Sequence[SessionRecord],
+    config: MonitorConfig,
+    calibration: EvidenceCalibration,
+    rule: str,
+    *,
+    call_minutes: float,
+    grid: Sequence[float] = ALLOWANCE_GRID,
+) -> dict[str, Any]:
+    """The smallest allowance on ``grid`` for which no genuine session looped into a call of
+    its own (:func:`same_speaker_calls`) reaches suspicious, sessions whose lip-sync
+    evidence itself reads the audio off the lips apart (named: no allowance should hide
+    them)."""
+    off = [r for r in records if lip_sync_reads_off(r, config, calibration)]
+    rest = [r for r in records if r not in off]
+    tried = []
+    chosen = None
+    for allowance in grid:
+        trial = dataclasses.replace(
+            config, decision=dataclasses.replace(config.decision, drift_allowance_nats=allowance)
+        )
+        calls = same_speaker_calls(rest, trial, calibration, rule, call_minutes=call_minutes)
+        tried.append({"allowance_nats": allowance, **calls})
+        if chosen is None and calls["calls_reaching_suspicious"] == 0:
+            chosen = allowance
+            break
+    return {
+        "sessions": len(rest),
+        "lip_sync_off_sessions": sorted(f"{r.clip} ({r.condition})" for r in off),
+        "chosen_nats": chosen,
+        "tried": tried,
     }
 
 

@@ -402,8 +402,9 @@ def _contributions_section(log_: EventLog, config: MonitorConfig, duration: floa
     caption = (
         "Top: each detector's score per window. Bottom: the evidence it gave, its "
         "log-likelihood ratio in nats (manipulated against genuine, from the calibration; "
-        "above 0 points to manipulation). The session adds the windows' ratios, weighted "
-        "for window overlap, and never lets the sum fall below 0."
+        "above 0 points to manipulation). The session adds the windows' ratios, less a "
+        "small drift allowance and weighted for window overlap, and never lets the sum fall "
+        "below 0."
     )
     return html.section(
         "contributions",
