@@ -194,8 +194,8 @@ def choose_drift_allowance(
     its own (:func:`same_speaker_calls`) reaches suspicious, sessions whose lip-sync
     evidence itself reads the audio off the lips apart (named: no allowance should hide
     them)."""
-    off = [r for r in records if lip_sync_reads_off(r, config, calibration)]
-    rest = [r for r in records if r not in off]
+    off = [lip_sync_reads_off(r, config, calibration) for r in records]
+    rest = [r for r, reads_off in zip(records, off, strict=True) if not reads_off]
     tried = []
     chosen = None
     for allowance in grid:
@@ -204,12 +204,16 @@ def choose_drift_allowance(
         )
         calls = same_speaker_calls(rest, trial, calibration, rule, call_minutes=call_minutes)
         tried.append({"allowance_nats": allowance, **calls})
-        if chosen is None and calls["calls_reaching_suspicious"] == 0:
+        if calls["calls_reaching_suspicious"] == 0:
             chosen = allowance
             break
     return {
         "sessions": len(rest),
-        "lip_sync_off_sessions": sorted(f"{r.clip} ({r.condition})" for r in off),
+        "lip_sync_off_sessions": sorted(
+            f"{r.clip} ({r.condition})"
+            for r, reads_off in zip(records, off, strict=True)
+            if reads_off
+        ),
         "chosen_nats": chosen,
         "tried": tried,
     }
