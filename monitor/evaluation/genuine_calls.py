@@ -123,7 +123,7 @@ def looped_windows(
     windows: list[decide.RecordedWindow] = []
     offset = 0.0
     while offset < seconds:
-        windows += decide.record_windows(record, offset)
+        windows += [(start + offset, end + offset, evidence) for start, end, evidence in first]
         offset = windows[-1][0] + hop_s - first[0][0]
     return windows
 
