@@ -97,8 +97,11 @@ class DecisionConfig:
     # A level is left only when the evidence falls this far below its threshold.
     hysteresis_nats: float = 1.0
     # Evidence of a genuine call (from a detector in ``fusion.clear_requires``) needed
-    # before a session reads "clear": no evidence never reads as clear.
-    clear_nats: float = 0.5
+    # before a session reads "clear": no evidence never reads as clear. 1 nat (odds of
+    # e to 1): a genuine 2 s window of lip-sync gives 1.4-2.9, while one window of swapped
+    # speech can read 0.5 by chance (0.5 until 2026-12-05, when the face side's evidence
+    # still went into the same sum).
+    clear_nats: float = 1.0
     # The accumulated evidence stays within [floor, ceiling]: old innocence cannot hide a
     # new attack, and an old attack stops counting once genuine evidence returns.
     floor_nats: float = 0.0
@@ -108,8 +111,9 @@ class DecisionConfig:
     # window after window, must not climb to a level over a long call. The smallest on a
     # 0.25 grid for which no genuine train-pool session looped into a 30-minute call of its
     # own reaches suspicious, those whose lip-sync evidence itself reads the audio off the
-    # lips apart (tools/eval_calls.py; docs/CALIBRATION.md section 6).
-    drift_allowance_nats: float = 0.5
+    # lips apart (tools/eval_calls.py; docs/CALIBRATION.md sections 6 and 7): 0.25 under
+    # per_face, where only lip-sync is summed (0.5 under joint).
+    drift_allowance_nats: float = 0.25
     # A detector without a calibration map for its version: its score is read as a
     # probability and its log-likelihood ratio clipped to this many nats.
     uncalibrated_llr_limit: float = 1.0
@@ -124,8 +128,19 @@ class DecisionConfig:
     # same-speaker long calls showed its cost: genuine faces whose cues read a little forged
     # window after window are no longer held down by their good sync, and 17 of 111 genuine
     # train-pool sessions reached alert within 30 minutes (docs/CALIBRATION.md section 6).
-    attack_model: str = "joint"
+    # "per_face": audio that does not belong to the lips is summed window by window as
+    # under "joint" (the audio side alone), while a forged face is read as one face: the
+    # mean face-side evidence of the last face_horizon_s of windows, against how genuine
+    # and forged faces spread between one another (calibration file's "face_reading"). The
+    # session's evidence is the larger of the two. A face that reads a little forged in
+    # every window then settles at what its mean says instead of climbing over a long call.
+    # The default since 2026-12-06 ("joint" before: dev talking heads 0.61 -> 0.82 per-clip
+    # AUC, genuine calls unchanged; docs/CALIBRATION.md section 7).
+    attack_model: str = "per_face"
     audio_attack_detectors: list[str] = field(default_factory=lambda: ["lip_sync"])
+    # The recent media the face reading reads (attack_model "per_face"): long enough to
+    # average a face's windows, short enough that a face swapped in mid-call shows.
+    face_horizon_s: float = 60.0
 
 
 @dataclass
@@ -151,7 +166,7 @@ class DetectorsConfig:
 # the first that works.
 BACKEND_NAMES = ("auto", "tensorrt", "torch-cuda", "torch", "onnx")
 # How the decision combines a window's detectors (DecisionConfig.attack_model).
-ATTACK_MODELS = ("joint", "either")
+ATTACK_MODELS = ("joint", "either", "per_face")
 # "learned" (the trained model) or "baseline" (training-free cross-correlation).
 LIP_SYNC_MODELS = ("learned", "baseline")
 
@@ -324,6 +339,8 @@ class MonitorConfig:
             raise ConfigError("decision hysteresis_nats must be in [0, suspicious_nats - floor)")
         if d.attack_model not in ATTACK_MODELS:
             raise ConfigError(f"decision attack_model must be one of {ATTACK_MODELS}")
+        if d.face_horizon_s <= 0:
+            raise ConfigError("decision face_horizon_s must be positive")
         if d.clear_nats < 0 or d.uncalibrated_llr_limit < 0 or d.drift_allowance_nats < 0:
             raise ConfigError(
                 "decision clear_nats, uncalibrated_llr_limit and drift_allowance_nats must be >= 0"

@@ -23,6 +23,15 @@ of media once: ``hop / window`` in a steady run, all of it for the first window 
 and for the first after a stretch without evidence (which would otherwise count only a
 quarter of media no window has counted).
 
+Why a forged face is read as one face (``attack_model = "per_face"``, the default). Audio
+that does not belong to the lips can start at any moment: it is summed window by window.
+A forged face is a property of the face, and a face reads alike in every window, so its
+windows are no independent evidence about it: summed, a genuine face that reads a little
+off climbs to an alarm over a long call. The face side of the recent windows is averaged
+instead and read against how genuine and forged faces spread between one another
+(:class:`FaceReadingCalibration`), a reading that saturates; the session's evidence is the
+larger of the sum and that reading.
+
 Levels and honesty. ``unknown`` until some detector that may clear a call (lip-sync, by
 default) has given evidence of a genuine call: no evidence never reads as ``clear``. A
 ``clear`` call becomes ``unknown`` again after a stretch of windows without evidence.
@@ -36,6 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -110,6 +120,92 @@ class ScoreCalibration:
 
 
 @dataclass(frozen=True)
+class FaceClass:
+    """How one class of faces (genuine or forged) reads on the face side, in nats a window.
+
+    A face's windows scatter by ``within_sd`` around that face's own mean, and the faces'
+    means scatter by ``between_sd`` around ``mean``: a face that reads a little forged does
+    so in every window, so its windows are not independent evidence about it.
+    """
+
+    mean: float
+    between_sd: float
+    within_sd: float
+
+    def __post_init__(self) -> None:
+        if self.between_sd <= 0 or self.within_sd <= 0:
+            raise ValueError("a face class needs positive spreads")
+
+    def variance_of_mean(self, independent_windows: float) -> float:
+        """The variance of one face's mean over that many independent windows."""
+        return self.between_sd**2 + self.within_sd**2 / max(1.0, independent_windows)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "between_sd": self.between_sd, "within_sd": self.within_sd}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FaceClass:
+        return cls(float(data["mean"]), float(data["between_sd"]), float(data["within_sd"]))
+
+
+@dataclass(frozen=True)
+class FaceReadingCalibration:
+    """The face seen so far -> log-likelihood ratio (nats), forged face against genuine.
+
+    Read from the mean face-side evidence of the recent windows: the ratio of the two
+    classes' densities of that mean, whose variance shrinks with the windows only down to
+    the spread between faces. So the reading saturates: a genuine face that reads a little
+    forged window after window never climbs without bound, as a per-window sum would.
+    Kept non-decreasing in the mean and clipped to ``[llr_min, llr_max]``, the range the
+    calibration data supported.
+    """
+
+    genuine: FaceClass
+    forged: FaceClass
+    llr_min: float
+    llr_max: float
+    versions: dict[str, str] = field(default_factory=dict)  # face-side detector -> version
+
+    def __post_init__(self) -> None:
+        if not self.llr_min <= self.llr_max:
+            raise ValueError(f"llr_min {self.llr_min} > llr_max {self.llr_max}")
+
+    def fits(self, versions: Mapping[str, str]) -> bool:
+        """Whether the session's face-side detectors are the versions this was fitted on."""
+        return all(versions.get(name, v) == v for name, v in self.versions.items())
+
+    def llr(self, mean: float, independent_windows: float) -> float:
+        var_g = self.genuine.variance_of_mean(independent_windows)
+        var_f = self.forged.variance_of_mean(independent_windows)
+        if var_f != var_g:
+            # Where the ratio turns back (beyond the wider class's far side), hold it.
+            turn = (self.forged.mean * var_g - self.genuine.mean * var_f) / (var_g - var_f)
+            mean = max(mean, turn) if var_f > var_g else min(mean, turn)
+        forged = -0.5 * (mean - self.forged.mean) ** 2 / var_f - 0.5 * math.log(var_f)
+        genuine = -0.5 * (mean - self.genuine.mean) ** 2 / var_g - 0.5 * math.log(var_g)
+        return min(self.llr_max, max(self.llr_min, forged - genuine))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "genuine": self.genuine.to_dict(),
+            "forged": self.forged.to_dict(),
+            "llr_min": self.llr_min,
+            "llr_max": self.llr_max,
+            "versions": dict(sorted(self.versions.items())),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FaceReadingCalibration:
+        return cls(
+            FaceClass.from_dict(data["genuine"]),
+            FaceClass.from_dict(data["forged"]),
+            float(data["llr_min"]),
+            float(data["llr_max"]),
+            {str(k): str(v) for k, v in data.get("versions", {}).items()},
+        )
+
+
+@dataclass(frozen=True)
 class EvidenceCalibration:
     """Every calibrated detector's map, keyed by detector name and version.
 
@@ -120,6 +216,8 @@ class EvidenceCalibration:
     detectors: dict[str, ScoreCalibration] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)  # detector -> version fitted on
     info: dict[str, Any] = field(default_factory=dict)  # how it was fitted, with figures
+    # attack_model "per_face": the face-side evidence read as one face (None: not fitted)
+    face_reading: FaceReadingCalibration | None = None
 
     def for_detector(self, name: str, version: str | None) -> ScoreCalibration | None:
         calibration = self.detectors.get(name)
@@ -131,13 +229,16 @@ class EvidenceCalibration:
         return calibration
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "detectors": {
                 name: {"version": self.versions.get(name), **cal.to_dict()}
                 for name, cal in sorted(self.detectors.items())
             },
             "info": self.info,
         }
+        if self.face_reading is not None:
+            out["face_reading"] = self.face_reading.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EvidenceCalibration:
@@ -146,7 +247,13 @@ class EvidenceCalibration:
             detectors[name] = ScoreCalibration.from_dict(entry)
             if entry.get("version") is not None:
                 versions[name] = str(entry["version"])
-        return cls(detectors, versions, dict(data.get("info", {})))
+        face = data.get("face_reading")
+        return cls(
+            detectors,
+            versions,
+            dict(data.get("info", {})),
+            None if face is None else FaceReadingCalibration.from_dict(face),
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> EvidenceCalibration:
@@ -203,6 +310,17 @@ def evidence_risk(
 
 
 @dataclass(frozen=True)
+class FaceReading:
+    """attack_model "per_face": the face of the recent windows, read as one face."""
+
+    nats: float  # log-likelihood ratio, forged face against genuine
+    mean_llr: float  # the windows' mean face-side evidence (nats a window)
+    windows: int  # how many windows it reads
+    genuine_mean: float  # what genuine faces give, and their spread between faces
+    genuine_between_sd: float
+
+
+@dataclass(frozen=True)
 class WindowDecision:
     """What one window contributed and where the session stands after it."""
 
@@ -217,13 +335,20 @@ class WindowDecision:
     # (audio side, face side) nats that attack_model "either" combined; None: one side only
     sides: tuple[float, float] | None = None
     allowance_nats: float = 0.0  # the config's drift_allowance_nats, taken off llr
+    # What the sum over windows read: llr, or under attack_model "per_face" its audio side
+    # (None: no audio evidence); and the face reading after this window ("per_face")
+    summed_llr: float | None = None
+    face: FaceReading | None = None
+    attack_model: str = "joint"  # the config's, for how the rationale reads the sides
+    # The sum over windows alone; under per_face evidence_nats is the larger of it and face
+    summed_nats: float = 0.0
 
     @property
     def weighted_llr(self) -> float | None:
-        """After the drift allowance and the overlap weight: what was added to the session."""
-        if self.llr is None or self.weight is None:
+        """After the drift allowance and the overlap weight: what was added to the sum."""
+        if self.summed_llr is None or self.weight is None:
             return None
-        return self.weight * (self.llr - self.allowance_nats)
+        return self.weight * (self.summed_llr - self.allowance_nats)
 
     @property
     def changed(self) -> bool:
@@ -245,6 +370,7 @@ class SequentialDecision:
     and of any window given without its span (:meth:`media_weight`). ``clear_requires`` names the
     detectors whose evidence can clear a call (the others can only raise it);
     ``unknown_after_windows`` windows in a row without evidence turn ``clear`` to ``unknown``.
+    ``face_horizon_windows``: how many recent windows the face reading reads (``per_face``).
     """
 
     def __init__(
@@ -258,6 +384,7 @@ class SequentialDecision:
         weights: Mapping[str, float] | None = None,
         versions: Mapping[str, str] | None = None,
         risk_anchors: tuple[float, float] = (SUSPICIOUS_RISK, ALERT_RISK),
+        face_horizon_windows: int = 120,
     ) -> None:
         if not 0 < window_weight <= 1:
             raise ValueError(f"window_weight must be in (0, 1], got {window_weight}")
@@ -270,6 +397,10 @@ class SequentialDecision:
         self.versions = dict(versions or {})
         self.risk_anchors = risk_anchors  # where suspicious and alert start on the risk scale
         self.evidence_nats = config.floor_nats
+        self.summed_nats = config.floor_nats  # the sum over windows (CUSUM) alone
+        self.face: FaceReading | None = None
+        self._face_llrs: deque[float] = deque(maxlen=max(1, face_horizon_windows))
+        self._face_calibration = self._face_reading_calibration()
         self.support_nats = 0.0
         self.level = UNKNOWN
         self.peak_level = UNKNOWN
@@ -301,7 +432,23 @@ class SequentialDecision:
             weights=config.detectors.weights,
             versions=versions,
             risk_anchors=(config.fusion.suspicious_threshold, config.fusion.alert_threshold),
+            face_horizon_windows=max(1, round(config.decision.face_horizon_s / window.hop_s)),
         )
+
+    def _face_reading_calibration(self) -> FaceReadingCalibration | None:
+        if self.config.attack_model != "per_face":
+            return None
+        face = self.calibration.face_reading
+        if face is not None and face.fits(self.versions):
+            return face
+        key = ("face_reading", None)
+        if key not in _WARNED_UNCALIBRATED:
+            _WARNED_UNCALIBRATED.add(key)
+            log.warning(
+                "attack_model per_face without a face reading fitted for these detector "
+                "versions: the face side is summed with the audio side, as under joint"
+            )
+        return None
 
     # ----- per window -------------------------------------------------------------------
 
@@ -346,27 +493,50 @@ class SequentialDecision:
         fresh = end - max(start, self._counted_until)
         return min(1.0, max(self.window_weight, fresh / (end - start)))
 
-    def sides(self, contributions: Mapping[str, float]) -> tuple[float, float] | None:
-        """(audio-attack nats, forged-face nats) when ``attack_model`` is "either" and the
-        window has evidence of both kinds; None otherwise."""
-        if self.config.attack_model == "joint":
-            return None
+    def split(self, contributions: Mapping[str, float]) -> tuple[float | None, float | None]:
+        """The window's audio-attack nats and forged-face nats (None: no detector of that
+        side gave evidence)."""
         audio_names = set(self.config.audio_attack_detectors)
         audio = [llr for name, llr in contributions.items() if name in audio_names]
         face = [llr for name, llr in contributions.items() if name not in audio_names]
-        return (sum(audio), sum(face)) if audio and face else None
+        return (sum(audio) if audio else None), (sum(face) if face else None)
+
+    def sides(self, contributions: Mapping[str, float]) -> tuple[float, float] | None:
+        """(audio-attack nats, forged-face nats) when ``attack_model`` reads them apart
+        ("either", "per_face") and the window has evidence of both kinds; None otherwise."""
+        if self.config.attack_model == "joint":
+            return None
+        audio, face = self.split(contributions)
+        return None if audio is None or face is None else (audio, face)
 
     def combine(self, contributions: Mapping[str, float]) -> float:
         """The window's log-likelihood ratio from its detectors' (``attack_model``)."""
         return self._combined(contributions, self.sides(contributions))
 
-    @staticmethod
-    def _combined(contributions: Mapping[str, float], sides: tuple[float, float] | None) -> float:
+    def _combined(
+        self, contributions: Mapping[str, float], sides: tuple[float, float] | None
+    ) -> float:
         """:meth:`combine` with the window's :meth:`sides` already worked out."""
-        if sides is None:
+        if sides is None or self.config.attack_model != "either":
             return sum(contributions.values())
         # log(0.5 * LR_audio + 0.5 * LR_face): either attack, equal priors.
         return float(np.logaddexp(*sides) - math.log(2.0))
+
+    def _read_face(self, face_llr: float | None) -> None:
+        """attack_model "per_face": add the window's face-side nats to the face reading."""
+        calibration = self._face_calibration
+        if calibration is None or face_llr is None:
+            return
+        self._face_llrs.append(face_llr)
+        mean = float(np.mean(self._face_llrs))
+        independent = len(self._face_llrs) * self.window_weight
+        self.face = FaceReading(
+            nats=calibration.llr(mean, independent),
+            mean_llr=mean,
+            windows=len(self._face_llrs),
+            genuine_mean=calibration.genuine.mean,
+            genuine_between_sd=calibration.genuine.between_sd,
+        )
 
     def update(
         self,
@@ -404,17 +574,27 @@ class SequentialDecision:
         if span is not None:
             self._counted_until = span[1]
         config = self.config
-        added = weight * (llr - config.drift_allowance_nats)
-        self.evidence_nats = min(
-            config.ceiling_nats, max(config.floor_nats, self.evidence_nats + added)
-        )
-        if clearing:
-            self.support_nats = min(config.clear_nats, max(0.0, self.support_nats - weight * llr))
+        summed: float | None = llr
+        if self._face_calibration is not None:  # per_face, with a reading that fits
+            summed, face_llr = self.split(contributions)
+            self._read_face(face_llr)
+        if summed is not None:
+            added = weight * (summed - config.drift_allowance_nats)
+            self.summed_nats = min(
+                config.ceiling_nats, max(config.floor_nats, self.summed_nats + added)
+            )
+            if clearing:
+                self.support_nats = min(
+                    config.clear_nats, max(0.0, self.support_nats - weight * summed)
+                )
+        self.evidence_nats = self.summed_nats
+        if self.face is not None:
+            self.evidence_nats = max(self.evidence_nats, self.face.nats)
         self._set_level()
         if self.evidence_nats > self.peak_evidence_nats or self.peak_window is None:
             self.peak_evidence_nats = self.evidence_nats
             self.peak_window = self.windows - 1
-        return self._step(previous, contributions, llr, weight, uncalibrated, sides)
+        return self._step(previous, contributions, llr, weight, uncalibrated, sides, summed)
 
     def _set_level(self) -> None:
         config = self.config
@@ -432,9 +612,14 @@ class SequentialDecision:
         # Step down only past the hysteresis band of the level held.
         if self.level == "alert" and s < config.alert_nats - config.hysteresis_nats:
             self.level = "suspicious"
+        # Clear only while the evidence for manipulation stays below where suspicious steps
+        # down: a call that cleared early and builds evidence since is no longer clear.
+        quiet = s < config.suspicious_nats - config.hysteresis_nats
         if self.level == "suspicious" and s < config.suspicious_nats - config.hysteresis_nats:
-            self.level = "clear" if self.support_nats >= config.clear_nats else UNKNOWN
-        if self.level == UNKNOWN and self.support_nats >= config.clear_nats:
+            self.level = "clear" if quiet and self.support_nats >= config.clear_nats else UNKNOWN
+        if self.level == "clear" and not quiet:
+            self.level = UNKNOWN
+        if self.level == UNKNOWN and quiet and self.support_nats >= config.clear_nats:
             self.level = "clear"
 
     def _step(
@@ -445,6 +630,7 @@ class SequentialDecision:
         weight: float | None,
         uncalibrated: list[str],
         sides: tuple[float, float] | None = None,
+        summed: float | None = None,
     ) -> WindowDecision:
         if LEVEL_RANK[self.level] > LEVEL_RANK[self.peak_level]:
             self.peak_level = self.level
@@ -459,6 +645,10 @@ class SequentialDecision:
             weight=weight,
             sides=sides,
             allowance_nats=self.config.drift_allowance_nats,
+            summed_llr=summed,
+            face=self.face,
+            attack_model=self.config.attack_model,
+            summed_nats=self.summed_nats,
         )
 
     # ----- session ----------------------------------------------------------------------

@@ -29,7 +29,7 @@ from monitor.detectors.base import format_span
 
 if TYPE_CHECKING:
     from monitor.config import MonitorConfig
-    from monitor.decision import WindowDecision
+    from monitor.decision import FaceReading, WindowDecision
     from monitor.detectors.base import Evidence
     from monitor.features.speaker import SpeakerChoice
     from monitor.media import StreamInfo
@@ -95,6 +95,7 @@ class EventFactory:
                     # Each window adds window_weight * (window_llr - drift_allowance_nats).
                     "drift_allowance_nats": decision.drift_allowance_nats,
                     "attack_model": decision.attack_model,
+                    "face_horizon_s": decision.face_horizon_s,
                     "calibrated": sorted(calibrated),
                 },
                 "detectors": dict(detector_versions),
@@ -128,16 +129,11 @@ class EventFactory:
             because = "; ".join([*caveats, *reasons]) or "no detector ran"
             rationale = f"insufficient evidence over {span}: {because}"
         else:
-            either = (
-                ""
-                if step.sides is None
-                else f" (either attack: audio off the lips {step.sides[0]:+.1f}, "
-                f"a forged face {step.sides[1]:+.1f})"
-            )
             rationale = "; ".join(
                 [
-                    f"{step.llr:+.1f} nats over {span}{either}: "
+                    f"{step.llr:+.1f} nats over {span}{sides_text(step)}: "
                     + window_rationale(evidence, step),
+                    *([face_text(step.face)] if step.face is not None else []),
                     *caveats,
                 ]
             )
@@ -160,6 +156,14 @@ class EventFactory:
             window_risk=None if step.window_risk is None else round(step.window_risk, 4),
             level=step.level,
             evidence_nats=round(step.evidence_nats, 3),
+            summed_nats=round(step.summed_nats, 3),
+            face_reading=None
+            if step.face is None
+            else {
+                "nats": round(step.face.nats, 3),
+                "mean_llr": round(step.face.mean_llr, 3),
+                "windows": step.face.windows,
+            },
             window_llr=None if step.llr is None else round(step.llr, 3),
             window_weight=None if step.weight is None else round(step.weight, 3),
             rationale=rationale,
@@ -276,6 +280,25 @@ class EventFactory:
 
     def error(self, message: str, **fields: Any) -> dict[str, Any]:
         return self.make("error", message=message, **fields)
+
+
+def sides_text(step: WindowDecision) -> str:
+    """The window's two readings, where the decision reads them apart."""
+    if step.sides is None:
+        return ""
+    audio, face = step.sides
+    if step.attack_model == "either":
+        return f" (either attack: audio off the lips {audio:+.1f}, a forged face {face:+.1f})"
+    return f" (audio off the lips {audio:+.1f}, the face {face:+.1f})"
+
+
+def face_text(face: FaceReading) -> str:
+    """attack_model "per_face": what the face of the recent windows reads as one face."""
+    return (
+        f"the face over its last {face.windows} windows reads {face.nats:+.1f} nats "
+        f"(a forged face against a genuine one): {face.mean_llr:+.2f} nats a window where "
+        f"genuine faces give {face.genuine_mean:+.2f} +- {face.genuine_between_sd:.2f}"
+    )
 
 
 def level_reason(level: str, evidence_nats: float, config: MonitorConfig) -> str:

@@ -11,6 +11,8 @@ import pytest
 from monitor.config import DecisionConfig, load_config
 from monitor.decision import (
     EvidenceCalibration,
+    FaceClass,
+    FaceReadingCalibration,
     ScoreCalibration,
     SequentialDecision,
     evidence_risk,
@@ -19,8 +21,8 @@ from monitor.decision import (
 from monitor.detectors.base import Evidence
 from monitor.errors import ConfigError
 
-# No drift allowance, so the arithmetic of the tests below is the bare sum (the allowance
-# has a test of its own).
+# No drift allowance and every detector in the sum, so the arithmetic of the tests below is
+# the bare sum (the allowance and attack_model "per_face" have tests of their own).
 CONFIG = DecisionConfig(
     suspicious_nats=3.0,
     alert_nats=6.0,
@@ -28,6 +30,7 @@ CONFIG = DecisionConfig(
     clear_nats=0.5,
     ceiling_nats=9.0,
     drift_allowance_nats=0.0,
+    attack_model="joint",
 )
 # llr = logit(score): a score of 0.9 gives +2.2 nats, 0.1 gives -2.2, clamped to +-4.
 IDENTITY = ScoreCalibration(slope=1.0, intercept=0.0, llr_min=-4.0, llr_max=4.0)
@@ -147,7 +150,8 @@ def test_levels_rise_with_evidence_and_fall_only_past_the_hysteresis() -> None:
     # just over +1 nat per window (a score of 0.881, weighted by 0.5)
     strong = 1.0 / (1.0 + math.exp(-2.0002))
     levels = [decision.update(window(strong)).level for _ in range(6)]
-    assert levels == ["clear", "clear", "suspicious", "suspicious", "suspicious", "alert"]
+    # no longer clear from where suspicious would step down (3 - 1 nats)
+    assert levels == ["clear", "unknown", "suspicious", "suspicious", "suspicious", "alert"]
     weak = 1.0 / (1.0 + math.exp(1.0))  # -0.5 nats per window
     assert decision.update(window(weak)).level == "alert"  # 5.5: inside alert's band
     assert decision.update(window(weak)).level == "alert"  # 5.0: on the band's edge
@@ -237,11 +241,92 @@ def test_evidence_risk_keeps_the_level_thresholds() -> None:
         {"hysteresis_nats": 5.0},
         {"target_false_alerts_per_hour": 0.0},
         {"drift_allowance_nats": -0.5},
+        {"attack_model": "sum"},
+        {"face_horizon_s": 0.0},
     ],
 )
 def test_config_rejects_inconsistent_thresholds(decision: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         load_config(decision=decision)
+
+
+# ----- attack_model "per_face" ---------------------------------------------------------------
+
+# Genuine faces read -0.5 nats a window on the face side, forged ones +0.5; faces spread
+# 0.3 between one another, windows 1.0 around their face's mean.
+FACE_READING = FaceReadingCalibration(
+    FaceClass(-0.5, 0.3, 1.0), FaceClass(0.5, 0.3, 1.0), -4.0, 4.0, {"temporal": "2"}
+)
+
+
+def per_face(**decision: object) -> SequentialDecision:
+    config = dataclasses.replace(CONFIG, attack_model="per_face", **decision)
+    calibration = dataclasses.replace(CALIBRATION, face_reading=FACE_READING)
+    return SequentialDecision(
+        config, calibration, window_weight=0.25, versions=VERSIONS, face_horizon_windows=40
+    )
+
+
+def test_the_face_reading_saturates_where_a_per_window_sum_would_climb() -> None:
+    # Sync genuine (0.2 -> -1.4 nats), the face a little forged every window (+0.7 nats).
+    face_score = 1 / (1 + math.exp(-0.7))
+    joint, face = session(window_weight=0.25), per_face()
+    either = SequentialDecision(
+        dataclasses.replace(CONFIG, attack_model="either"),
+        CALIBRATION,
+        window_weight=0.25,
+        versions=VERSIONS,
+    )
+    for _ in range(2000):
+        steps = [d.update(window(0.2, face_score)) for d in (joint, face, either)]
+    assert steps[0].evidence_nats == 0.0  # the sync holds a joint sum at the floor
+    assert steps[2].level == "alert"  # "either" sums the face's slight reading to an alarm
+    reading = steps[1].face
+    assert reading is not None and reading.windows == 40
+    assert reading.mean_llr == pytest.approx(0.7)
+    # 40 windows, 10 independent: the face's mean has variance 0.3^2 + 1/10 each way.
+    var = 0.3**2 + 1.0 / 10
+    expected = (-((0.7 - 0.5) ** 2) + (0.7 + 0.5) ** 2) / (2 * var)
+    assert reading.nats == pytest.approx(expected)
+    assert steps[1].evidence_nats == pytest.approx(expected)
+    assert steps[1].level == "suspicious" and face.summed_nats == 0.0
+
+
+def test_a_strongly_forged_face_raises_a_level_and_audio_attacks_still_sum() -> None:
+    forged = per_face()
+    for _ in range(60):
+        step = forged.update(window(0.2, 0.9))  # in sync, the face +2.2 nats a window
+    assert step.face is not None and step.face.nats == 4.0  # clipped to the fitted range
+    assert step.level == "suspicious" and step.summed_llr == pytest.approx(logit(0.2))
+    shifted = per_face()
+    for _ in range(40):
+        step = shifted.update(window(0.95, 0.3))  # audio off the lips, a genuine face
+    assert step.face is not None and step.face.nats < 0
+    assert step.level == "alert" and shifted.summed_nats == step.evidence_nats
+
+
+def test_the_face_reading_reads_only_recent_windows_and_video_without_audio() -> None:
+    decision = per_face()
+    for _ in range(200):
+        decision.update(window(0.1, 0.3))  # a genuine call
+    for _ in range(40):
+        step = decision.update([Evidence("temporal", 0.9, "a swapped face, no speech")])
+    assert step.face is not None and step.face.mean_llr == pytest.approx(logit(0.9))
+    assert step.summed_llr is None and step.level == "suspicious"
+
+
+def test_a_face_reading_fitted_on_other_versions_is_not_used() -> None:
+    config = dataclasses.replace(CONFIG, attack_model="per_face")
+    stale = dataclasses.replace(FACE_READING, versions={"temporal": "1"})
+    decision = SequentialDecision(
+        config,
+        dataclasses.replace(CALIBRATION, face_reading=stale),
+        window_weight=0.25,
+        versions=VERSIONS,
+    )
+    assert decision.update(window(0.2, 0.9)).face is None
+    path_data = dataclasses.replace(CALIBRATION, face_reading=FACE_READING).to_dict()
+    assert EvidenceCalibration.from_dict(path_data).face_reading == FACE_READING
 
 
 # ----- in the session pipeline -----------------------------------------------------------
@@ -317,7 +402,8 @@ def test_a_brief_attack_is_the_verdict_and_the_end_is_the_final_state(tmp_path) 
         assert (level == "clear") <= (nats < decision.suspicious_nats)
         assert (score["risk"] >= config.fusion.alert_threshold) == (nats >= decision.alert_nats)
     alerts = [e for e in events if e["type"] == "alert"]
-    assert [a["level"] for a in alerts][:2] == ["suspicious", "alert"]
+    alarms = [a["level"] for a in alerts if a["level"] in ("suspicious", "alert")]
+    assert alarms[:2] == ["suspicious", "alert"]
     assert all(e["level"] == "clear" for e in scores[:10])
 
 
@@ -329,3 +415,22 @@ def test_a_call_without_evidence_never_reads_clear(tmp_path) -> None:
     assert "insufficient evidence" in summary["rationale"]
     assert all(e["level"] == "unknown" for e in events if e["type"] == "score")
     assert not [e for e in events if e["type"] == "alert"]
+
+
+def test_the_face_reading_fit_recovers_the_spreads_between_and_within_faces() -> None:
+    from monitor.evaluation.calibrate import fit_face_reading
+
+    rng = np.random.default_rng(0)
+
+    def faces(mean: float, between: float, count: int) -> list[list[float]]:
+        return [list(rng.normal(rng.normal(mean, between), 0.5, size=400)) for _ in range(count)]
+
+    reading = fit_face_reading(faces(-0.3, 0.6, 120), faces(0.4, 0.3, 60), 0.25, {"t": "2"})
+    assert reading.genuine.mean == pytest.approx(-0.3, abs=0.15)
+    assert reading.genuine.between_sd == pytest.approx(0.6, rel=0.2)
+    assert reading.genuine.within_sd == pytest.approx(0.5, rel=0.05)
+    assert reading.forged.between_sd == pytest.approx(0.3, rel=0.3)
+    assert (reading.llr_min, reading.llr_max) == (-math.log(60), math.log(120))
+    means = np.linspace(-2.0, 3.0, 51)
+    values = [reading.llr(m, 100) for m in means]
+    assert values == sorted(values) and values[0] < 0 < values[-1]

@@ -71,15 +71,15 @@ def test_shifted_call_is_flagged_with_the_true_offset(
 def test_swapped_audio_builds_evidence_and_never_clears(synthetic_calls: dict[str, Path]) -> None:
     """A 7.5 s swap: the lip-sync evidence says manipulated throughout and the session never
     clears. Whether it crosses `suspicious` (4.25 nats) is a near thing on so short a call:
-    its evidence peaks at 4.0-4.5 nats with sync_v2 (docs/CALIBRATION.md section 5: swaps
-    on held-out dev calls alarm in 7 of 22 sessions), so the test asserts the margin over a
-    genuine call rather than the level."""
+    its lip-sync evidence peaks near 3 nats (4.0-4.5 until 2026-12-05, when the synthetic
+    face's face-side evidence went into the same sum; docs/CALIBRATION.md section 7), so the
+    test asserts the margin over a genuine call rather than the level."""
     summary = replay_events(synthetic_calls["swap"])[-1]
     genuine = replay_events(synthetic_calls["sync"])[-1]
     assert summary["verdict"] != "clear" and summary["final_level"] != "clear"
     (lip_sync,) = [e for e in summary["evidence"] if e["detector"] == "lip_sync"]
     assert lip_sync["score"] >= 0.5, summary["rationale"]
-    assert summary["peak"]["evidence_nats"] >= 3.5, summary["rationale"]
+    assert summary["peak"]["evidence_nats"] >= 2.5, summary["rationale"]
     assert genuine["peak"]["evidence_nats"] <= 1.0
 
 
@@ -124,14 +124,17 @@ def test_summary_agrees_with_the_score_events(synthetic_calls: dict[str, Path], 
 def test_score_events_let_a_reader_redo_the_sum(
     synthetic_calls: dict[str, Path], name: str
 ) -> None:
-    """evidence_nats follows from the events alone: the previous sum plus window_weight
-    times window_llr less the drift allowance the session started with, within the floor
-    and ceiling; the first window with evidence counts whole, the ones after it a quarter
-    (2 s windows every 0.5 s)."""
+    """evidence_nats follows from the events alone (attack_model per_face): summed_nats is
+    the previous sum plus window_weight times the audio side's llr (lip-sync) less the
+    drift allowance the session started with, within the floor and ceiling; the first
+    window with evidence counts whole, the ones after it a quarter (2 s windows every 0.5
+    s); evidence_nats is the larger of that sum and the face reading."""
     decision = load_config().decision
     events = replay_events(synthetic_calls[name])
-    allowance = events[0]["config"]["decision"]["drift_allowance_nats"]
+    started = events[0]["config"]["decision"]
+    allowance = started["drift_allowance_nats"]
     assert allowance == decision.drift_allowance_nats > 0
+    assert started["attack_model"] == decision.attack_model == "per_face"
     scores = [e for e in events if e["type"] == "score"]
     total = decision.floor_nats
     weights = []
@@ -140,14 +143,23 @@ def test_score_events_let_a_reader_redo_the_sum(
             assert event["window_weight"] is None
         else:
             weights.append(event["window_weight"])
-            total = min(
-                decision.ceiling_nats,
-                max(
-                    decision.floor_nats,
-                    total + event["window_weight"] * (event["window_llr"] - allowance),
-                ),
-            )
-        assert event["evidence_nats"] == pytest.approx(total, abs=0.01)
+            audio = [
+                item["llr"]
+                for item in event["evidence"]
+                if item["detector"] in decision.audio_attack_detectors and "llr" in item
+            ]
+            if audio:
+                total = min(
+                    decision.ceiling_nats,
+                    max(
+                        decision.floor_nats,
+                        total + event["window_weight"] * (sum(audio) - allowance),
+                    ),
+                )
+        assert event["summed_nats"] == pytest.approx(total, abs=0.01)
+        face = event["face_reading"]
+        expected = total if face is None else max(total, face["nats"])
+        assert event["evidence_nats"] == pytest.approx(expected, abs=0.01)
     assert weights[0] == 1.0 and weights[1:] == [0.25] * (len(weights) - 1)
 
 

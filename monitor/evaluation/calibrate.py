@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from monitor.decision import ScoreCalibration, logit
+from monitor.decision import FaceClass, FaceReadingCalibration, ScoreCalibration, logit
 
 # Map values are clamped to those at these quantiles of the fitting scores: no extrapolation.
 RANGE_QUANTILES = (0.01, 0.99)
@@ -80,6 +80,49 @@ def fit_score_calibration(scores: Sequence[float], manipulated: Sequence[bool]) 
     llr_min = max(slope * lo + intercept, -math.log(max(int(y.sum()), 2)))
     llr_max = min(slope * hi + intercept, math.log(max(int(len(y) - y.sum()), 2)))
     return ScoreCalibration(slope, intercept, min(llr_min, llr_max), llr_max)
+
+
+# The least spread between faces a fit may give (nats a window): a class's faces never
+# all read alike, and a zero spread would make the reading's ratio unbounded in the mean.
+MIN_BETWEEN_SD = 0.05
+
+
+def fit_face_class(faces: Sequence[Sequence[float]], window_weight: float) -> FaceClass:
+    """One class's spreads from its faces' window face-side nats (each a session of one
+    face): within a face, pooled; between faces, the spread of their means less the part
+    their own windows' noise explains (windows overlap: a face's ``n`` windows count as
+    ``n * window_weight`` independent ones)."""
+    kept = [np.asarray(x, dtype=np.float64) for x in faces if len(x) >= 2]
+    if len(kept) < 2:
+        raise ValueError("a face class needs at least two faces of two windows or more")
+    means = np.array([x.mean() for x in kept])
+    squares = sum(float(((x - x.mean()) ** 2).sum()) for x in kept)
+    within_var = squares / (sum(len(x) for x in kept) - len(kept))
+    independent = np.array([max(1.0, len(x) * window_weight) for x in kept])
+    between_var = float(means.var(ddof=1) - np.mean(within_var / independent))
+    return FaceClass(
+        float(means.mean()),
+        max(MIN_BETWEEN_SD, math.sqrt(max(0.0, between_var))),
+        max(MIN_BETWEEN_SD, math.sqrt(within_var)),
+    )
+
+
+def fit_face_reading(
+    genuine: Sequence[Sequence[float]],
+    forged: Sequence[Sequence[float]],
+    window_weight: float,
+    versions: dict[str, str],
+) -> FaceReadingCalibration:
+    """The face reading of attack_model "per_face" from genuine and forged faces' window
+    face-side nats. As for the maps, n faces of a class cannot show a likelihood ratio
+    beyond about n: the reading stays within [-ln n_forged, ln n_genuine]."""
+    return FaceReadingCalibration(
+        fit_face_class(genuine, window_weight),
+        fit_face_class(forged, window_weight),
+        -math.log(max(len(forged), 2)),
+        math.log(max(len(genuine), 2)),
+        dict(versions),
+    )
 
 
 def group_folds(groups: Sequence[str], folds: int) -> np.ndarray:
