@@ -178,7 +178,8 @@ class FaceReadingCalibration:
         var_g = self.genuine.variance_of_mean(independent_windows)
         var_f = self.forged.variance_of_mean(independent_windows)
         if var_f != var_g:
-            # Where the ratio turns back (beyond the wider class's far side), hold it.
+            # Past the mean where the ratio of unequal Gaussians turns back, hold it: a face
+            # further out reads no less forged (and none further in reads more).
             turn = (self.forged.mean * var_g - self.genuine.mean * var_f) / (var_g - var_f)
             mean = max(mean, turn) if var_f > var_g else min(mean, turn)
         forged = -0.5 * (mean - self.forged.mean) ** 2 / var_f - 0.5 * math.log(var_f)

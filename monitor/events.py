@@ -92,7 +92,8 @@ class EventFactory:
                     "suspicious_nats": decision.suspicious_nats,
                     "alert_nats": decision.alert_nats,
                     "target_false_alerts_per_hour": decision.target_false_alerts_per_hour,
-                    # Each window adds window_weight * (window_llr - drift_allowance_nats).
+                    # Each window adds window_weight * (window_llr, or its audio side under
+                    # per_face, - drift_allowance_nats) to summed_nats.
                     "drift_allowance_nats": decision.drift_allowance_nats,
                     "attack_model": decision.attack_model,
                     "face_horizon_s": decision.face_horizon_s,
