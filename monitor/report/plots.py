@@ -141,7 +141,8 @@ def risk_timeline(
 
 
 def detector_contributions(scores: Sequence[dict[str, Any]], duration: float) -> bytes:
-    """Each detector's score per window, and the evidence (nats) it gave the decision."""
+    """Each detector's score per window, and the evidence (nats) it gave the decision; under
+    attack_model per_face also the session's two readings, the sum and the face reading."""
     detectors = sorted({e["detector"] for s in scores for e in s.get("evidence", [])})
     figure = _figure(11, 4.2)
     top, bottom = figure.subplots(2, 1, sharex=True)
@@ -161,6 +162,18 @@ def detector_contributions(scores: Sequence[dict[str, Any]], duration: float) ->
     for name in detectors:
         top.plot(t, _block_reduce(series(name, "score"), blocks, "max"), lw=1.4, label=name)
         bottom.plot(t, _block_reduce(series(name, "llr"), blocks, "mean"), lw=1.4, label=name)
+    # attack_model per_face: what the level read, the sum over windows and the face reading
+    face = np.array(
+        [np.nan if not s.get("face_reading") else s["face_reading"]["nats"] for s in scores],
+        dtype=float,
+    )
+    if np.isfinite(face).any():
+        summed = np.array([s.get("summed_nats", np.nan) for s in scores], dtype=float)
+        reduced = _block_reduce(summed, blocks, "max")
+        bottom.plot(t, reduced, ":", lw=1.8, color="#263238", label="session: sum (audio side)")
+        reduced = _block_reduce(face, blocks, "max")
+        bottom.plot(t, reduced, "--", lw=1.8, color="#6a1b9a", label="session: face reading")
+        bottom.legend(loc="upper left", fontsize=8)
     bottom.axhline(0.0, color="#9e9e9e", lw=1)
     top.set_ylabel("detector score")
     top.set_ylim(-0.02, 1.02)
