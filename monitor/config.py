@@ -134,7 +134,7 @@ class DecisionConfig:
     # and forged faces spread between one another (calibration file's "face_reading"). The
     # session's evidence is the larger of the two. A face that reads a little forged in
     # every window then settles at what its mean says instead of climbing over a long call.
-    # The default since 2026-12-06 ("joint" before: dev talking heads 0.61 -> 0.82 per-clip
+    # The default since 2026-12-06 ("joint" before: dev talking heads 0.61 -> 0.83 per-clip
     # AUC, genuine calls unchanged; docs/CALIBRATION.md section 7).
     attack_model: str = "per_face"
     audio_attack_detectors: list[str] = field(default_factory=lambda: ["lip_sync"])

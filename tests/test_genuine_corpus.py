@@ -334,7 +334,7 @@ def test_maps_fitted_by_a_detectors_own_tool_are_carried_over_for_its_version() 
         "artifact": packaged.detectors["artifact"],
         "lip_timing": packaged.detectors["lip_timing"],
     }
-    assert carried["lip_timing"].llr_max == 0.5
+    assert carried["lip_timing"].llr_max == 1.0
     assert _carried_maps(packaged, {"artifact": version + "-other"}) == {}
     assert _carried_maps(None, {"artifact": version}) == {}
 
@@ -349,7 +349,7 @@ def test_the_calibration_report_shows_every_carried_map() -> None:
     carried = _carried_maps(packaged, dict(packaged.versions))
     entries = carried_report(packaged, carried)
     assert set(entries) == {"artifact", "lip_timing"}
-    assert entries["lip_timing"]["map"]["llr_max"] == 0.5
+    assert entries["lip_timing"]["map"]["llr_max"] == 1.0
     assert "fitted_by" in entries["lip_timing"]
     report = {
         "clips": {"real": 1, "fake": 1},
@@ -363,7 +363,7 @@ def test_the_calibration_report_shows_every_carried_map() -> None:
     }
     text = markdown(report)
     assert "| lip_timing | carried over from tools/calibrate_lip_timing.py" in text
-    assert "1.00, 0.00, [-1.00, 0.50]" in text
+    assert "1.00, 0.00, [-1.00, 1.00]" in text
 
 
 def test_cached_evidence_is_keyed_by_every_calibration_that_shapes_it(
