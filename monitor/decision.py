@@ -616,8 +616,8 @@ class SequentialDecision:
         # Clear only while the evidence for manipulation stays below where suspicious steps
         # down: a call that cleared early and builds evidence since is no longer clear.
         quiet = s < config.suspicious_nats - config.hysteresis_nats
-        if self.level == "suspicious" and s < config.suspicious_nats - config.hysteresis_nats:
-            self.level = "clear" if quiet and self.support_nats >= config.clear_nats else UNKNOWN
+        if self.level == "suspicious" and quiet:
+            self.level = "clear" if self.support_nats >= config.clear_nats else UNKNOWN
         if self.level == "clear" and not quiet:
             self.level = UNKNOWN
         if self.level == UNKNOWN and quiet and self.support_nats >= config.clear_nats:
