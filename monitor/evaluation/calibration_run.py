@@ -155,14 +155,9 @@ def _paths(
     return out
 
 
-def face_side_llrs(
-    record: SessionRecord,
-    config: MonitorConfig,
-    calibration: EvidenceCalibration,
-    versions: dict[str, str],
-) -> list[float]:
-    """The session's face-side nats, window by window (windows with face evidence only)."""
-    probe = SequentialDecision.for_session(config, versions, calibration)
+def face_side_llrs(record: SessionRecord, probe: SequentialDecision) -> list[float]:
+    """The session's face-side nats, window by window (windows with face evidence only), as
+    ``probe`` maps and splits them."""
     out = []
     for _, _, evidence in decide.record_windows(record):
         _, face = probe.split(probe.contributions(evidence)[0])
@@ -185,20 +180,16 @@ def fit_face_reading(
     real clip of the pool, not only the held-out ones (17 clips put it at the fit's floor of
     0.05 nats, where a genuine face a little off the norm would read forged); those clips'
     face-side evidence is partly in-sample for the temporal and lip-timing calibrations."""
+    probe = SequentialDecision.for_session(config, versions, calibration)
     genuine = [
-        face_side_llrs(r, config, calibration, versions)
+        face_side_llrs(r, probe)
         for r in records
         if not r.manipulated and clips[r.clip].label == "real"
     ]
-    forged = [
-        face_side_llrs(r, config, calibration, versions)
-        for r in records
-        if clips[r.clip].label == "fake"
-    ]
+    forged = [face_side_llrs(r, probe) for r in records if clips[r.clip].label == "fake"]
     audio = set(config.decision.audio_attack_detectors)
     face_versions = {d: v for d, v in versions.items() if d not in audio}
-    window_weight = config.window.hop_s / config.window.window_s
-    reading = calibrate.fit_face_reading(genuine, forged, window_weight, face_versions)
+    reading = calibrate.fit_face_reading(genuine, forged, probe.window_weight, face_versions)
     means = [[float(np.mean(x)) for x in faces if x] for faces in (genuine, forged)]
     report = {
         "sessions": {"genuine": len(genuine), "forged": len(forged)},

@@ -402,19 +402,19 @@ def _contributions_section(log_: EventLog, config: MonitorConfig, duration: floa
     caption = (
         "Top: each detector's score per window. Bottom: the evidence it gave, its "
         "log-likelihood ratio in nats (manipulated against genuine, from the calibration; "
-        "above 0 points to manipulation). The session adds the windows' ratios, less a "
-        "small drift allowance and weighted for window overlap, and never lets the sum fall "
-        "below 0."
+        "above 0 points to manipulation)"
     )
     if any(s.get("face_reading") for s in log_.scores):
-        caption = (
-            "Top: each detector's score per window. Bottom: the evidence it gave, its "
-            "log-likelihood ratio in nats (manipulated against genuine, from the "
-            "calibration; above 0 points to manipulation), and the session's two readings: "
-            "the lip-sync evidence summed over windows (less a small drift allowance, "
-            "weighted for window overlap, never below 0), and the face reading, the face "
-            "detectors' evidence of the last minute read as one face against how genuine "
-            "and forged faces spread. The level follows the larger."
+        caption += (
+            ", and the session's two readings: the lip-sync evidence summed over windows "
+            "(less a small drift allowance, weighted for window overlap, never below 0), and "
+            "the face reading, the face detectors' evidence of the last minute read as one "
+            "face against how genuine and forged faces spread. The level follows the larger."
+        )
+    else:
+        caption += (
+            ". The session adds the windows' ratios, less a small drift allowance and "
+            "weighted for window overlap, and never lets the sum fall below 0."
         )
     return html.section(
         "contributions",
